@@ -1,0 +1,196 @@
+"""The CapsNet model and its named variants.
+
+Synopsis::
+
+  model = models.create_model(config)      # from an ml_collections config
+  model = models.CapsNetMNIST()            # or a named variant
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  out = model.apply(variables, images)     # dict, see CapsNet.__call__
+
+Architecture (Sabour et al. 2017): conv1 256 9x9 + ReLU; primary capsules
+(9x9 stride-2 conv to 32 types x 8D, squash); class capsules (16D, dynamic
+routing); a decoder reconstructing the input from the masked class capsules.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from capsnet_jax import decoders
+from capsnet_jax import layers
+from capsnet_jax import losses
+from capsnet_jax import routing
+
+INITS = ("default", "reference")
+
+
+def _initializers(init: str) -> tuple[Any, Any]:
+  """(conv/dense kernel init, class-capsule W init) for an init scheme.
+
+  "default": LeCun-normal kernels and W ~ N(0, 0.01^2): trains quickly.
+  "reference": the PyTorch reference's xavier-normal with gain 0.02 for
+  conv/dense kernels and 0.002 for W. Both keep W small, since routing stops
+  training with large W.
+  """
+  if init == "default":
+    return nn.initializers.lecun_normal(), nn.initializers.normal(0.01)
+  if init == "reference":
+    # xavier_normal(gain g) has variance g^2 * 2 / (fan_in + fan_out).
+    def xavier(gain, in_axis=-2, out_axis=-1):
+      return nn.initializers.variance_scaling(
+          gain ** 2, "fan_avg", "normal", in_axis=in_axis, out_axis=out_axis)
+    # W [num_in, num_out, 16, 8]: torch treats dim 1 as fan-in and dim 0 as
+    # fan-out times the receptive field; it only sets the scale here.
+    return xavier(0.02), xavier(0.002, in_axis=-1, out_axis=-2)
+  raise ValueError(f"Unknown init {init!r}; valid: {INITS}")
+
+
+class CapsNet(nn.Module):
+  """CapsNet with dynamic routing and a reconstruction decoder.
+
+  Attributes:
+    num_classes: K, number of class capsules.
+    image_shape: (H, W, C) of the model input.
+    conv_filters, conv_kernel: conv1.
+    primary_types, primary_dim, primary_kernel, primary_stride: primary caps.
+    class_dim: D, dimension of the class capsules.
+    routing_iterations, leaky_routing, routing_stop_gradient: routing.
+    decoder: a name in decoders.DECODERS.
+    decoder_hidden: widths of the FC decoder's hidden layers.
+    batch_norm: BN after conv1, after the primary conv and in the decoder.
+    conv_impl: conv.conv2d implementation ("auto", "xla", "patches", ...).
+    init_scheme: a name in INITS.
+    dtype: compute dtype of convolutions and decoder (routing, squash and
+      losses stay float32).
+  """
+  num_classes: int = 10
+  image_shape: tuple[int, int, int] = (28, 28, 1)
+  conv_filters: int = 256
+  conv_kernel: int = 9
+  primary_types: int = 32
+  primary_dim: int = 8
+  primary_kernel: int = 9
+  primary_stride: int = 2
+  class_dim: int = 16
+  routing_iterations: int = 3
+  leaky_routing: bool = False
+  routing_stop_gradient: bool = False
+  decoder: str = "fc"
+  decoder_hidden: Sequence[int] = (512, 1024)
+  batch_norm: bool = False
+  conv_impl: str = "auto"
+  init_scheme: str = "default"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    kernel_init, w_init = _initializers(self.init_scheme)
+    self.stem = layers.ConvStem(self.conv_filters, self.conv_kernel,
+                                self.batch_norm, self.conv_impl, kernel_init,
+                                self.dtype)
+    self.primary = layers.PrimaryCapsules(
+        self.primary_types, self.primary_dim, self.primary_kernel,
+        self.primary_stride, self.batch_norm, self.conv_impl, kernel_init,
+        self.dtype)
+    self.class_caps = routing.ClassCapsules(
+        self.num_classes, self.class_dim, self.routing_iterations,
+        self.leaky_routing, self.routing_stop_gradient, w_init)
+    self.decoder_module = decoders.create_decoder(
+        self.decoder, self.image_shape, self.num_classes, self.batch_norm,
+        self.decoder_hidden, kernel_init, self.dtype, module_name="decoder")
+
+  def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """Images to capsules.
+
+    Args:
+      images: [B, H, W, C] float.
+      train: batch norm uses batch statistics (and updates them) if True.
+
+    Returns:
+      dict with primary_caps [B, N, 8], class_caps [B, K, D],
+      coupling [B, N, K] (final routing coefficients), lengths [B, K],
+      predictions [B] (longest class capsule).
+    """
+    u = self.primary(self.stem(images, train), train)
+    v, c = self.class_caps(u)
+    lengths = jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + 1e-9)
+    return dict(primary_caps=u, class_caps=v, coupling=c, lengths=lengths,
+                predictions=jnp.argmax(lengths, axis=-1))
+
+  def decode(self, class_caps: jax.Array, labels: jax.Array,
+             train: bool = False) -> jax.Array:
+    """Reconstruct from the capsule of ``labels``: [B, K, D], [B] -> [B, H, W, C]."""
+    return self.decoder_module(losses.mask_capsules(class_caps, labels), train)
+
+  def decode_masked(self, masked: jax.Array, train: bool = False) -> jax.Array:
+    """Reconstruct from already masked, flattened capsules [B, K * D]."""
+    return self.decoder_module(masked, train)
+
+  def __call__(self, images: jax.Array, labels: jax.Array | None = None,
+               train: bool = False) -> dict[str, jax.Array]:
+    """Encode and reconstruct.
+
+    The decoder sees the capsule of the TRUE label when ``train`` and labels
+    are given, else of the predicted class.
+
+    Returns:
+      ``encode``'s dict plus reconstructions [B, H, W, C] in [0, 1].
+    """
+    out = self.encode(images, train)
+    mask_labels = labels if (train and labels is not None) else out["predictions"]
+    out["reconstructions"] = self.decode(out["class_caps"], mask_labels, train)
+    return out
+
+
+# Named variants, as in REFERENCE.md.
+CapsNetMNIST = functools.partial(CapsNet, num_classes=10, image_shape=(28, 28, 1))
+CapsNetSmallNORB = functools.partial(CapsNet, num_classes=5,
+                                     image_shape=(32, 32, 1))
+CapsNetCIFAR10 = functools.partial(CapsNet, num_classes=10,
+                                   image_shape=(32, 32, 3))
+# A tiny model with the same structure for fast unit tests (not for training).
+_CapsNetTiny = functools.partial(
+    CapsNet, num_classes=10, image_shape=(28, 28, 1), conv_filters=8,
+    primary_types=4, primary_dim=8, class_dim=16, decoder_hidden=(16, 32))
+
+MODELS = {
+    "capsnet": CapsNet,
+    "tiny": _CapsNetTiny,
+}
+
+
+def create_model(config, image_shape: Sequence[int] | None = None,
+                 num_classes: int | None = None, **overrides) -> CapsNet:
+  """The model described by ``config``.
+
+  Args:
+    config: ConfigDict with model (a name in MODELS), decoder, batch_norm,
+      routing_iterations, leaky_routing, routing_stop_gradient,
+      primary_types, conv_impl, init, compute_dtype and optionally
+      image_shape / num_classes.
+    image_shape, num_classes: the dataset's, overriding the config's.
+    **overrides: CapsNet attributes.
+  """
+  name = config.get("model", "capsnet")
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; valid: {tuple(MODELS)}")
+  kwargs = dict(
+      decoder=config.decoder,
+      batch_norm=config.batch_norm,
+      routing_iterations=config.routing_iterations,
+      leaky_routing=config.get("leaky_routing", False),
+      routing_stop_gradient=config.get("routing_stop_gradient", False),
+      conv_impl=config.get("conv_impl", "auto"),
+      init_scheme=config.get("init", "default"),
+      dtype=jnp.dtype(config.get("compute_dtype", "float32")),
+  )
+  if config.get("primary_types", 0):
+    kwargs["primary_types"] = config.primary_types
+  if image_shape is not None:
+    kwargs["image_shape"] = tuple(int(s) for s in image_shape)
+  if num_classes is not None:
+    kwargs["num_classes"] = int(num_classes)
+  kwargs.update(overrides)
+  return MODELS[name](**kwargs)

@@ -1,0 +1,53 @@
+"""--mode=summary: a parameter table and a JSON line of counts.
+
+Synopsis::
+
+  python main.py --config=configs/mnist.py --mode=summary --config.decoder=deconv
+"""
+
+import json
+from typing import Any
+
+from clu import parameter_overview
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capsnet_jax import input_pipeline
+from capsnet_jax import models
+from capsnet_jax import validation
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def parameter_shapes(config) -> tuple[models.CapsNet, Any]:
+  """(model, variables as ShapeDtypeStructs) without allocating parameters."""
+  info = input_pipeline.dataset_info(config.dataset, config.data_setup)
+  model = models.create_model(config, image_shape=info.image_shape,
+                              num_classes=info.num_classes)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *info.image_shape))))
+  return model, variables
+
+
+def summarize(params) -> dict[str, int]:
+  """Parameter counts per part: total, stem, primary, class_caps, decoder."""
+  counts = {"total_params": _count(params)}
+  for part in ("stem", "primary", "class_caps", "decoder"):
+    counts[f"{part}_params"] = _count(params[part])
+  return counts
+
+
+def print_summary(config) -> dict[str, int]:
+  validation.validate_config(config, "summary")
+  _, variables = parameter_shapes(config)
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                        variables["params"])
+  print(parameter_overview.get_parameter_overview(params, include_stats=False))
+  counts = summarize(variables["params"])
+  counts.update(dataset=config.dataset, data_setup=config.data_setup,
+                decoder=config.decoder, batch_norm=bool(config.batch_norm))
+  print(json.dumps(counts))
+  return counts

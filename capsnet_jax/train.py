@@ -1,0 +1,478 @@
+"""Training and evaluation: state, steps, schedule and the loop.
+
+Synopsis::
+
+  from configs import mnist
+  results = train.train_and_evaluate(mnist.get_config(), "/tmp/capsnet")
+
+One jit-compiled step runs over a device mesh: the batch is sharded over every
+device of every process, parameters are replicated, and XLA inserts the
+gradient all-reduce. Routing is per example, so no hand-written collectives
+are needed. Data order and augmentation depend only on (seed, step), so a
+resumed run continues exactly where an uninterrupted one would be.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+from flax.training import train_state
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from capsnet_jax import augment
+from capsnet_jax import checkpoints
+from capsnet_jax import input_pipeline
+from capsnet_jax import losses
+from capsnet_jax import models
+from capsnet_jax import validation
+from capsnet_jax import workdirs
+from capsnet_jax.errors import NonFiniteLossError, WorkdirError
+
+DATA_AXIS = "data"
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimiser state, step and batch-norm statistics."""
+  batch_stats: Any = None
+
+
+# --------------------------------------------------------------------------
+# Mesh and sharding.
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis "data"."""
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+
+
+def replicated(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def batch_sharded(mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """This process's part of a batch -> global arrays sharded over "data"."""
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+# --------------------------------------------------------------------------
+# State and optimiser.
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Constant, or decayed by lr_decay_rate every lr_decay_steps (staircase)."""
+  if config.lr_decay_steps <= 0 or config.lr_decay_rate == 1.0:
+    return optax.constant_schedule(config.learning_rate)
+  return optax.exponential_decay(config.learning_rate, config.lr_decay_steps,
+                                 config.lr_decay_rate, staircase=True)
+
+
+def create_train_state(config, model: models.CapsNet, rng: jax.Array,
+                       mesh=None) -> TrainState:
+  """Initialised state, replicated over ``mesh`` when given."""
+  h, w, c = model.image_shape
+  tx = optax.adam(learning_rate_schedule(config))
+
+  def init():
+    variables = model.init({"params": rng}, jnp.zeros((1, h, w, c)),
+                           train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             tx=tx, batch_stats=variables.get("batch_stats", {}))
+
+  if mesh is None:
+    return jax.jit(init)()
+  return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def _variables(state: TrainState, params=None) -> dict[str, Any]:
+  variables = {"params": state.params if params is None else params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+# --------------------------------------------------------------------------
+# Steps.
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               model: models.CapsNet, preprocess: Callable, alpha: float,
+               seed: int, nan_step: int = -1) -> tuple[TrainState, dict]:
+  """One optimisation step on a global batch.
+
+  Args:
+    state: replicated TrainState.
+    batch: image [B, h, w, c] uint8 as stored, label [B] int32.
+    model, preprocess, alpha, seed: static.
+    nan_step: fault injection for tests: the loss is NaN at this step.
+
+  Returns:
+    The new state (the old one, unchanged, if the loss or a gradient is not
+    finite) and scalar metrics.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  images = preprocess(batch["image"], rng)
+  labels = batch["label"]
+
+  def loss_fn(params):
+    out, updates = model.apply(_variables(state, params), images, labels,
+                               train=True, mutable=["batch_stats"])
+    margin = losses.margin_loss(out["lengths"], labels)
+    sse = losses.reconstruction_sse(out["reconstructions"], images)
+    loss = jnp.mean(margin + alpha * sse)
+    if nan_step >= 0:
+      loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
+    return loss, (out, updates, margin, sse)
+
+  (loss, (out, updates, margin, sse)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # A non-finite step leaves the state untouched, so the last good
+  # parameters survive until the loop stops and reports the step.
+  new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
+                           state)
+  metrics = dict(
+      loss=loss, margin_loss=jnp.mean(margin),
+      reconstruction_loss=jnp.mean(sse),
+      accuracy=jnp.mean(out["predictions"] == labels),
+      finite=finite, step=state.step)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+              model: models.CapsNet, preprocess: Callable,
+              alpha: float) -> dict[str, jax.Array]:
+  """Sums of test metrics over the real (mask = 1) examples of a batch.
+
+  batch: image [B, h, w, c], label [B], mask [B] (0 for padding).
+  """
+  images = preprocess(batch["image"], jax.random.key(0))
+  labels, mask = batch["label"], batch["mask"]
+  out = model.apply(_variables(state), images, train=False)
+  margin = losses.margin_loss(out["lengths"], labels)
+  sse = losses.reconstruction_sse(out["reconstructions"], images)
+  return dict(
+      count=jnp.sum(mask),
+      correct=jnp.sum(mask * (out["predictions"] == labels)),
+      margin_loss=jnp.sum(mask * margin),
+      reconstruction_loss=jnp.sum(mask * sse),
+      loss=jnp.sum(mask * (margin + alpha * sse)))
+
+
+def predict_step(state: TrainState, images: jax.Array, *,
+                 model: models.CapsNet) -> dict[str, jax.Array]:
+  """Model outputs (decoder masked by the prediction) for float images."""
+  return model.apply(_variables(state), images, train=False)
+
+
+class Steps:
+  """The jit-compiled steps of one model and dataset over one mesh."""
+
+  def __init__(self, config, model: models.CapsNet, mesh):
+    self.mesh = mesh
+    self.replicated = replicated(mesh)
+    self.sharded = batch_sharded(mesh)
+    dataset, setup = config.dataset, config.data_setup
+    self.preprocess_train = augment.make_preprocess_fn(dataset, setup, True)
+    self.preprocess_eval = augment.make_preprocess_fn(dataset, setup, False)
+    self.train = jax.jit(
+        functools.partial(train_step, model=model,
+                          preprocess=self.preprocess_train, alpha=config.alpha,
+                          seed=config.seed,
+                          nan_step=config.get("inject_nan_at_step", -1)),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=(self.replicated, self.replicated),
+        donate_argnums=0)
+    self.eval = jax.jit(
+        functools.partial(eval_step, model=model,
+                          preprocess=self.preprocess_eval, alpha=config.alpha),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=self.replicated)
+    self.predict = jax.jit(functools.partial(predict_step, model=model),
+                           out_shardings=self.replicated)
+
+
+# --------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
+             local_batch_size: int, num_test: int) -> dict[str, float]:
+  """Metrics over every test example exactly once (all processes together).
+
+  Returns:
+    accuracy, margin_loss, reconstruction_loss (per-image SSE) and loss
+    (margin + alpha * SSE), each a mean over the test set.
+  """
+  per_process = -(-num_test // jax.process_count())
+  num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
+  totals = None
+  for batch in input_pipeline.eval_batches(test, local_batch_size, num_batches):
+    sums = steps.eval(state, global_batch(batch, steps.sharded))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return dict(
+      accuracy=float(totals["correct"]) / count,
+      margin_loss=float(totals["margin_loss"]) / count,
+      reconstruction_loss=float(totals["reconstruction_loss"]) / count,
+      loss=float(totals["loss"]) / count,
+      count=count)
+
+
+def reconstruction_grid(steps: Steps, state: TrainState,
+                        test: input_pipeline.Split, n: int) -> np.ndarray:
+  """[1, H, 2W, C] image: n test inputs (left) beside reconstructions (right).
+
+  Uses this process's first test images; every process calls it (the model
+  runs replicated) but only process 0 writes the result.
+  """
+  raw = test.images[:n]
+  if jax.process_count() > 1:  # The replicated input must agree everywhere.
+    raw = multihost_utils.broadcast_one_to_all(raw)
+  images = steps.preprocess_eval(jax.device_put(raw, steps.replicated),
+                                 jax.random.key(0))
+  recon = steps.predict(state, images)["reconstructions"]
+  images, recon = np.asarray(images), np.asarray(recon)
+  lo, hi = images.min(), images.max()
+  images = (images - lo) / max(hi - lo, 1e-6)  # standardised inputs -> [0, 1]
+  rows = np.concatenate([images, recon], axis=2)  # [n, H, 2W, C]
+  grid = np.concatenate(list(rows), axis=0)[None]  # [1, n*H, 2W, C]
+  return np.clip(grid, 0, 1)
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag that the loop polls."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs * steps_per_epoch)
+
+
+def setup_model_and_state(config, info: input_pipeline.DatasetInfo, mesh):
+  model = models.create_model(config, image_shape=info.image_shape,
+                              num_classes=info.num_classes)
+  rng = jax.random.key(config.seed)
+  state = create_train_state(config, model, rng, mesh)
+  return model, state
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints; resumes from ``workdir`` if it can.
+
+  Returns:
+    The contents of WORKDIR/results.json: step, test_accuracy,
+    test_margin_loss, test_reconstruction_loss (per-image SSE), num_params,
+    best_test_accuracy and timing.
+  """
+  validation.validate_config(config, "train", jax.device_count())
+  workdirs.prepare(workdir, config)
+  mesh = make_mesh()
+  train_split, test_split, info = input_pipeline.load_datasets(config)
+  local_batch = config.batch_size // jax.process_count()
+  eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
+  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split.labels),
+                                                   local_batch)
+  total_steps = num_train_steps(config, steps_per_epoch)
+  eval_every = config.eval_every_steps or steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps or eval_every
+
+  model, state = setup_model_and_state(config, info, mesh)
+  num_params = count_params(state.params)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("Resumed from the checkpoint at step %d", int(state.step))
+  start = int(state.step)
+
+  lead = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
+  if start == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  logging.info("%s: %d train / %d test examples, %d steps per epoch, "
+               "%d steps in all, %d parameters, %d devices, %d processes",
+               info.name, info.num_train, info.num_test, steps_per_epoch,
+               total_steps, num_params, jax.device_count(),
+               jax.process_count())
+
+  steps = Steps(config, model, mesh)
+  schedule = learning_rate_schedule(config)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                           writer=writer, every_secs=30,
+                                           every_steps=None)
+  hooks = [report] if lead else []
+  batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
+                                         start, jax.process_index())
+  results = workdirs.read_results(workdir) or {}
+  best = results.get("best_test_accuracy", 0.0)
+  pending, data_wait, last_eval = [], 0.0, None
+  t0 = time.time()
+  step = start
+  with _Preemption() as preemption:
+    while step < total_steps:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        t = time.perf_counter()
+        batch = global_batch(next(batches), steps.sharded)
+        data_wait += time.perf_counter() - t
+        state, metrics = steps.train(state, batch)
+      pending.append(metrics)
+      step += 1
+      for hook in hooks:
+        hook(step)
+      last = step == total_steps
+      if step % config.log_every_steps == 0 or last:
+        _log_train(writer, step, pending, schedule, data_wait)
+        pending, data_wait = [], 0.0
+      evaluated_now = step % eval_every == 0 or last
+      if evaluated_now:
+        with report.timed("eval"):
+          last_eval = evaluate(steps, state, test_split, eval_batch,
+                               info.num_test)
+        best = max(best, last_eval["accuracy"])
+        writer.write_scalars(step, {f"test_{k}": v for k, v in last_eval.items()
+                                    if k != "count"})
+        writer.write_images(step, {"reconstructions": reconstruction_grid(
+            steps, state, test_split, config.num_summary_images)})
+        logging.info("step %d: test accuracy %.4f, margin loss %.5f, "
+                     "reconstruction loss %.3f", step, last_eval["accuracy"],
+                     last_eval["margin_loss"], last_eval["reconstruction_loss"])
+      if step % ckpt_every == 0 or last:
+        ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
+                  if evaluated_now else None)
+      poll = jax.process_count() == 1 or step % config.log_every_steps == 0
+      if poll and _any_process(preemption.signal is not None) and not last:
+        _check_finite(pending, step)
+        ckpt.save(step, state, None)
+        ckpt.close()
+        writer.flush()
+        logging.warning("Received %s: saved a checkpoint at step %d; rerun the "
+                        "same command to resume.", preemption.signal, step)
+        return {"step": step, "preempted": True}
+  ckpt.close()
+  writer.flush()
+  if last_eval is None:  # Nothing left to train: evaluate what was restored.
+    last_eval = evaluate(steps, state, test_split, eval_batch, info.num_test)
+  results = dict(
+      step=int(state.step),
+      test_accuracy=last_eval["accuracy"],
+      test_margin_loss=last_eval["margin_loss"],
+      test_reconstruction_loss=last_eval["reconstruction_loss"],
+      test_loss=last_eval["loss"],
+      best_test_accuracy=max(best, last_eval["accuracy"]),
+      num_params=num_params,
+      dataset=info.name,
+      train_seconds_this_run=time.time() - t0,
+      devices=jax.device_count(),
+      processes=jax.process_count())
+  if lead:
+    workdirs.write_results(workdir, results)
+  return results
+
+
+def _check_finite(pending: list[dict], step: int) -> list[dict]:
+  """Fetches step metrics and raises NonFiniteLossError on the first bad one."""
+  fetched = jax.device_get(pending)
+  for m in fetched:
+    if not bool(m["finite"]):
+      raise NonFiniteLossError(
+          f"non-finite loss ({float(m['loss'])}) at step {int(m['step'])}; "
+          "training stopped and the last checkpoint was left intact. Lower "
+          "--config.learning_rate or check the data.")
+  return fetched
+
+
+def _log_train(writer, step: int, pending: list[dict], schedule,
+               data_wait: float) -> None:
+  fetched = _check_finite(pending, step)
+  if not fetched:
+    return
+  keys = ("loss", "margin_loss", "reconstruction_loss", "accuracy")
+  scalars = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in keys}
+  scalars["learning_rate"] = float(schedule(step))
+  scalars["data_wait_seconds_per_step"] = data_wait / len(fetched)
+  writer.write_scalars(step, scalars)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
+  """--mode=eval: evaluates the latest checkpoint and writes results.json."""
+  validation.validate_config(config, "eval", jax.device_count())
+  workdirs.check_compatible(workdir, config)
+  ckpt = checkpoints.Checkpointer(workdir, create=False) \
+      if os.path.isdir(checkpoints.checkpoint_dir(workdir)) else None
+  if ckpt is None or ckpt.latest_step() is None:
+    raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
+                       f"--mode=train --workdir={workdir}")
+  mesh = make_mesh()
+  _, test_split, info = input_pipeline.load_datasets(config)
+  model, state = setup_model_and_state(config, info, mesh)
+  state = ckpt.restore(state)
+  ckpt.close()
+  steps = Steps(config, model, mesh)
+  eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
+  metrics = evaluate(steps, state, test_split, eval_batch, info.num_test)
+  results = workdirs.read_results(workdir) or {}
+  results.update(
+      step=int(state.step), test_accuracy=metrics["accuracy"],
+      test_margin_loss=metrics["margin_loss"],
+      test_reconstruction_loss=metrics["reconstruction_loss"],
+      test_loss=metrics["loss"], num_params=count_params(state.params),
+      dataset=info.name)
+  if jax.process_index() == 0:
+    workdirs.write_results(workdir, results)
+  logging.info("Evaluated step %d: %s", int(state.step), json.dumps(metrics))
+  return results

@@ -1,0 +1,70 @@
+"""Fail-fast checks of a config, run before any heavy work.
+
+Synopsis::
+
+  validation.validate_config(config, mode="train")   # raises errors.ConfigError
+"""
+
+import os
+
+from capsnet_jax import conv
+from capsnet_jax import decoders
+from capsnet_jax import models
+from capsnet_jax.errors import ConfigError
+
+DATASETS = ("mnist", "smallnorb", "cifar10")
+SETUPS = ("reference", "paper")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+MODES = ("train", "eval", "summary", "visualize", "ensemble")
+
+
+def _choice(config, name: str, valid) -> None:
+  value = config.get(name)
+  if value not in valid:
+    raise ConfigError(f"Unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def _positive(config, name: str, allow_zero: bool = False) -> None:
+  value = config.get(name)
+  ok = value >= 0 if allow_zero else value > 0
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ConfigError(f"{name} must be {bound}, got {value!r}")
+
+
+def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
+  """Raises ConfigError naming the first invalid field and what is valid."""
+  if mode not in MODES:
+    raise ConfigError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}")
+  _choice(config, "dataset", DATASETS)
+  _choice(config, "data_setup", SETUPS)
+  _choice(config, "model", tuple(models.MODELS))
+  _choice(config, "decoder", decoders.DECODERS)
+  _choice(config, "init", models.INITS)
+  _choice(config, "conv_impl", conv.IMPLS)
+  _choice(config, "compute_dtype", COMPUTE_DTYPES)
+  for name in ("batch_size", "learning_rate", "routing_iterations",
+               "primary_types", "log_every_steps", "keep_checkpoints"):
+    _positive(config, name)
+  for name in ("alpha", "eval_batch_size", "eval_every_steps",
+               "checkpoint_every_steps", "lr_decay_steps"):
+    _positive(config, name, allow_zero=True)
+  if config.num_train_steps <= 0:
+    _positive(config, "num_epochs")
+  if not 0 < config.lr_decay_rate <= 1:
+    raise ConfigError(f"lr_decay_rate must be in (0, 1], got {config.lr_decay_rate!r}")
+  for name in ("batch_size", "eval_batch_size"):
+    value = config.get(name)
+    if value and value % device_count:
+      raise ConfigError(
+          f"{name}={value} is not divisible by the {device_count} devices; "
+          f"use a multiple of {device_count}")
+  if config.idx_dir:
+    if config.dataset != "mnist":
+      raise ConfigError(f"idx_dir is for MNIST-format data, but dataset is "
+                        f"{config.dataset!r}")
+    if not os.path.isdir(config.idx_dir):
+      raise ConfigError(f"idx_dir {config.idx_dir!r} is not a directory")
+  if mode == "ensemble" and not config.ensemble_workdirs:
+    raise ConfigError("--mode=ensemble needs --config.ensemble_workdirs="
+                      "DIR1,DIR2,... (trained workdirs)")

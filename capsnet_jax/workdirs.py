@@ -1,0 +1,86 @@
+"""The workdir: its config record, results.json and compatibility checks.
+
+Synopsis::
+
+  workdirs.prepare(workdir, config)       # create, check writable and compatible
+  workdirs.write_results(workdir, {...})  # WORKDIR/results.json
+"""
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import jax
+
+from capsnet_jax.errors import WorkdirError
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+# Fields that define the model and data: a checkpoint is only meaningful for
+# the same values. The others (steps, learning rate, logging) may change
+# between runs on the same workdir.
+IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
+                   "primary_types", "routing_iterations", "leaky_routing",
+                   "routing_stop_gradient", "compute_dtype")
+
+
+def _identity(config) -> dict[str, Any]:
+  return {k: config.get(k) for k in IDENTITY_FIELDS}
+
+
+def check_writable(workdir: str) -> None:
+  """Creates workdir if needed; WorkdirError if it cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+      pass
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir!r} is not writable: {e.strerror or e}"
+                       ) from None
+
+
+def check_compatible(workdir: str, config) -> None:
+  """WorkdirError if workdir holds a run of a different model or dataset."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now"
+           for k, v in _identity(config).items()
+           if k in saved and saved[k] != v]
+  if diffs:
+    raise WorkdirError(
+        f"workdir {workdir!r} holds a run of a different configuration "
+        f"({'; '.join(diffs)}). Use another --workdir, or delete this one to "
+        "start fresh.")
+
+
+def prepare(workdir: str, config) -> None:
+  """Checks the workdir before any heavy work and records the config."""
+  check_compatible(workdir, config)
+  check_writable(workdir)
+  if jax.process_index() == 0:
+    record = config.to_dict()
+    _atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, RESULTS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> None:
+  _atomic_write_json(os.path.join(workdir, RESULTS_FILE), results)
+
+
+def _atomic_write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)

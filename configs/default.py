@@ -1,0 +1,64 @@
+"""Default hyperparameters: the reference CapsNet setup on MNIST.
+
+Every other config imports this one and overrides a few fields. Any field can
+be set on the command line, e.g.::
+
+  python main.py --config=configs/mnist.py --workdir=runs/mnist \
+      --config.decoder=deconv --config.batch_norm=True
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data. dataset: mnist | smallnorb | cifar10. data_setup: reference (the
+  # PyTorch reference's preprocessing) | paper (Sabour et al.'s).
+  config.dataset = "mnist"
+  config.data_setup = "reference"
+  config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.
+  config.tfds_data_dir = ""  # tfds data_dir; "" = tfds's default.
+
+  # Model. model: capsnet | tiny (tests only).
+  config.model = "capsnet"
+  config.decoder = "fc"  # fc | deconv
+  config.batch_norm = False
+  config.routing_iterations = 3
+  config.leaky_routing = False
+  config.routing_stop_gradient = False
+  config.primary_types = 32
+  config.init = "default"  # default | reference
+  config.conv_impl = "auto"  # see capsnet_jax.conv.IMPLS
+  config.compute_dtype = "float32"  # float32 | bfloat16
+
+  # Optimisation: Adam; learning rate decayed by lr_decay_rate every
+  # lr_decay_steps steps (the authors' 0.96 / 2000; lr_decay_steps=0: none).
+  config.batch_size = 128  # global, over all devices and hosts
+  config.eval_batch_size = 0  # 0: same as batch_size
+  config.learning_rate = 1e-3
+  config.lr_decay_rate = 0.96
+  config.lr_decay_steps = 2000
+  config.alpha = 0.0005  # weight of the reconstruction SSE
+  config.num_epochs = 50
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.seed = 0
+
+  # Loop.
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: at the end of every epoch
+  config.checkpoint_every_steps = 0  # 0: at every evaluation
+  config.keep_checkpoints = 3
+  config.num_summary_images = 16  # reconstructions logged per evaluation
+
+  # Ensemble evaluation (--mode=ensemble): comma-separated workdirs.
+  config.ensemble_workdirs = ""
+
+  # Fault injection for tests: make the loss NaN at this step (-1: never).
+  config.inject_nan_at_step = -1
+  return config
+
+
+def get_hyper(hyper):
+  """Hyperparameter sweep (for tools that use it)."""
+  return hyper.product([])

@@ -1,0 +1,24 @@
+"""CapsNet on smallNORB (5 classes, 32x32 crops of 48x48 images).
+
+  python main.py --config=configs/smallnorb.py --workdir=runs/smallnorb
+
+data_setup=reference (default): each stereo pair gives two single-channel
+examples, random crops with brightness/contrast jitter (the PyTorch
+reference); data_setup=paper: both cameras as 2 channels and per-image
+standardisation (Sabour et al.)::
+
+  python main.py --config=configs/smallnorb.py --workdir=runs/smallnorb_paper \
+      --config.data_setup=paper
+
+No smallNORB accuracy has been measured by this project yet (the development
+machines are offline); the reference reports 91.5%, the paper 97.3%.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "smallnorb"
+  config.num_epochs = 50
+  return config

@@ -1,0 +1,41 @@
+"""Tests of squash and the primary capsules' grouping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from capsnet_jax import layers
+
+
+def test_squash_length_and_direction():
+  s = jnp.array([[3.0, 4.0], [0.3, 0.4]])
+  v = layers.squash(s)
+  norms = np.linalg.norm(np.asarray(v), axis=-1)
+  np.testing.assert_allclose(norms, [25 / 26, 0.25 / 1.25], rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(v) / norms[:, None],
+                             np.asarray(s) / np.linalg.norm(s, axis=-1)[:, None],
+                             rtol=1e-5)
+
+
+def test_squash_zero_vector_finite_value_and_gradient():
+  v = layers.squash(jnp.zeros((2, 8)))
+  np.testing.assert_array_equal(np.asarray(v), 0.0)
+  g = jax.grad(lambda s: jnp.sum(layers.squash(s)))(jnp.zeros((2, 8)))
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_primary_capsules_group_channels_at_one_position():
+  module = layers.PrimaryCapsules(num_types=2, dim=3, kernel_size=1, stride=1)
+  x = jnp.ones((1, 2, 2, 1))
+  variables = module.init(jax.random.key(0), x)
+  # Kernel that copies position-independent channel values 0..5.
+  kernel = jnp.zeros((1, 1, 1, 6))
+  bias = jnp.arange(6.0)
+  params = {"conv": {"kernel": kernel, "bias": bias}}
+  u = module.apply({"params": params}, x)
+  assert u.shape == (1, 2 * 2 * 2, 3)
+  # Capsule (position 0, type 1) holds channels 3, 4, 5 of that position.
+  np.testing.assert_allclose(np.asarray(u[0, 1]),
+                             np.asarray(layers.squash(jnp.array([3.0, 4, 5]))),
+                             rtol=1e-6)
+  del variables

@@ -1,0 +1,159 @@
+"""Tests of the assembled model: parameter counts, decoders, batch norm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from capsnet_jax import decoders
+from capsnet_jax import losses
+from capsnet_jax import models
+
+# (num_classes, image shape, decoder) -> (total, decoder) from REFERENCE.md.
+COUNTS = {
+    (10, (28, 28, 1), "fc"): (8_215_728, 1_411_344),
+    (10, (28, 28, 1), "deconv"): (7_054_505, 250_121),
+    (5, (32, 32, 1), "fc"): (8_256_848, 1_616_384),
+    (5, (32, 32, 1), "deconv"): (7_490_081, 849_617),
+    (10, (32, 32, 3), "fc"): (11_749_280, 3_756_544),
+    (10, (32, 32, 3), "deconv"): (8_875_619, 882_883),
+}
+PART_COUNTS = {  # conv1, primary, class caps per input shape.
+    (28, 28, 1): (20_992, 5_308_672, 1_474_720),
+    (32, 32, 1): (20_992, 5_308_672, 1_310_800),
+    (32, 32, 3): (62_464, 5_308_672, 2_621_600),
+}
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _shapes(model):
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, *model.image_shape))))
+
+
+@pytest.mark.parametrize("key", list(COUNTS), ids=lambda k: f"{k[1]}-{k[2]}")
+def test_parameter_counts_match_reference(key):
+  num_classes, shape, decoder = key
+  params = _shapes(models.CapsNet(num_classes=num_classes, image_shape=shape,
+                                  decoder=decoder))["params"]
+  total, dec = COUNTS[key]
+  assert _count(params) == total
+  assert _count(params["decoder"]) == dec
+  stem, primary, class_caps = PART_COUNTS[shape]
+  assert _count(params["stem"]) == stem
+  assert _count(params["primary"]) == primary
+  assert _count(params["class_caps"]) == class_caps
+  assert params["class_caps"]["W"].shape[2:] == (16, 8)
+
+
+def test_batch_norm_adds_912_parameters_to_the_mnist_deconv_decoder():
+  variables = _shapes(models.CapsNetMNIST(decoder="deconv", batch_norm=True))
+  assert _count(variables["params"]["decoder"]) == 250_121 + 912
+  assert "batch_stats" in variables
+
+
+@pytest.mark.parametrize("name", decoders.DECODERS)
+@pytest.mark.parametrize("shape,classes", [((28, 28, 1), 10), ((32, 32, 3), 10),
+                                           ((32, 32, 1), 5), ((24, 24, 3), 10)])
+def test_decoders_output_images_in_unit_range(name, shape, classes):
+  dec = decoders.create_decoder(name, shape, classes, hidden=(8, 8))
+  x = jax.random.normal(jax.random.key(0), (2, classes * 16)) * 10
+  y, _ = dec.init_with_output(jax.random.key(1), x)
+  assert y.shape == (2, *shape)
+  assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+
+
+def test_unknown_names_list_the_valid_ones():
+  with pytest.raises(ValueError, match="fc"):
+    decoders.create_decoder("mlp", (28, 28, 1), 10)
+  with pytest.raises(ValueError, match="default"):
+    models._initializers("glorot")
+
+
+def _tiny(**kw):
+  return models._CapsNetTiny(**kw)
+
+
+def test_outputs_and_masking_by_true_label_in_training():
+  model = _tiny()
+  images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+  labels = jnp.array([1, 2, 3])
+  variables = model.init(jax.random.key(1), images)
+  out = model.apply(variables, images, labels, train=True)
+  assert out["class_caps"].shape == (3, 10, 16)
+  assert out["coupling"].shape == (3, 6 * 6 * 4, 10)
+  assert out["reconstructions"].shape == (3, 28, 28, 1)
+  expected = model.apply(variables, out["class_caps"], labels,
+                         method=models.CapsNet.decode)
+  np.testing.assert_allclose(np.asarray(out["reconstructions"]),
+                             np.asarray(expected), atol=1e-6)
+  out_eval = model.apply(variables, images, labels, train=False)
+  by_prediction = model.apply(variables, out_eval["class_caps"],
+                              out_eval["predictions"],
+                              method=models.CapsNet.decode)
+  np.testing.assert_allclose(np.asarray(out_eval["reconstructions"]),
+                             np.asarray(by_prediction), atol=1e-6)
+
+
+def _loss(model, variables, images, labels, train):
+  out, updates = model.apply(variables, images, labels, train=train,
+                             mutable=["batch_stats"])
+  loss = jnp.mean(losses.margin_loss(out["lengths"], labels)
+                  + 0.0005 * losses.reconstruction_sse(out["reconstructions"],
+                                                       images))
+  return loss, updates
+
+
+def test_gradients_finite_for_all_zero_input():
+  model = _tiny()
+  images = jnp.zeros((2, 28, 28, 1))
+  labels = jnp.array([0, 1])
+  variables = model.init(jax.random.key(0), images)
+  grads = jax.grad(lambda p: _loss(model, {"params": p}, images, labels,
+                                   True)[0])(variables["params"])
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+@pytest.mark.parametrize("batch_norm,decoder", [(False, "fc"), (True, "deconv")])
+def test_tiny_train_steps_lower_the_loss(batch_norm, decoder):
+  model = _tiny(batch_norm=batch_norm, decoder=decoder)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(16, 28, 28, 1)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, size=16))
+  variables = model.init(jax.random.key(0), images)
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  tx = optax.adam(3e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, stats, opt_state):
+    def f(p):
+      v = {"params": p, **({"batch_stats": stats} if stats else {})}
+      return _loss(model, v, images, labels, True)
+    (loss, updates), grads = jax.value_and_grad(f, has_aux=True)(params)
+    upd, opt_state = tx.update(grads, opt_state)
+    return (optax.apply_updates(params, upd),
+            updates.get("batch_stats", stats), opt_state, loss)
+
+  first = None
+  for _ in range(8):
+    params, new_stats, opt_state, loss = step(params, stats, opt_state)
+    if batch_norm:  # Running statistics move in training.
+      assert not np.allclose(np.asarray(jax.tree.leaves(new_stats)[0]),
+                             np.asarray(jax.tree.leaves(stats)[0]))
+    stats = new_stats
+    first = float(loss) if first is None else first
+  assert float(loss) < first
+  if batch_norm:
+    # Evaluation uses the running statistics: deterministic, no mutation, and
+    # batch-size independent.
+    v = {"params": params, "batch_stats": stats}
+    full = model.apply(v, images, train=False)["lengths"]
+    part = model.apply(v, images[:4], train=False)["lengths"]
+    np.testing.assert_allclose(np.asarray(full[:4]), np.asarray(part),
+                               atol=1e-5)
