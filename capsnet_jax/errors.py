@@ -20,3 +20,7 @@ class WorkdirError(UserError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """Training produced a NaN or Inf loss."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset cannot be read: missing or malformed files, failed download."""

@@ -52,8 +52,13 @@ class TrainState(train_state.TrainState):
 
 
 def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis "data"."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D mesh over every device of every process, axis "data".
+
+  Auto axis type: XLA's partitioner propagates the batch sharding through
+  the step (per-example vmaps, on-device augmentation) by itself.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh) -> jax.sharding.NamedSharding:
@@ -99,7 +104,7 @@ def create_train_state(config, model: models.CapsNet, rng: jax.Array,
   return jax.jit(init, out_shardings=replicated(mesh))()
 
 
-def _variables(state: TrainState, params=None) -> dict[str, Any]:
+def model_variables(state: TrainState, params=None) -> dict[str, Any]:
   variables = {"params": state.params if params is None else params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
@@ -111,14 +116,16 @@ def _variables(state: TrainState, params=None) -> dict[str, Any]:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
-               model: models.CapsNet, preprocess: Callable, alpha: float,
-               seed: int, nan_step: int = -1) -> tuple[TrainState, dict]:
+               model: models.CapsNet, preprocess: Callable, target: Callable,
+               alpha: float, seed: int, nan_step: int = -1
+               ) -> tuple[TrainState, dict]:
   """One optimisation step on a global batch.
 
   Args:
     state: replicated TrainState.
     batch: image [B, h, w, c] uint8 as stored, label [B] int32.
     model, preprocess, alpha, seed: static.
+    target: images -> what the decoder reconstructs (augment.reconstruction_target).
     nan_step: fault injection for tests: the loss is NaN at this step.
 
   Returns:
@@ -130,10 +137,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   labels = batch["label"]
 
   def loss_fn(params):
-    out, updates = model.apply(_variables(state, params), images, labels,
+    out, updates = model.apply(model_variables(state, params), images, labels,
                                train=True, mutable=["batch_stats"])
     margin = losses.margin_loss(out["lengths"], labels)
-    sse = losses.reconstruction_sse(out["reconstructions"], images)
+    sse = losses.reconstruction_sse(out["reconstructions"], target(images))
     loss = jnp.mean(margin + alpha * sse)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
@@ -158,7 +165,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              model: models.CapsNet, preprocess: Callable,
+              model: models.CapsNet, preprocess: Callable, target: Callable,
               alpha: float) -> dict[str, jax.Array]:
   """Sums of test metrics over the real (mask = 1) examples of a batch.
 
@@ -166,9 +173,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   """
   images = preprocess(batch["image"], jax.random.key(0))
   labels, mask = batch["label"], batch["mask"]
-  out = model.apply(_variables(state), images, train=False)
+  out = model.apply(model_variables(state), images, train=False)
   margin = losses.margin_loss(out["lengths"], labels)
-  sse = losses.reconstruction_sse(out["reconstructions"], images)
+  sse = losses.reconstruction_sse(out["reconstructions"], target(images))
   return dict(
       count=jnp.sum(mask),
       correct=jnp.sum(mask * (out["predictions"] == labels)),
@@ -180,7 +187,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
 def predict_step(state: TrainState, images: jax.Array, *,
                  model: models.CapsNet) -> dict[str, jax.Array]:
   """Model outputs (decoder masked by the prediction) for float images."""
-  return model.apply(_variables(state), images, train=False)
+  return model.apply(model_variables(state), images, train=False)
 
 
 class Steps:
@@ -193,9 +200,12 @@ class Steps:
     dataset, setup = config.dataset, config.data_setup
     self.preprocess_train = augment.make_preprocess_fn(dataset, setup, True)
     self.preprocess_eval = augment.make_preprocess_fn(dataset, setup, False)
+    target = functools.partial(augment.reconstruction_target, dataset=dataset,
+                               setup=setup)
     self.train = jax.jit(
         functools.partial(train_step, model=model,
-                          preprocess=self.preprocess_train, alpha=config.alpha,
+                          preprocess=self.preprocess_train, target=target,
+                          alpha=config.alpha,
                           seed=config.seed,
                           nan_step=config.get("inject_nan_at_step", -1)),
         in_shardings=(self.replicated, self.sharded),
@@ -203,7 +213,8 @@ class Steps:
         donate_argnums=0)
     self.eval = jax.jit(
         functools.partial(eval_step, model=model,
-                          preprocess=self.preprocess_eval, alpha=config.alpha),
+                          preprocess=self.preprocess_eval, target=target,
+                          alpha=config.alpha),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=self.replicated)
     self.predict = jax.jit(functools.partial(predict_step, model=model),
@@ -325,8 +336,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   train_split, test_split, info = input_pipeline.load_datasets(config)
   local_batch = config.batch_size // jax.process_count()
   eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
-  steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split.labels),
-                                                   local_batch)
+  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
+                                                   config.batch_size)
   total_steps = num_train_steps(config, steps_per_epoch)
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or eval_every
@@ -357,7 +368,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                            every_steps=None)
   hooks = [report] if lead else []
   batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
-                                         start, jax.process_index())
+                                         start, jax.process_index(),
+                                         steps_per_epoch)
   results = workdirs.read_results(workdir) or {}
   best = results.get("best_test_accuracy", 0.0)
   pending, data_wait, last_eval = [], 0.0, None

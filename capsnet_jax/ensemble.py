@@ -1,0 +1,115 @@
+"""Ensemble evaluation: average the class-capsule lengths of several models.
+
+Synopsis::
+
+  python main.py --config=configs/cifar10.py --workdir=runs/ensemble \
+      --mode=ensemble --config.ensemble_workdirs=runs/c0,runs/c1,runs/c2
+
+Sabour et al.'s 89.4% on CIFAR10 is such an average over 7 models. Every
+member workdir must hold a trained checkpoint of the same dataset and setup;
+each member's own config.json defines its architecture.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from capsnet_jax import augment
+from capsnet_jax import checkpoints
+from capsnet_jax import input_pipeline
+from capsnet_jax import train
+from capsnet_jax import validation
+from capsnet_jax import workdirs
+from capsnet_jax.errors import WorkdirError
+
+
+def ensemble_predictions(lengths: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """Mean class-capsule lengths [N, K] of the members and their argmax [N].
+
+  Args:
+    lengths: one [N, K] array per member.
+  """
+  mean = np.mean(np.stack(lengths), axis=0)
+  return mean, np.argmax(mean, axis=-1)
+
+
+def member_config(workdir: str, base) -> ml_collections.ConfigDict:
+  """``base`` updated with the fields of ``workdir``'s recorded config."""
+  path = os.path.join(workdir, workdirs.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f"ensemble member {workdir!r} has no {workdirs.CONFIG_FILE}"
+                       "; is it a trained workdir?")
+  with open(path) as f:
+    saved = json.load(f)
+  config = ml_collections.ConfigDict(base.to_dict())
+  for key, value in saved.items():
+    if key in config and key not in ("ensemble_workdirs", "idx_dir",
+                                     "tfds_data_dir"):
+      config[key] = value
+  return config
+
+
+def test_lengths(config, workdir: str, test: input_pipeline.Split,
+                 info: input_pipeline.DatasetInfo, mesh) -> np.ndarray:
+  """Class-capsule lengths [N_local, K] of ``workdir``'s latest checkpoint."""
+  ckpt = checkpoints.Checkpointer(workdir, create=False) if os.path.isdir(
+      checkpoints.checkpoint_dir(workdir)) else None
+  if ckpt is None or ckpt.latest_step() is None:
+    raise WorkdirError(f"ensemble member {workdir!r} has no checkpoint")
+  model, state = train.setup_model_and_state(config, info, mesh)
+  state = ckpt.restore(state)
+  ckpt.close()
+  preprocess = augment.make_preprocess_fn(config.dataset,
+                                                config.data_setup, False)
+
+  @jax.jit
+  def lengths_fn(state, images):
+    images = preprocess(images, jax.random.key(0))
+    return model.apply(train.model_variables(state), images, train=False)["lengths"]
+
+  batch = config.eval_batch_size or config.batch_size
+  out = [np.asarray(lengths_fn(state, jnp.asarray(test.images[i:i + batch])))
+         for i in range(0, len(test.labels), batch)]
+  return np.concatenate(out)
+
+
+def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
+  """--mode=ensemble: accuracy of the averaged lengths; writes results.json.
+
+  Runs on this process's devices (the members are evaluated one by one).
+  """
+  validation.validate_config(config, "ensemble", jax.device_count())
+  members = [w.strip() for w in config.ensemble_workdirs.split(",") if w.strip()]
+  configs = [member_config(w, config) for w in members]
+  datasets = {(c.dataset, c.data_setup) for c in configs}
+  if len(datasets) != 1:
+    raise WorkdirError(f"ensemble members use different data: {sorted(datasets)}")
+  first = configs[0]
+  _, test, info = input_pipeline.load_datasets(first, process_index=0,
+                                               process_count=1)
+  mesh = train.make_mesh()
+  lengths, accuracies = [], []
+  for member, cfg in zip(members, configs):
+    member_lengths = test_lengths(cfg, member, test, info, mesh)
+    accuracies.append(float(np.mean(np.argmax(member_lengths, -1) == test.labels)))
+    logging.info("member %s: test accuracy %.4f", member, accuracies[-1])
+    lengths.append(member_lengths)
+  _, predictions = ensemble_predictions(lengths)
+  results = dict(
+      ensemble_workdirs=members, member_test_accuracies=accuracies,
+      test_accuracy=float(np.mean(predictions == test.labels)),
+      num_models=len(members), dataset=info.name, num_test=len(test.labels))
+  logging.info("ensemble of %d: test accuracy %.4f", len(members),
+               results["test_accuracy"])
+  if jax.process_index() == 0:
+    workdirs.check_writable(workdir)
+    with open(os.path.join(workdir, "ensemble_results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  print(json.dumps(results))
+  return results

@@ -1,0 +1,253 @@
+"""Datasets as in-memory uint8 arrays: tfds or a local MNIST IDX folder.
+
+Synopsis::
+
+  train_split, test_split, info = input_pipeline.load_datasets(config)
+  for batch in input_pipeline.train_batches(train_split, 64, seed=0, start_step=0):
+    ...  # {"image": uint8 [64, H, W, C], "label": int32 [64]}
+
+MNIST, smallNORB and CIFAR10 fit in host memory, so each process loads its
+own shard of each split once (tfds.even_splits over the processes, or the same
+even shards of an IDX folder) and serves batches by indexing. Augmentation
+runs on the device (capsnet_jax.augment), so the host work per step is one
+gather of uint8 images. The order of the examples depends only on
+(seed, epoch, process), so a resumed run sees exactly the batches an
+uninterrupted one would have.
+
+TensorFlow is imported only when tfds is used, with its GPUs hidden.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Iterator
+
+from absl import logging
+import numpy as np
+
+from capsnet_jax import idx
+from capsnet_jax.errors import DataError
+
+DATASETS = ("mnist", "smallnorb", "cifar10")
+SETUPS = ("reference", "paper")
+SMALLNORB_SIZE = 48  # smallNORB's 96x96 images are resized to 48x48 at load.
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model needs to know about a dataset (after preprocessing).
+
+  image_shape: the model input (H, W, C), after crops.
+  num_train, num_test: examples in each split over all processes.
+  """
+  name: str
+  setup: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  num_train: int
+  num_test: int
+  class_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One process's examples: images uint8 [N, H, W, C] as stored, labels int32 [N]."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                    "frog", "horse", "ship", "truck")
+_SMALLNORB_CLASSES = ("animal", "human", "airplane", "truck", "car")
+
+
+def dataset_info(name: str, setup: str = "reference") -> DatasetInfo:
+  """The nominal DatasetInfo of ``name`` in ``setup`` (no data is read)."""
+  if name == "mnist":
+    return DatasetInfo("mnist", setup, (28, 28, 1), 10, 60000, 10000,
+                       tuple(str(i) for i in range(10)))
+  if name == "smallnorb":
+    if setup == "paper":  # Both cameras as two channels.
+      return DatasetInfo(name, setup, (32, 32, 2), 5, 24300, 24300,
+                         _SMALLNORB_CLASSES)
+    return DatasetInfo(name, setup, (32, 32, 1), 5, 48600, 48600,
+                       _SMALLNORB_CLASSES)
+  if name == "cifar10":
+    size = 24 if setup == "paper" else 32
+    return DatasetInfo(name, setup, (size, size, 3), 10, 50000, 10000,
+                       _CIFAR10_CLASSES)
+  raise DataError(f"Unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+# --------------------------------------------------------------------------
+# Loading.
+
+
+def _shard(array: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+  """This process's contiguous part, sizes differing by at most one (as
+  tfds.even_splits)."""
+  return np.array_split(array, process_count)[process_index]
+
+
+def _downsample2(images: np.ndarray) -> np.ndarray:
+  """[N, 2H, 2W, C] uint8 -> [N, H, W, C]: 2x2 means (area resize), rounded."""
+  n, h, w, c = images.shape
+  out = np.empty((n, h // 2, w // 2, c), np.uint8)
+  for i in range(0, n, 4096):  # Bounded float32 temporaries.
+    x = images[i:i + 4096].astype(np.float32).reshape(-1, h // 2, 2, w // 2, 2, c)
+    out[i:i + 4096] = np.round(x.mean(axis=(2, 4)))
+  return out
+
+
+def _import_tfds():
+  """tensorflow_datasets, with TensorFlow kept off any GPU."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None, process_index: int,
+                process_count: int) -> dict[str, np.ndarray]:
+  """This process's part of a tfds split as numpy arrays."""
+  tfds = _import_tfds()
+  part = tfds.even_splits(split, process_count)[process_index]
+  try:
+    return tfds.as_numpy(tfds.load(name, split=part, batch_size=-1,
+                                   data_dir=data_dir or None))
+  except Exception as e:  # pylint: disable=broad-except
+    hint = ("use a local folder of MNIST IDX files with --config.idx_dir=DIR"
+            if name == "mnist" else
+            f"prepare it where there is internet (`tfds build {name}`) and "
+            "pass that data directory with --config.tfds_data_dir=DIR")
+    raise DataError(f"tfds could not load {name!r} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); the download "
+                    f"needs internet; offline, {hint}") from e
+
+
+def _load_tfds(name: str, setup: str, split: str, data_dir: str | None,
+               process_index: int, process_count: int) -> Split:
+  data = _tfds_split(name, split, data_dir, process_index, process_count)
+  if name == "smallnorb":
+    left, right = data["image"], data["image2"]
+    labels = data["label_category"]
+    if setup == "paper":
+      images = np.concatenate([left, right], axis=-1)
+    else:  # Each camera's image is an example of its own.
+      images = np.concatenate([left, right], axis=0)
+      labels = np.concatenate([labels, labels], axis=0)
+    images = _downsample2(images)
+  else:
+    images, labels = data["image"], data["label"]
+  return Split(np.ascontiguousarray(images, np.uint8), labels.astype(np.int32))
+
+
+def load_datasets(config, process_index: int | None = None,
+                  process_count: int | None = None
+                  ) -> tuple[Split, Split, DatasetInfo]:
+  """(train, test, info) for config.dataset / data_setup; this process's shards.
+
+  Reads config.idx_dir when set (MNIST only), else tfds (data_dir
+  config.tfds_data_dir). info's counts are those of the data read, over all
+  processes. Raises errors.DataError with a hint when data cannot be read.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index, process_count = jax.process_index(), jax.process_count()
+  name, setup = config.dataset, config.data_setup
+  info = dataset_info(name, setup)
+  if config.get("idx_dir"):
+    splits = {}
+    for split in ("train", "test"):
+      images, labels = idx.load_mnist_idx(config.idx_dir, split)
+      splits[split] = (len(labels), Split(_shard(images, process_index, process_count),
+                                          _shard(labels, process_index, process_count)))
+    (num_train, train), (num_test, test) = splits["train"], splits["test"]
+    source = f"IDX folder {config.idx_dir}"
+  else:
+    train = _load_tfds(name, setup, "train", config.get("tfds_data_dir"),
+                       process_index, process_count)
+    test = _load_tfds(name, setup, "test", config.get("tfds_data_dir"),
+                      process_index, process_count)
+    # even_splits sizes differ by at most one, so the totals follow from ours.
+    num_train = _total(len(train), process_index, process_count, info.num_train)
+    num_test = _total(len(test), process_index, process_count, info.num_test)
+    source = "tfds"
+  info = dataclasses.replace(info, num_train=num_train, num_test=num_test)
+  logging.info("%s (%s setup) from %s: %d/%d train and %d/%d test examples in "
+               "process %d of %d", name, setup, source, len(train), num_train,
+               len(test), num_test, process_index, process_count)
+  return train, test, info
+
+
+def _total(local: int, process_index: int, process_count: int, nominal: int) -> int:
+  """Examples over all processes, given this process's even-split share."""
+  if process_count == 1:
+    return local
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_count() != process_count:  # Not a real multi-process run.
+    return nominal
+  del process_index
+  return int(np.sum(multihost_utils.process_allgather(np.array(local))))
+
+
+# --------------------------------------------------------------------------
+# Batches.
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches per epoch (the remainder of each shuffled epoch is dropped)."""
+  return max(num_examples // batch_size, 1)
+
+
+def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, num_steps_per_epoch: int | None = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled batches of this process's examples from ``start_step``.
+
+  Epoch e is a permutation drawn from (seed, e, process_index); step s is the
+  (s mod steps_per_epoch)-th batch of epoch s // steps_per_epoch, so the
+  stream depends only on the step. num_steps_per_epoch must be equal in every
+  process (train.py passes num_train // global batch).
+  """
+  n = len(split)
+  if batch_size > n:
+    raise DataError(f"local batch size {batch_size} exceeds the {n} training "
+                    "examples of this process")
+  per_epoch = num_steps_per_epoch or steps_per_epoch(n, batch_size)
+  step = start_step
+  while True:
+    epoch, i = divmod(step, per_epoch)
+    if i == 0 or step == start_step:
+      order = np.random.default_rng([seed, epoch, process_index]).permutation(n)
+    idx_ = order[i * batch_size:(i + 1) * batch_size]
+    yield {"image": split.images[idx_], "label": split.labels[idx_]}
+    step += 1
+
+
+def num_eval_batches(num_examples: int, batch_size: int) -> int:
+  return max(math.ceil(num_examples / batch_size), 1)
+
+
+def eval_batches(split: Split, batch_size: int, num_batches: int | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order, in ``num_batches`` batches of ``batch_size``;
+  the padding at the end has mask 0 (the real examples mask 1)."""
+  n = len(split)
+  num_batches = num_batches or num_eval_batches(n, batch_size)
+  for b in range(num_batches):
+    lo, hi = min(b * batch_size, n), min((b + 1) * batch_size, n)
+    pad = batch_size - (hi - lo)
+    images, labels = split.images[lo:hi], split.labels[lo:hi]
+    mask = np.ones(hi - lo, np.float32)
+    if pad:
+      images = np.concatenate([images, np.zeros((pad, *split.images.shape[1:]),
+                                                np.uint8)])
+      labels = np.concatenate([labels, np.zeros(pad, np.int32)])
+      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+    yield {"image": images, "label": labels, "mask": mask}
