@@ -116,9 +116,13 @@ def _tfds_split(name: str, split: str, data_dir: str | None, process_index: int,
   """This process's part of a tfds split as numpy arrays."""
   tfds = _import_tfds()
   part = tfds.even_splits(split, process_count)[process_index]
+  keys = (("image", "image2", "label_category") if name == "smallnorb"
+          else ("image", "label"))
   try:
-    return tfds.as_numpy(tfds.load(name, split=part, batch_size=-1,
-                                   data_dir=data_dir or None))
+    ds = tfds.load(name, split=part, data_dir=data_dir or None,
+                   shuffle_files=False)
+    ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(8192)
+    chunks = list(tfds.as_numpy(ds))
   except Exception as e:  # pylint: disable=broad-except
     hint = ("use a local folder of MNIST IDX files with --config.idx_dir=DIR"
             if name == "mnist" else
@@ -127,6 +131,9 @@ def _tfds_split(name: str, split: str, data_dir: str | None, process_index: int,
     raise DataError(f"tfds could not load {name!r} ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); the download "
                     f"needs internet; offline, {hint}") from e
+  if not chunks:
+    raise DataError(f"tfds split {part!r} of {name!r} is empty")
+  return {k: np.concatenate([c[k] for c in chunks]) for k in keys}
 
 
 def _load_tfds(name: str, setup: str, split: str, data_dir: str | None,

@@ -12,6 +12,7 @@ import pytest
 from capsnet_jax import checkpoints
 from capsnet_jax import train
 from configs import default
+from conftest import SHARED_MNIST
 
 
 def tiny_config(idx_dir, **overrides):
@@ -99,3 +100,14 @@ def test_resume_continues_exactly(idx_dir, trained, tmp_path):
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no ../shared/data/mnist")
+def test_short_run_on_real_mnist(tmp_path):
+  """60 steps of the tiny model on the real digits: far above chance on the
+  full 10,000-image test set, evaluated exactly once per example."""
+  config = tiny_config(SHARED_MNIST, num_train_steps=60, eval_batch_size=512)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 60
+  assert results["test_accuracy"] > 0.6, results
+  assert results["test_reconstruction_loss"] < 150

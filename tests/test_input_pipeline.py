@@ -1,0 +1,131 @@
+"""Datasets: IDX reading and validation, tfds loading under mock data, batch
+order, sharding and complete evaluation."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from capsnet_jax import idx
+from capsnet_jax import input_pipeline
+from capsnet_jax.errors import DataError
+from configs import default
+from conftest import SHARED_MNIST, make_idx_dir, write_idx
+
+
+def _config(**overrides):
+  config = default.get_config()
+  config.update(overrides)
+  return config
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no ../shared/data/mnist")
+def test_real_mnist_idx_folder():
+  sums = dict(line.split()[::-1] for line in
+              (SHARED_MNIST / "MD5SUMS").read_text().splitlines() if line.strip())
+  for name, digest in sums.items():
+    path = SHARED_MNIST / name
+    if path.exists():
+      assert hashlib.md5(path.read_bytes()).hexdigest() == digest, name
+  train, test, info = input_pipeline.load_datasets(
+      _config(idx_dir=str(SHARED_MNIST)), 0, 1)
+  assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (
+      10000, 28, 28, 1)
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  assert sorted(set(test.labels.tolist())) == list(range(10))
+  assert (info.num_train, info.num_test, info.image_shape) == (60000, 10000,
+                                                               (28, 28, 1))
+
+
+def test_idx_raw_and_gzip_agree(tmp_path):
+  images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
+  write_idx(tmp_path / "a", images, compress=False)
+  write_idx(tmp_path / "b", images, compress=True)
+  np.testing.assert_array_equal(idx.read_idx(str(tmp_path / "a")),
+                                idx.read_idx(str(tmp_path / "b.gz")))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("magic", "magic number"),
+    ("truncate", "truncated"),
+    ("count", "labels"),
+    ("size", "28x28"),
+    ("missing", "has no t10k-labels-idx1-ubyte"),
+])
+def test_idx_errors_name_the_problem(tmp_path, damage, message):
+  d = make_idx_dir(tmp_path / "d", n_train=8, n_test=6)
+  images = np.zeros((6, 28, 28), np.uint8)
+  if damage == "magic":
+    (d / "t10k-images-idx3-ubyte.gz").unlink()
+    write_idx(d / "t10k-images-idx3-ubyte", images, compress=False)
+    data = bytearray((d / "t10k-images-idx3-ubyte").read_bytes())
+    data[2] = 0x09
+    (d / "t10k-images-idx3-ubyte").write_bytes(bytes(data))
+  elif damage == "truncate":
+    (d / "t10k-images-idx3-ubyte.gz").unlink()
+    write_idx(d / "t10k-images-idx3-ubyte", images, compress=False)
+    data = (d / "t10k-images-idx3-ubyte").read_bytes()
+    (d / "t10k-images-idx3-ubyte").write_bytes(data[:-10])
+  elif damage == "count":
+    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((5, 28, 28)))
+  elif damage == "size":
+    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((6, 32, 32)))
+  else:
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+  with pytest.raises(DataError, match=message):
+    idx.check_mnist_idx_dir(str(d))
+
+
+@pytest.mark.parametrize("dataset,setup,stored,num_train", [
+    ("mnist", "reference", (28, 28, 1), 12),
+    ("smallnorb", "reference", (48, 48, 1), 24),  # two cameras, two examples
+    ("smallnorb", "paper", (48, 48, 2), 12),
+    ("cifar10", "paper", (32, 32, 3), 12),
+])
+def test_tfds_loading_under_mock_data(dataset, setup, stored, num_train):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    train, test, info = input_pipeline.load_datasets(
+        _config(dataset=dataset, data_setup=setup), 0, 1)
+  assert train.images.shape == (num_train, *stored)
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  assert 0 <= train.labels.min() and train.labels.max() < info.num_classes
+  assert info.num_train == num_train and info.num_test == len(test)
+
+
+def test_tfds_failure_points_at_idx_dir(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(DataError, match="idx_dir"):
+    input_pipeline.load_datasets(_config(tfds_data_dir=str(tmp_path)), 0, 1)
+
+
+def _split(n):
+  return input_pipeline.Split(np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1),
+                              np.arange(n, dtype=np.int32))
+
+
+def test_train_batches_depend_only_on_seed_and_step():
+  split = _split(50)
+  stream = input_pipeline.train_batches(split, 8, seed=1)
+  first = [next(stream)["label"] for _ in range(13)]  # 6 steps per epoch
+  epoch0 = np.concatenate(first[:6])
+  assert len(set(epoch0.tolist())) == 48  # no example twice in an epoch
+  assert not np.array_equal(first[0], first[6])  # a new order per epoch
+  resumed = input_pipeline.train_batches(split, 8, seed=1, start_step=7)
+  np.testing.assert_array_equal(next(resumed)["label"], first[7])
+  other = input_pipeline.train_batches(split, 8, seed=2)
+  assert not np.array_equal(next(other)["label"], first[0])
+
+
+def test_eval_batches_cover_every_example_once():
+  split = _split(21)
+  batches = list(input_pipeline.eval_batches(split, 8))
+  assert len(batches) == 3
+  mask = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  np.testing.assert_array_equal(labels[mask == 1], np.arange(21))
+  assert mask.sum() == 21 and all(b["image"].shape[0] == 8 for b in batches)
+  # Process shards differ by at most one example and together are the split.
+  shards = [input_pipeline._shard(split.labels, i, 4) for i in range(4)]
+  assert {len(s) for s in shards} <= {5, 6}
+  np.testing.assert_array_equal(np.concatenate(shards), np.arange(21))
