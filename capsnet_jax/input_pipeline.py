@@ -181,8 +181,8 @@ def load_datasets(config, process_index: int | None = None,
     test = _load_tfds(name, setup, "test", config.get("tfds_data_dir"),
                       process_index, process_count)
     # even_splits sizes differ by at most one, so the totals follow from ours.
-    num_train = _total(len(train), process_index, process_count, info.num_train)
-    num_test = _total(len(test), process_index, process_count, info.num_test)
+    num_train = _total(len(train), process_count, info.num_train)
+    num_test = _total(len(test), process_count, info.num_test)
     source = "tfds"
   info = dataclasses.replace(info, num_train=num_train, num_test=num_test)
   logging.info("%s (%s setup) from %s: %d/%d train and %d/%d test examples in "
@@ -191,15 +191,15 @@ def load_datasets(config, process_index: int | None = None,
   return train, test, info
 
 
-def _total(local: int, process_index: int, process_count: int, nominal: int) -> int:
-  """Examples over all processes, given this process's even-split share."""
+def _total(local: int, process_count: int, nominal: int) -> int:
+  """Examples over all processes: the sum of every process's share (the
+  nominal count where the shares are not of a real multi-process run)."""
   if process_count == 1:
     return local
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if jax.process_count() != process_count:  # Not a real multi-process run.
     return nominal
-  del process_index
   return int(np.sum(multihost_utils.process_allgather(np.array(local))))
 
 
