@@ -39,6 +39,7 @@ class DatasetInfo:
 
   image_shape: the model input (H, W, C), after crops.
   num_train, num_test: examples in each split over all processes.
+  stored_shape: the images as held in memory, before crops.
   """
   name: str
   setup: str
@@ -47,6 +48,7 @@ class DatasetInfo:
   num_train: int
   num_test: int
   class_names: tuple[str, ...]
+  stored_shape: tuple[int, int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +70,17 @@ def dataset_info(name: str, setup: str = "reference") -> DatasetInfo:
   """The nominal DatasetInfo of ``name`` in ``setup`` (no data is read)."""
   if name == "mnist":
     return DatasetInfo("mnist", setup, (28, 28, 1), 10, 60000, 10000,
-                       tuple(str(i) for i in range(10)))
+                       tuple(str(i) for i in range(10)), (28, 28, 1))
   if name == "smallnorb":
     if setup == "paper":  # Both cameras as two channels.
       return DatasetInfo(name, setup, (32, 32, 2), 5, 24300, 24300,
-                         _SMALLNORB_CLASSES)
+                         _SMALLNORB_CLASSES, (48, 48, 2))
     return DatasetInfo(name, setup, (32, 32, 1), 5, 48600, 48600,
-                       _SMALLNORB_CLASSES)
+                       _SMALLNORB_CLASSES, (48, 48, 1))
   if name == "cifar10":
     size = 24 if setup == "paper" else 32
     return DatasetInfo(name, setup, (size, size, 3), 10, 50000, 10000,
-                       _CIFAR10_CLASSES)
+                       _CIFAR10_CLASSES, (32, 32, 3))
   raise DataError(f"Unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 

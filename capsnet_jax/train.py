@@ -32,6 +32,7 @@ import optax
 
 from capsnet_jax import augment
 from capsnet_jax import checkpoints
+from capsnet_jax import conv
 from capsnet_jax import input_pipeline
 from capsnet_jax import losses
 from capsnet_jax import models
@@ -211,13 +212,15 @@ class Steps:
         in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated),
         donate_argnums=0)
+    # Forward-only passes may use a faster convolution formulation.
+    inference_model = model.clone(conv_impl=conv.inference_impl(model.conv_impl))
     self.eval = jax.jit(
-        functools.partial(eval_step, model=model,
+        functools.partial(eval_step, model=inference_model,
                           preprocess=self.preprocess_eval, target=target,
                           alpha=config.alpha),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=self.replicated)
-    self.predict = jax.jit(functools.partial(predict_step, model=model),
+    self.predict = jax.jit(functools.partial(predict_step, model=inference_model),
                            out_shardings=self.replicated)
 
 
