@@ -333,10 +333,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     test_margin_loss, test_reconstruction_loss (per-image SSE), num_params,
     best_test_accuracy and timing.
   """
+  # Every check of the user's input runs before anything is written.
   validation.validate_config(config, "train", jax.device_count())
+  workdirs.check_compatible(workdir, config)
+  train_split, test_split, info = input_pipeline.load_datasets(config)
   workdirs.prepare(workdir, config)
   mesh = make_mesh()
-  train_split, test_split, info = input_pipeline.load_datasets(config)
   local_batch = config.batch_size // jax.process_count()
   eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
   steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
@@ -378,48 +380,54 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   pending, data_wait, last_eval = [], 0.0, None
   t0 = time.time()
   step = start
-  with _Preemption() as preemption:
-    while step < total_steps:
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        t = time.perf_counter()
-        batch = global_batch(next(batches), steps.sharded)
-        data_wait += time.perf_counter() - t
-        state, metrics = steps.train(state, batch)
-      pending.append(metrics)
-      step += 1
-      for hook in hooks:
-        hook(step)
-      last = step == total_steps
-      if step % config.log_every_steps == 0 or last:
-        _log_train(writer, step, pending, schedule, data_wait)
-        pending, data_wait = [], 0.0
-      evaluated_now = step % eval_every == 0 or last
-      if evaluated_now:
-        with report.timed("eval"):
-          last_eval = evaluate(steps, state, test_split, eval_batch,
-                               info.num_test)
-        best = max(best, last_eval["accuracy"])
-        writer.write_scalars(step, {f"test_{k}": v for k, v in last_eval.items()
-                                    if k != "count"})
-        writer.write_images(step, {"reconstructions": reconstruction_grid(
-            steps, state, test_split, config.num_summary_images)})
-        logging.info("step %d: test accuracy %.4f, margin loss %.5f, "
-                     "reconstruction loss %.3f", step, last_eval["accuracy"],
-                     last_eval["margin_loss"], last_eval["reconstruction_loss"])
-      if step % ckpt_every == 0 or last:
-        ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
-                  if evaluated_now else None)
-      poll = jax.process_count() == 1 or step % config.log_every_steps == 0
-      if poll and _any_process(preemption.signal is not None) and not last:
-        _check_finite(pending, step)
-        ckpt.save(step, state, None)
-        ckpt.close()
-        writer.flush()
-        logging.warning("Received %s: saved a checkpoint at step %d; rerun the "
-                        "same command to resume.", preemption.signal, step)
-        return {"step": step, "preempted": True}
-  ckpt.close()
-  writer.flush()
+  preempted = None
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          t = time.perf_counter()
+          batch = global_batch(next(batches), steps.sharded)
+          data_wait += time.perf_counter() - t
+          state, metrics = steps.train(state, batch)
+        pending.append(metrics)
+        step += 1
+        for hook in hooks:
+          hook(step)
+        last = step == total_steps
+        if step % config.log_every_steps == 0 or last:
+          _log_train(writer, step, pending, schedule, data_wait)
+          pending, data_wait = [], 0.0
+        evaluated_now = step % eval_every == 0 or last
+        if evaluated_now:
+          with report.timed("eval"):
+            last_eval = evaluate(steps, state, test_split, eval_batch,
+                                 info.num_test)
+          best = max(best, last_eval["accuracy"])
+          writer.write_scalars(step, {f"test_{k}": v for k, v in last_eval.items()
+                                      if k != "count"})
+          writer.write_images(step, {"reconstructions": reconstruction_grid(
+              steps, state, test_split, config.num_summary_images)})
+          logging.info("step %d: test accuracy %.4f, margin loss %.5f, "
+                       "reconstruction loss %.3f", step, last_eval["accuracy"],
+                       last_eval["margin_loss"], last_eval["reconstruction_loss"])
+        if step % ckpt_every == 0 or last:
+          _check_finite(pending, step)  # Never checkpoint after a bad step.
+          ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
+                    if evaluated_now else None)
+        poll = jax.process_count() == 1 or step % config.log_every_steps == 0
+        if poll and _any_process(preemption.signal is not None) and not last:
+          _check_finite(pending, step)
+          if ckpt.latest_step() != step:
+            ckpt.save(step, state, None)
+          preempted = preemption.signal or "a signal on another process"
+          break
+  finally:  # Also on errors: finish the pending checkpoint writes.
+    ckpt.close()
+    writer.flush()
+  if preempted:
+    logging.warning("Received %s: saved a checkpoint at step %d; rerun the "
+                    "same command to resume.", preempted, step)
+    return {"step": step, "preempted": True}
   if last_eval is None:  # Nothing left to train: evaluate what was restored.
     last_eval = evaluate(steps, state, test_split, eval_batch, info.num_test)
   results = dict(
