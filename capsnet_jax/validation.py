@@ -49,6 +49,11 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   for name in ("alpha", "eval_batch_size", "eval_every_steps",
                "checkpoint_every_steps", "lr_decay_steps"):
     _positive(config, name, allow_zero=True)
+  if mode == "visualize":
+    for name in ("visualize_rotation_step", "visualize_num_images",
+                 "visualize_primary_steps", "visualize_primary_examples"):
+      _positive(config, name)
+    _positive(config, "visualize_rotation_examples", allow_zero=True)
   if config.num_train_steps <= 0:
     _positive(config, "num_epochs")
   if not 0 < config.lr_decay_rate <= 1:

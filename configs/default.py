@@ -51,6 +51,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.num_summary_images = 16  # reconstructions logged per evaluation
 
+  # --mode=visualize (figures in WORKDIR/figures).
+  config.visualize_num_images = 8  # reconstructions shown
+  config.visualize_example = 0  # test image of the rotation strip etc.
+  config.visualize_rotation_step = 15  # degrees between -180 and 180
+  config.visualize_rotation_examples = 0  # test images rotated; 0: all
+  config.visualize_primary_examples = 4096  # train images for the primary decoder
+  config.visualize_primary_steps = 300  # its Adam steps
+
   # Ensemble evaluation (--mode=ensemble): comma-separated workdirs.
   config.ensemble_workdirs = ""
 

@@ -1,0 +1,524 @@
+"""Looking inside a trained CapsNet: the figures of --mode=visualize.
+
+Synopsis::
+
+  python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=visualize
+
+reads the latest checkpoint of WORKDIR and writes into WORKDIR/figures/:
+
+  reconstructions.png   test inputs beside their reconstructions (predicted class)
+  rotation.png          accuracy and mean true-class capsule length against the
+                        rotation angle over the test set, and one test image
+                        rotated step by step with its prediction, confidence
+                        and reconstruction (also rotation.gif)
+  perturbation.png      each of the 16 dimensions of the predicted capsule
+                        varied over [-0.25, 0.25] in steps of 0.05, decoded
+  primary_caps.png      reconstructions from single primary capsules scaled by
+                        a growing routing coefficient, through a decoder
+                        trained on the frozen network's primary capsules
+                        (cached in figures/primary_decoder.msgpack)
+  confusion_matrix.png  test-set confusion matrix (counts in confusion_matrix.json)
+  summary.json          the numbers behind the figures
+
+and the same images to TensorBoard. The array-producing functions
+(rotation_sweep, perturbation_grid, confusion_matrix, ...) are separate from
+the plotting so that their results can be checked.
+"""
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scipy import ndimage  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from capsnet_jax import augment
+from capsnet_jax import checkpoints
+from capsnet_jax import conv
+from capsnet_jax import decoders
+from capsnet_jax import input_pipeline
+from capsnet_jax import train
+from capsnet_jax import validation
+from capsnet_jax import workdirs
+from capsnet_jax.errors import WorkdirError
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+PERTURBATION_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)  # 11 values
+PRIMARY_DECODER_FILE = "primary_decoder.msgpack"
+
+
+class Inference:
+  """A restored model's forward passes on uint8 images as stored, batched."""
+
+  def __init__(self, config, model, state, info, batch_size: int):
+    self.model = model.clone(conv_impl=conv.inference_impl(model.conv_impl))
+    self.variables = train.model_variables(state)
+    self.info = info
+    self.batch_size = batch_size
+    self.dataset, self.setup = config.dataset, config.data_setup
+    preprocess = augment.make_preprocess_fn(config.dataset, config.data_setup,
+                                            False)
+    self._preprocess = jax.jit(lambda x: preprocess(x, None))
+    self._forward = jax.jit(lambda v, x: self.model.apply(v, x))
+    self._decode = jax.jit(lambda v, caps, labels: self.model.apply(
+        v, caps, labels, method=self.model.decode))
+
+  def model_input(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, ...] as stored -> float model input [N, H, W, C]."""
+    return np.asarray(self._preprocess(jnp.asarray(images)))
+
+  def display(self, images: np.ndarray) -> np.ndarray:
+    """Model inputs [N, H, W, C] -> what the decoder reconstructs ([0, 1])."""
+    return np.asarray(augment.reconstruction_target(
+        jnp.asarray(images), self.dataset, self.setup))
+
+  def outputs(self, images: np.ndarray,
+              keys=("lengths", "predictions")) -> dict[str, np.ndarray]:
+    """The model's outputs ``keys`` for uint8 images, in batches; the last
+    batch is padded to the batch size so that one compilation serves all."""
+    results = {k: [] for k in keys}
+    n, b = len(images), self.batch_size
+    for i in range(0, n, b):
+      chunk = images[i:i + b]
+      pad = b - len(chunk)
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+      out = self._forward(self.variables, self._preprocess(jnp.asarray(chunk)))
+      for k in keys:
+        results[k].append(np.asarray(out[k])[:b - pad])
+    return {k: np.concatenate(v) for k, v in results.items()}
+
+  def decode(self, class_caps: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.asarray(self._decode(self.variables, jnp.asarray(class_caps),
+                                   jnp.asarray(labels)))
+
+
+# --------------------------------------------------------------------------
+# The arrays behind the figures.
+
+
+def rotate(images: np.ndarray, angle: float) -> np.ndarray:
+  """uint8 [N, H, W, C] rotated by ``angle`` degrees counter-clockwise about
+  the centre (bilinear, zero fill, same size), with scipy.ndimage.rotate."""
+  if angle % 360 == 0:
+    return images
+  out = ndimage.rotate(images.astype(np.float32), angle, axes=(2, 1),
+                       reshape=False, order=1, mode="constant", cval=0.0)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def rotation_sweep(inference: Inference, images: np.ndarray, labels: np.ndarray,
+                   angles) -> dict[str, np.ndarray]:
+  """Accuracy and mean true-class capsule length at every angle.
+
+  Returns:
+    angles [A], accuracy [A], mean_true_length [A].
+  """
+  accuracy, mean_length = [], []
+  for angle in angles:
+    out = inference.outputs(rotate(images, angle))
+    accuracy.append(np.mean(out["predictions"] == labels))
+    mean_length.append(np.mean(out["lengths"][np.arange(len(labels)), labels]))
+    logging.info("rotation %+.0f deg: accuracy %.4f", angle, accuracy[-1])
+  return dict(angles=np.asarray(angles, np.float32),
+              accuracy=np.asarray(accuracy), mean_true_length=np.asarray(mean_length))
+
+
+def rotation_strip(inference: Inference, image: np.ndarray, angles
+                   ) -> dict[str, np.ndarray]:
+  """One stored uint8 image [H, W, C] rotated through ``angles``: inputs,
+  reconstructions, predictions and confidences (predicted capsule length)."""
+  rotated = np.stack([rotate(image[None], a)[0] for a in angles])
+  out = inference.outputs(rotated, ("lengths", "predictions", "reconstructions"))
+  return dict(angles=np.asarray(angles), inputs=inference.display(
+      inference.model_input(rotated)), reconstructions=out["reconstructions"],
+              predictions=out["predictions"],
+              confidence=out["lengths"][np.arange(len(angles)), out["predictions"]])
+
+
+def perturbation_grid(inference: Inference, class_caps: np.ndarray, label: int,
+                      offsets=PERTURBATION_OFFSETS) -> np.ndarray:
+  """Decodings of one example's capsule ``label`` with each dimension moved.
+
+  Args:
+    class_caps: [K, D] class capsules of one example.
+    label: the capsule to perturb and decode (the predicted class).
+
+  Returns:
+    [D, len(offsets), H, W, C]: row d adds offsets to dimension d only.
+  """
+  k, d = class_caps.shape
+  grid = np.repeat(class_caps[None, None], d, 0).repeat(len(offsets), 1)
+  grid[np.arange(d), :, label, np.arange(d)] += np.asarray(offsets)[None]
+  flat = grid.reshape(-1, k, d)
+  images = inference.decode(flat, np.full(len(flat), label, np.int32))
+  return images.reshape(d, len(offsets), *images.shape[1:])
+
+
+def confusion_matrix(predictions: np.ndarray, labels: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+  """[K, K] counts: row = true class, column = predicted class."""
+  matrix = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+class PrimaryDecoder(nn.Module):
+  """FC decoder from primary capsules scaled by their coupling: [B, N, 8] -> image."""
+  image_shape: tuple[int, int, int]
+
+  @nn.compact
+  def __call__(self, weighted_caps: jax.Array) -> jax.Array:
+    x = weighted_caps.reshape(weighted_caps.shape[0], -1)
+    return decoders.FCDecoder(self.image_shape, name="fc")(x)
+
+
+def weighted_primary_caps(out: dict[str, np.ndarray]) -> np.ndarray:
+  """Primary capsules [B, N, 8] scaled by their coupling to the predicted class."""
+  coupling = out["coupling"][np.arange(len(out["predictions"])), :,
+                             out["predictions"]]  # [B, N]
+  return out["primary_caps"] * coupling[..., None]
+
+
+def train_primary_decoder(inference: Inference, images: np.ndarray, steps: int,
+                          batch_size: int, seed: int = 0) -> tuple[Any, list[float]]:
+  """Fits a PrimaryDecoder to reconstruct ``images`` (uint8) from the frozen
+  network's coupling-weighted primary capsules. Returns (params, losses)."""
+  out = inference.outputs(images, ("primary_caps", "coupling", "predictions"))
+  inputs = weighted_primary_caps(out)
+  targets = inference.display(inference.model_input(images))
+  module = PrimaryDecoder(inference.info.image_shape)
+  params = module.init(jax.random.key(seed), jnp.asarray(inputs[:1]))["params"]
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      recon = module.apply({"params": p}, x)
+      return jnp.mean(jnp.sum(jnp.square(recon - y), axis=(1, 2, 3)))
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  rng = np.random.default_rng(seed)
+  history = []
+  for _ in range(steps):
+    idx = rng.choice(len(inputs), size=min(batch_size, len(inputs)), replace=False)
+    params, opt_state, loss = step(params, opt_state, jnp.asarray(inputs[idx]),
+                                   jnp.asarray(targets[idx]))
+    history.append(float(loss))
+  return params, history
+
+
+def primary_capsule_rows(inference: Inference, params, image: np.ndarray,
+                         num_rows: int, coefficients) -> dict[str, np.ndarray]:
+  """Reconstructions of one image from single primary capsules.
+
+  The ``num_rows`` capsules with the largest coupling-weighted length towards
+  the predicted class are shown; row r decodes capsule r alone (all others
+  zero), scaled by each of ``coefficients``.
+
+  Returns:
+    capsules [R] (indices), coupling [R], images [R, len(coefficients), H, W, C],
+    full [H, W, C] (reconstruction from every capsule with its coupling).
+  """
+  out = inference.outputs(image[None], ("primary_caps", "coupling", "predictions"))
+  weighted = weighted_primary_caps(out)[0]  # [N, 8]
+  pred = int(out["predictions"][0])
+  coupling = out["coupling"][0, :, pred]
+  top = np.argsort(-np.linalg.norm(weighted, axis=-1))[:num_rows]
+  n, dim = weighted.shape
+  batch = np.zeros((len(top), len(coefficients), n, dim), np.float32)
+  for r, i in enumerate(top):
+    batch[r, :, i] = np.asarray(coefficients)[:, None] * out["primary_caps"][0, i]
+  module = PrimaryDecoder(inference.info.image_shape)
+  decode = jax.jit(lambda p, x: module.apply({"params": p}, x))
+  images = np.asarray(decode(params, jnp.asarray(batch.reshape(-1, n, dim))))
+  full = np.asarray(decode(params, jnp.asarray(weighted[None])))[0]
+  return dict(capsules=top, coupling=coupling[top], prediction=pred, full=full,
+              images=images.reshape(len(top), len(coefficients), *images.shape[1:]))
+
+
+# --------------------------------------------------------------------------
+# Plotting.
+
+
+def _show(ax, image, title=None):
+  image = np.clip(image, 0, 1)
+  if image.shape[-1] == 1:
+    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+  elif image.shape[-1] == 2:  # two cameras: show the first
+    ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+  else:
+    ax.imshow(image)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  if title:
+    ax.set_title(title, fontsize=7)
+
+
+def _save(fig, path):
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+
+def plot_reconstructions(inputs, recons, predictions, labels, class_names, path):
+  n = len(inputs)
+  fig, axes = plt.subplots(2, n, figsize=(1.1 * n, 2.6))
+  axes = np.asarray(axes).reshape(2, n)
+  for i in range(n):
+    ok = "" if predictions[i] == labels[i] else " (wrong)"
+    _show(axes[0, i], inputs[i], f"true {class_names[labels[i]]}")
+    _show(axes[1, i], recons[i], f"pred {class_names[predictions[i]]}{ok}")
+  axes[0, 0].set_ylabel("input", fontsize=8)
+  axes[1, 0].set_ylabel("reconstruction", fontsize=8)
+  fig.suptitle("Test inputs and reconstructions from the predicted capsule", fontsize=9)
+  _save(fig, path)
+
+
+def plot_rotation(sweep, strip, class_names, true_label, path):
+  cols = len(strip["angles"])
+  fig = plt.figure(figsize=(max(8, 0.75 * cols), 6.2))
+  grid = fig.add_gridspec(3, cols, height_ratios=[2.4, 1, 1], hspace=0.5)
+  ax = fig.add_subplot(grid[0, :])
+  ax.plot(sweep["angles"], sweep["accuracy"], "o-", label="test accuracy")
+  ax.plot(sweep["angles"], sweep["mean_true_length"], "s--",
+          label="mean true-class capsule length")
+  ax.set_xlabel("rotation angle (degrees)")
+  ax.set_ylim(0, 1.02)
+  ax.set_xticks(np.arange(-180, 181, 45))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="lower center")
+  ax.set_title(f"Robustness to rotation ({sweep['num_examples']} test images, "
+               "trained without rotations)", fontsize=9)
+  for j in range(cols):
+    pred = strip["predictions"][j]
+    _show(fig.add_subplot(grid[1, j]), strip["inputs"][j],
+          f"{strip['angles'][j]:+.0f}°")
+    _show(fig.add_subplot(grid[2, j]), strip["reconstructions"][j],
+          f"{class_names[pred]} {strip['confidence'][j]:.2f}")
+  fig.text(0.01, 0.27, f"input (true {class_names[true_label]})", fontsize=8,
+           rotation=90, va="center")
+  fig.text(0.01, 0.1, "reconstruction\npred, |v|", fontsize=8, rotation=90,
+           va="center")
+  _save(fig, path)
+
+
+def save_rotation_gif(strip, path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  frames = []
+  for inp, rec in zip(strip["inputs"], strip["reconstructions"]):
+    pair = np.concatenate([inp, rec], axis=1)
+    if pair.shape[-1] != 3:
+      pair = np.repeat(pair[..., :1], 3, axis=-1)
+    pair = (np.clip(pair, 0, 1) * 255).astype(np.uint8)
+    frames.append(Image.fromarray(pair).resize((pair.shape[1] * 4, pair.shape[0] * 4),
+                                               Image.NEAREST))
+  frames[0].save(path, save_all=True, append_images=frames[1:], duration=150,
+                 loop=0)
+
+
+def plot_perturbations(grids, predictions, class_names, path):
+  n, (d, m) = len(grids), grids[0].shape[:2]
+  fig, axes = plt.subplots(d, n * m, figsize=(0.42 * n * m + 0.6, 0.42 * d + 0.8))
+  for g, grid in enumerate(grids):
+    for r in range(d):
+      for c in range(m):
+        ax = axes[r, g * m + c]
+        _show(ax, grid[r, c])
+        if r == 0:
+          ax.set_title(f"{PERTURBATION_OFFSETS[c]:+.2f}", fontsize=5)
+        if c == 0 and g == 0:
+          ax.set_ylabel(f"dim {r}", fontsize=6)
+    axes[0, g * m + m // 2].annotate(
+        f"capsule {class_names[predictions[g]]}", (0.5, 1.9),
+        xycoords="axes fraction", ha="center", fontsize=8)
+  fig.suptitle("Perturbing each dimension of the predicted class capsule "
+               "(offsets -0.25 ... +0.25)", fontsize=9, y=1.02)
+  plt.subplots_adjust(wspace=0.05, hspace=0.05)
+  _save(fig, path)
+
+
+def plot_primary_caps(rows, input_image, coefficients, primary_shape, class_names,
+                      path):
+  r, m = rows["images"].shape[:2]
+  fig, axes = plt.subplots(r, m + 2, figsize=(0.8 * (m + 2), 0.85 * r + 0.6))
+  axes = np.asarray(axes).reshape(r, m + 2)
+  h, w, types = primary_shape
+  for i in range(r):
+    cap = int(rows["capsules"][i])
+    pos, t = divmod(cap, types)
+    if i == 0:
+      _show(axes[i, 0], input_image, "input")
+      _show(axes[i, 1], rows["full"], "all capsules")
+    else:
+      axes[i, 0].axis("off")
+      axes[i, 1].axis("off")
+    for j in range(m):
+      _show(axes[i, j + 2], rows["images"][i, j],
+            f"c={coefficients[j]:.2f}" if i == 0 else None)
+    axes[i, 2].set_ylabel(f"type {t} @({pos // w},{pos % w})\nc={rows['coupling'][i]:.3f}",
+                          fontsize=6)
+  fig.suptitle(f"Primary-capsule reconstructions (predicted "
+               f"{class_names[rows['prediction']]}): one capsule per row, its "
+               "coupling coefficient c growing left to right", fontsize=8)
+  _save(fig, path)
+
+
+def plot_confusion(matrix, class_names, path):
+  k = len(matrix)
+  fig, ax = plt.subplots(figsize=(0.5 * k + 2.5, 0.5 * k + 2))
+  im = ax.imshow(matrix, cmap="Blues")
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  ax.set_xticks(range(k))
+  ax.set_yticks(range(k))
+  ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize=7)
+  ax.set_yticklabels(class_names, fontsize=7)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  for i in range(k):
+    for j in range(k):
+      ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6,
+              color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+  acc = np.trace(matrix) / matrix.sum()
+  ax.set_title(f"Confusion matrix ({int(matrix.sum())} test images, "
+               f"accuracy {acc:.4f})", fontsize=9)
+  _save(fig, path)
+
+
+# --------------------------------------------------------------------------
+# The command.
+
+
+def _checkpointer(workdir: str) -> checkpoints.Checkpointer:
+  """The workdir's checkpoints; WorkdirError if there are none."""
+  ckpt_dir = checkpoints.checkpoint_dir(workdir)
+  ckpt = checkpoints.Checkpointer(workdir, create=False) if os.path.isdir(
+      ckpt_dir) else None
+  if ckpt is None or ckpt.latest_step() is None:
+    raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
+                       f"--mode=train --workdir={workdir}")
+  return ckpt
+
+
+def _tensorboard_image(path) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
+
+
+def visualize(config, workdir: str) -> dict[str, Any]:
+  """--mode=visualize: every figure of the latest checkpoint; returns summary."""
+  validation.validate_config(config, "visualize", jax.device_count())
+  workdirs.check_compatible(workdir, config)
+  ckpt = _checkpointer(workdir)
+  _, test, info = input_pipeline.load_datasets(config)
+  mesh = train.make_mesh()
+  model, state = train.setup_model_and_state(config, info, mesh)
+  state = ckpt.restore(state)
+  ckpt.close()
+  step = int(state.step)
+  lead = jax.process_index() == 0
+  out_dir = os.path.join(workdir, "figures")
+  if lead:
+    os.makedirs(out_dir, exist_ok=True)
+  batch = (config.eval_batch_size or config.batch_size)
+  inference = Inference(config, model, state, info, batch)
+  names = info.class_names
+  t0 = time.time()
+
+  # Plain predictions on this process's test examples, and the confusion matrix.
+  out = inference.outputs(test.images, ("lengths", "predictions"))
+  accuracy = float(np.mean(out["predictions"] == test.labels))
+  matrix = confusion_matrix(out["predictions"], test.labels, info.num_classes)
+  n = config.visualize_num_images
+  shown = inference.outputs(test.images[:n], ("predictions", "reconstructions",
+                                              "class_caps"))
+  inputs = inference.display(inference.model_input(test.images[:n]))
+
+  # Rotation over the test set (or its first visualize_rotation_examples).
+  limit = config.visualize_rotation_examples or len(test)
+  angles = np.arange(-180, 180 + 1e-6, config.visualize_rotation_step)
+  sweep = rotation_sweep(inference, test.images[:limit], test.labels[:limit], angles)
+  sweep["num_examples"] = min(limit, len(test))
+  pick = config.visualize_example
+  strip = rotation_strip(inference, test.images[pick], np.arange(-180, 181, 30))
+
+  grids = [perturbation_grid(inference, shown["class_caps"][i],
+                             int(shown["predictions"][i]))
+           for i in range(min(3, n))]
+
+  # Primary-capsule decoder: cached per checkpoint step.
+  cache = os.path.join(out_dir, PRIMARY_DECODER_FILE)
+  module = PrimaryDecoder(info.image_shape)
+  template = module.init(jax.random.key(0), jnp.zeros(
+      (1, *inference.outputs(test.images[:1], ("primary_caps",))["primary_caps"].shape[1:])))["params"]
+  cached = None
+  if os.path.exists(cache):
+    with open(cache, "rb") as f:
+      saved = flax.serialization.msgpack_restore(f.read())
+    if int(saved.get("step", -1)) == step:
+      cached = flax.serialization.from_state_dict(template, saved["params"])
+  primary_trained = cached is None
+  if cached is None:
+    train_split, _, _ = input_pipeline.load_datasets(config)
+    pool = train_split.images[:config.visualize_primary_examples]
+    cached, history = train_primary_decoder(
+        inference, pool, config.visualize_primary_steps, config.batch_size)
+    logging.info("primary-capsule decoder: SSE %.2f -> %.2f in %d steps",
+                 history[0], history[-1], len(history))
+    if lead:
+      with open(cache, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(
+            {"step": step, "params": flax.serialization.to_state_dict(cached)}))
+  coefficients = np.linspace(0.0, 1.0, 8)
+  rows = primary_capsule_rows(inference, cached, test.images[pick], 8, coefficients)
+  primary_shape = (*[conv.output_size(conv.output_size(s, 9, 1), 9, 2)
+                     for s in info.image_shape[:2]], config.primary_types)
+
+  summary = dict(
+      checkpoint_step=step, test_accuracy=accuracy, num_test=len(test),
+      rotation_angles=sweep["angles"].tolist(),
+      rotation_accuracy=sweep["accuracy"].tolist(),
+      rotation_mean_true_length=sweep["mean_true_length"].tolist(),
+      rotation_examples=sweep["num_examples"],
+      confusion_trace=int(np.trace(matrix)),
+      primary_decoder_trained_now=primary_trained,
+      seconds=time.time() - t0)
+  if lead:
+    paths = {name: os.path.join(out_dir, f"{name}.png") for name in (
+        "reconstructions", "rotation", "perturbation", "primary_caps",
+        "confusion_matrix")}
+    plot_reconstructions(inputs, shown["reconstructions"], shown["predictions"],
+                         test.labels[:n], names, paths["reconstructions"])
+    plot_rotation(sweep, strip, names, int(test.labels[pick]), paths["rotation"])
+    save_rotation_gif(strip, os.path.join(out_dir, "rotation.gif"))
+    plot_perturbations(grids, shown["predictions"], names, paths["perturbation"])
+    plot_primary_caps(rows, inputs[pick] if pick < n else inference.display(
+        inference.model_input(test.images[pick:pick + 1]))[0], coefficients,
+                      primary_shape, names, paths["primary_caps"])
+    plot_confusion(matrix, names, paths["confusion_matrix"])
+    with open(os.path.join(out_dir, "confusion_matrix.json"), "w") as f:
+      json.dump({"class_names": list(names), "rows_true_columns_predicted":
+                 matrix.tolist()}, f, indent=1)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    writer = metric_writers.create_default_writer(workdir)
+    writer.write_images(step, {f"figures/{k}": _tensorboard_image(p)
+                               for k, p in paths.items()})
+    writer.flush()
+    logging.info("Figures of step %d written to %s in %.0f s", step, out_dir,
+                 summary["seconds"])
+  return summary
