@@ -54,7 +54,7 @@ from capsnet_jax import workdirs
 from capsnet_jax.errors import WorkdirError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-PERTURBATION_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 2)  # 11 values
+PERTURBATION_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0  # 11 values
 PRIMARY_DECODER_FILE = "primary_decoder.msgpack"
 
 
@@ -305,14 +305,14 @@ def plot_rotation(sweep, strip, class_names, true_label, path):
                "trained without rotations)", fontsize=9)
   for j in range(cols):
     pred = strip["predictions"][j]
-    _show(fig.add_subplot(grid[1, j]), strip["inputs"][j],
-          f"{strip['angles'][j]:+.0f}°")
-    _show(fig.add_subplot(grid[2, j]), strip["reconstructions"][j],
+    top = fig.add_subplot(grid[1, j])
+    bottom = fig.add_subplot(grid[2, j])
+    _show(top, strip["inputs"][j], f"{strip['angles'][j]:+.0f}°")
+    _show(bottom, strip["reconstructions"][j],
           f"{class_names[pred]} {strip['confidence'][j]:.2f}")
-  fig.text(0.01, 0.27, f"input (true {class_names[true_label]})", fontsize=8,
-           rotation=90, va="center")
-  fig.text(0.01, 0.1, "reconstruction\npred, |v|", fontsize=8, rotation=90,
-           va="center")
+    if j == 0:
+      top.set_ylabel(f"input\n(true {class_names[true_label]})", fontsize=7)
+      bottom.set_ylabel("recon.\n(pred, |v|)", fontsize=7)
   _save(fig, path)
 
 
@@ -353,10 +353,13 @@ def plot_perturbations(grids, predictions, class_names, path):
 
 def plot_primary_caps(rows, input_image, coefficients, primary_shape, class_names,
                       path):
+  """Rows: one capsule each; columns: its coefficient. Shown is what the
+  capsule adds to the reconstruction from no capsule at all (red: brighter,
+  blue: darker), scaled per row."""
   r, m = rows["images"].shape[:2]
   fig, axes = plt.subplots(r, m + 2, figsize=(0.8 * (m + 2), 0.85 * r + 0.6))
   axes = np.asarray(axes).reshape(r, m + 2)
-  h, w, types = primary_shape
+  _, w, types = primary_shape
   for i in range(r):
     cap = int(rows["capsules"][i])
     pos, t = divmod(cap, types)
@@ -366,14 +369,23 @@ def plot_primary_caps(rows, input_image, coefficients, primary_shape, class_name
     else:
       axes[i, 0].axis("off")
       axes[i, 1].axis("off")
+    change = (rows["images"][i] - rows["images"][i, :1]).mean(axis=-1)
+    scale = max(float(np.abs(change).max()), 1e-6)
     for j in range(m):
-      _show(axes[i, j + 2], rows["images"][i, j],
-            f"c={coefficients[j]:.2f}" if i == 0 else None)
-    axes[i, 2].set_ylabel(f"type {t} @({pos // w},{pos % w})\nc={rows['coupling'][i]:.3f}",
-                          fontsize=6)
+      ax = axes[i, j + 2]
+      ax.imshow(change[j], cmap="RdBu_r", vmin=-scale, vmax=scale)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(f"c={coefficients[j]:.2f}", fontsize=7)
+    axes[i, -1].yaxis.set_label_position("right")
+    axes[i, -1].set_ylabel(f"type {t} @({pos // w},{pos % w})\n"
+                           f"c={rows['coupling'][i]:.3f}", fontsize=6)
   fig.suptitle(f"Primary-capsule reconstructions (predicted "
                f"{class_names[rows['prediction']]}): one capsule per row, its "
-               "coupling coefficient c growing left to right", fontsize=8)
+               "coefficient c growing left to right;\nshown: change from the "
+               "reconstruction without capsules (red brighter, blue darker)",
+               fontsize=8)
   _save(fig, path)
 
 
