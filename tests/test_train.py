@@ -77,6 +77,23 @@ def test_tensorboard_scalars(trained):
     assert tag in tags, (tag, sorted(tags))
 
 
+def test_curves_read_back_and_plot(trained, tmp_path):
+  from capsnet_jax import curves  # pylint: disable=g-import-not-at-top
+  workdir, _, results = trained
+  scalars = curves.read_scalars(workdir)
+  steps, values = scalars["train_loss"]
+  np.testing.assert_array_equal(steps, [4, 8])  # log_every_steps=4
+  assert np.all(np.isfinite(values))
+  steps, values = scalars["test_accuracy"]
+  assert steps[-1] == 8
+  assert values[-1] == pytest.approx(results["test_accuracy"], abs=1e-6)
+  out = str(tmp_path / "curves.png")
+  assert curves.main([f"tiny={workdir}", f"--out={out}"]) == 0
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  assert Image.open(out).size[0] > 500
+  assert curves.main([str(tmp_path), f"--out={out}x"]) == 1  # no events
+
+
 def test_eval_mode_reproduces_final_metrics(trained):
   workdir, config, results = trained
   evaluated = train.evaluate_checkpoint(config, workdir)
