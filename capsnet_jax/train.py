@@ -20,8 +20,6 @@ import time
 from typing import Any, Callable, Iterator
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import flax
 from flax.training import train_state
 import jax
@@ -355,6 +353,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info("Resumed from the checkpoint at step %d", int(state.step))
   start = int(state.step)
 
+  # clu's metric writers import TensorFlow (for its summary writer); imported
+  # here so that the model, the compiled steps and the benchmark do not need it.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   lead = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
   if start == 0:

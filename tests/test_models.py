@@ -157,3 +157,20 @@ def test_tiny_train_steps_lower_the_loss(batch_norm, decoder):
     part = model.apply(v, images[:4], train=False)["lengths"]
     np.testing.assert_allclose(np.asarray(full[:4]), np.asarray(part),
                                atol=1e-5)
+
+
+def test_core_library_imports_without_tensorflow():
+  # The model, the compiled steps, IDX input, checkpoints and the benchmark's
+  # imports must not pull in TensorFlow (GPU images may not have it).
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import sys\n"
+          "from capsnet_jax import train, models, idx, checkpoints, conv\n"
+          "from capsnet_jax import augment, losses, routing, decoders\n"
+          "bad = sorted(m for m in sys.modules\n"
+          "             if m.split('.')[0] in ('tensorflow', 'tensorflow_datasets'))\n"
+          "assert not bad, bad[:5]\n")
+  root = __file__.rsplit("/tests/", 1)[0]
+  result = subprocess.run([sys.executable, "-c", code], cwd=root,
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
