@@ -174,3 +174,25 @@ def test_core_library_imports_without_tensorflow():
   result = subprocess.run([sys.executable, "-c", code], cwd=root,
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_capsules():
+  images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  labels = jnp.array([0, 1, 2, 3])
+  model32, model16 = _tiny(), _tiny(dtype=jnp.bfloat16)
+  variables = model32.init(jax.random.key(1), images)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  out32 = model32.apply(variables, images, labels)
+  out16 = model16.apply(variables, images, labels)
+  for key in ("primary_caps", "class_caps", "coupling", "lengths",
+              "reconstructions"):
+    assert out16[key].dtype == jnp.float32, key
+  # Same parameters, lower-precision convolutions: close, not equal.
+  np.testing.assert_allclose(np.asarray(out16["lengths"]),
+                             np.asarray(out32["lengths"]), atol=0.03)
+  assert not np.array_equal(np.asarray(out16["lengths"]),
+                            np.asarray(out32["lengths"]))
+  grads = jax.grad(lambda p: _loss(model16, {"params": p}, images, labels,
+                                   True)[0])(variables["params"])
+  for g in jax.tree.leaves(grads):
+    assert g.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(g)))
