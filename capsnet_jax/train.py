@@ -33,6 +33,7 @@ from capsnet_jax import checkpoints
 from capsnet_jax import conv
 from capsnet_jax import input_pipeline
 from capsnet_jax import losses
+from capsnet_jax import metric_logging
 from capsnet_jax import models
 from capsnet_jax import validation
 from capsnet_jax import workdirs
@@ -353,12 +354,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.info("Resumed from the checkpoint at step %d", int(state.step))
   start = int(state.step)
 
-  # clu's metric writers import TensorFlow (for its summary writer); imported
-  # here so that the model, the compiled steps and the benchmark do not need it.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
   lead = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not lead)
+  writer = metric_logging.create_writer(workdir, lead)
   if start == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
@@ -370,9 +367,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   steps = Steps(config, model, mesh)
   schedule = learning_rate_schedule(config)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                           writer=writer, every_secs=30,
-                                           every_steps=None)
+  report = metric_logging.create_progress(total_steps, writer, every_secs=30)
   hooks = [report] if lead else []
   batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
                                          start, jax.process_index(),

@@ -48,6 +48,7 @@ from capsnet_jax import checkpoints
 from capsnet_jax import conv
 from capsnet_jax import decoders
 from capsnet_jax import input_pipeline
+from capsnet_jax import metric_logging
 from capsnet_jax import train
 from capsnet_jax import validation
 from capsnet_jax import workdirs
@@ -526,8 +527,7 @@ def visualize(config, workdir: str) -> dict[str, Any]:
                  matrix.tolist()}, f, indent=1)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(workdir)
+    writer = metric_logging.create_writer(workdir, lead=True)
     writer.write_images(step, {f"figures/{k}": _tensorboard_image(p)
                                for k, p in paths.items()})
     writer.flush()
