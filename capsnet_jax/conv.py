@@ -95,3 +95,37 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
             for r in range(ho)]
     return jnp.concatenate(rows, axis=1)
   return extract_patches(x, kh, kw, stride) @ matrix
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
+                     impl: Impl = "auto") -> jax.Array:
+  """VALID transposed convolution without bias, as flax.linen.ConvTranspose.
+
+  Equals ``lax.conv_transpose(x, kernel, (stride, stride), "VALID")`` (no
+  kernel flip, flax's default): the input is dilated by ``stride`` and padded
+  by ``k - 1`` (plus the stride's remainder), then convolved at stride 1 by
+  ``conv2d`` with ``impl``. On CPU "patches" makes the backward pass two
+  matrix products and a slice instead of XLA's slow gradient of a dilated
+  convolution.
+
+  Args:
+    x: [B, H, W, Cin].
+    kernel: [kh, kw, Cin, Cout] (as flax.linen.ConvTranspose stores it).
+    stride: stride in both directions.
+    impl: as for conv2d.
+
+  Returns:
+    [B, (H - 1) * stride + kh, (W - 1) * stride + kw, Cout].
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"Unknown conv impl {impl!r}; valid: {IMPLS}")
+  impl = resolve(impl)
+  if impl == "xla":
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  kh, kw = kernel.shape[:2]
+  # lax.conv_transpose's VALID padding of the dilated input.
+  pads = [(k - 1, stride - 1 + max(k - stride, 0), stride - 1)
+          for k in (kh, kw)]
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *pads, (0, 0, 0)])
+  return conv2d(x, kernel, 1, impl)

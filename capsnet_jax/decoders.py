@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from capsnet_jax import layers
+
 Initializer = Callable[..., jax.Array]
 DECODERS = ("fc", "deconv")
 
@@ -68,6 +70,7 @@ class DeconvDecoder(nn.Module):
   batch_norm: bool = False
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   def _layout(self) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     """(start map [h, w, c], hidden ConvT widths) for this image size."""
@@ -95,15 +98,14 @@ class DeconvDecoder(nn.Module):
     x = nn.relu(x).reshape(-1, *start)
     for i, width in enumerate(widths):
       stride = 2 if i == 0 else 1
-      x = nn.ConvTranspose(width, (9, 9), strides=(stride, stride),
-                           padding="VALID", kernel_init=self.kernel_init,
-                           dtype=self.dtype, name=f"deconv{i}")(x)
+      x = layers.ConvTranspose(width, 9, stride, self.conv_impl,
+                               self.kernel_init, self.dtype,
+                               name=f"deconv{i}")(x)
       if self.batch_norm:
         x = _bn(train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
-    x = nn.ConvTranspose(self.image_shape[2], (2, 2), padding="VALID",
-                         kernel_init=self.kernel_init, dtype=self.dtype,
-                         name="out")(x)
+    x = layers.ConvTranspose(self.image_shape[2], 2, 1, self.conv_impl,
+                             self.kernel_init, self.dtype, name="out")(x)
     return nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -112,12 +114,14 @@ def create_decoder(name: str, image_shape: tuple[int, int, int],
                    hidden: Sequence[int] = (512, 1024),
                    kernel_init: Initializer = nn.initializers.lecun_normal(),
                    dtype: Any = jnp.float32,
-                   module_name: str = "decoder") -> nn.Module:
-  """The decoder called ``name`` (one of DECODERS)."""
+                   module_name: str = "decoder",
+                   conv_impl: str = "auto") -> nn.Module:
+  """The decoder called ``name`` (one of DECODERS); ``conv_impl`` picks the
+  transposed convolutions' implementation (see conv.conv_transpose2d)."""
   if name == "fc":
     return FCDecoder(tuple(image_shape), tuple(hidden), batch_norm,
                      kernel_init, dtype, name=module_name)
   if name == "deconv":
     return DeconvDecoder(tuple(image_shape), num_classes, batch_norm,
-                         kernel_init, dtype, name=module_name)
+                         kernel_init, dtype, conv_impl, name=module_name)
   raise ValueError(f"Unknown decoder {name!r}; valid: {DECODERS}")

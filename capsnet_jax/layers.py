@@ -63,6 +63,29 @@ class Conv(nn.Module):
     return y + bias.astype(self.dtype)
 
 
+class ConvTranspose(nn.Module):
+  """VALID transposed convolution with bias whose implementation is chosen by
+  name; parameters are named and shaped as ``flax.linen.ConvTranspose``."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  impl: str = "auto"
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [B, H, W, Cin] -> [B, (H - 1) * stride + k, ..., features]."""
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    y = conv.conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                              stride=self.stride, impl=self.impl)
+    return y + bias.astype(self.dtype)
+
+
 class ConvStem(nn.Module):
   """conv1: 9x9 stride-1 convolution, optional batch norm, ReLU.
 

@@ -61,7 +61,8 @@ class CapsNet(nn.Module):
     decoder: a name in decoders.DECODERS.
     decoder_hidden: widths of the FC decoder's hidden layers.
     batch_norm: BN after conv1, after the primary conv and in the decoder.
-    conv_impl: conv.conv2d implementation ("auto", "xla", "patches", ...).
+    conv_impl: implementation of the convolutions and the deconv decoder's
+      transposed convolutions ("auto", "xla", "patches", "rows").
     init_scheme: a name in INITS.
     dtype: compute dtype of convolutions and decoder (routing, squash and
       losses stay float32).
@@ -99,7 +100,8 @@ class CapsNet(nn.Module):
         self.leaky_routing, self.routing_stop_gradient, w_init)
     self.decoder_module = decoders.create_decoder(
         self.decoder, self.image_shape, self.num_classes, self.batch_norm,
-        self.decoder_hidden, kernel_init, self.dtype, module_name="decoder")
+        self.decoder_hidden, kernel_init, self.dtype, module_name="decoder",
+        conv_impl=self.conv_impl)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Images to capsules.

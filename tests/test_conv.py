@@ -33,6 +33,38 @@ def test_conv_equals_xla_forward_and_gradients(impl, shape, kernel, stride):
     np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["xla", "patches", "rows"])
+@pytest.mark.parametrize("shape,kernel,stride", [
+    ((2, 6, 6, 3), (9, 9, 3, 4), 2),   # the deconv decoder's first layer
+    ((2, 7, 7, 4), (9, 9, 4, 5), 1),
+    ((2, 9, 9, 3), (2, 2, 3, 1), 1),   # its output layer
+    ((1, 5, 4, 2), (3, 5, 2, 3), 2),   # odd, non-square
+])
+def test_conv_transpose_equals_flax_forward_and_gradients(impl, shape, kernel,
+                                                          stride):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), shape)
+  k = jax.random.normal(jax.random.key(1), kernel)
+  flax_layer = nn.ConvTranspose(kernel[-1], kernel[:2], strides=(stride, stride),
+                                padding="VALID", use_bias=False)
+
+  def reference(x_, k_):
+    return flax_layer.apply({"params": {"kernel": k_}}, x_)
+
+  want_y = reference(x, k)
+  assert want_y.shape[1:3] == ((shape[1] - 1) * stride + kernel[0],
+                               (shape[2] - 1) * stride + kernel[1])
+  w = jax.random.normal(jax.random.key(2), want_y.shape)
+  np.testing.assert_allclose(conv.conv_transpose2d(x, k, stride, impl), want_y,
+                             rtol=1e-5, atol=1e-4)
+  got = jax.grad(lambda x_, k_: jnp.sum(
+      w * conv.conv_transpose2d(x_, k_, stride, impl)), argnums=(0, 1))(x, k)
+  want = jax.grad(lambda x_, k_: jnp.sum(w * reference(x_, k_)),
+                  argnums=(0, 1))(x, k)
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-4)
+
+
 def test_auto_resolves_per_backend():
   cpu = jax.default_backend() == "cpu"
   assert conv.resolve("auto") == ("patches" if cpu else "xla")
@@ -40,11 +72,16 @@ def test_auto_resolves_per_backend():
   assert conv.inference_impl("xla") == "xla"
   with pytest.raises(ValueError, match="valid"):
     conv.conv2d(jnp.zeros((1, 9, 9, 1)), jnp.zeros((9, 9, 1, 1)), 1, "fft")
+  with pytest.raises(ValueError, match="valid"):
+    conv.conv_transpose2d(jnp.zeros((1, 3, 3, 1)), jnp.zeros((2, 2, 1, 1)), 1,
+                          "fft")
 
 
-def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl():
+@pytest.mark.parametrize("decoder", ["fc", "deconv"])
+def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
   config = default.get_config()
   config.model = "tiny"
+  config.decoder = decoder
   images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
   labels = jnp.array([3, 7])
   results = {}
