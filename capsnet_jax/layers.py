@@ -8,6 +8,7 @@ Synopsis::
   u = prim(stem(images))                                 # [B, 6 * 6 * 32, 8]
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -38,7 +39,8 @@ def squash(s: jax.Array, axis: int = -1, eps: float = 1e-7) -> jax.Array:
 
 
 class Conv(nn.Module):
-  """VALID convolution with bias whose implementation is chosen by name.
+  """VALID (or, with transpose, transposed) convolution with bias whose
+  implementation is chosen by name.
 
   Parameters are named and shaped exactly as ``flax.linen.Conv`` (kernel HWIO,
   bias [features]), so checkpoints do not depend on ``impl``.
@@ -49,41 +51,26 @@ class Conv(nn.Module):
   impl: str = "auto"
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  transpose: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, H, W, Cin] -> [B, Ho, Wo, features]."""
+    """x: [B, H, W, Cin] -> [B, Ho, Wo, features] (transposed: Ho = (H - 1) *
+    stride + kernel_size)."""
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init,
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    y = conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                    stride=self.stride, impl=self.impl)
+    op = conv.conv_transpose2d if self.transpose else conv.conv2d
+    y = op(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
+           impl=self.impl)
     return y + bias.astype(self.dtype)
 
 
-class ConvTranspose(nn.Module):
-  """VALID transposed convolution with bias whose implementation is chosen by
-  name; parameters are named and shaped as ``flax.linen.ConvTranspose``."""
-  features: int
-  kernel_size: int
-  stride: int = 1
-  impl: str = "auto"
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [B, H, W, Cin] -> [B, (H - 1) * stride + k, ..., features]."""
-    k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init,
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,),
-                      jnp.float32)
-    y = conv.conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                              stride=self.stride, impl=self.impl)
-    return y + bias.astype(self.dtype)
+# VALID transposed convolution with bias (conv.conv_transpose2d), parameters
+# named and shaped as flax.linen.ConvTranspose.
+ConvTranspose = functools.partial(Conv, transpose=True)
 
 
 class ConvStem(nn.Module):
