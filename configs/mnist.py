@@ -22,7 +22,8 @@ epoch 1, 99.10% after epoch 2, 99.39% after epoch 3, 99.49% after epoch 9,
 99.50% after epochs 11, 13 and 14 (7.0-7.3 minutes per epoch on that CPU,
 evaluation included); the paper's 99.75% needs about 113 epochs (about 13.5
 hours there), which has not fitted a CPU session yet. Decoder study
-(--config.decoder=deconv, --config.batch_norm=True), one epoch each: FC 98.74%, FC+BN 98.67%, deconv 98.75%, deconv+BN 98.71%.
+(--config.decoder=deconv, --config.batch_norm=True), one epoch each: FC
+98.74%, FC+BN 98.67%, deconv 98.75%, deconv+BN 98.71%.
 README.md ("Results") has every row with its command, losses and times.
 """
 
