@@ -93,10 +93,23 @@ def test_tfds_loading_under_mock_data(dataset, setup, stored, num_train):
   assert info.num_train == num_train and info.num_test == len(test)
 
 
-def test_tfds_failure_points_at_idx_dir(tmp_path):
+def test_tfds_failure_points_at_idx_dir(tmp_path, monkeypatch):
   pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core.download import downloader
+  # Offline, tfds retries each download with backoff for minutes; one try
+  # is enough to see the error.
+  monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
   with pytest.raises(DataError, match="idx_dir"):
     input_pipeline.load_datasets(_config(tfds_data_dir=str(tmp_path)), 0, 1)
+
+
+def test_tfds_download_path_dependencies_installed():
+  # download_and_prepare imports these lazily; without them a machine with
+  # internet fails to download with a ModuleNotFoundError.
+  pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core import dataset_builder
+  assert dataset_builder.importlib_resources.abc.Traversable is not None
+  assert dataset_builder.termcolor.colored is not None
 
 
 def _split(n):
