@@ -11,16 +11,8 @@ becomes the bottleneck, and the randomness depends only on the step's rng.
 Functions take and return batches [B, H, W, C]; each example draws its own
 random values.
 
-Pipelines (../shared/REFERENCE.md):
-
-  mnist     any setup  train: shift by up to 2 px (zero padding)   test: as is
-  smallnorb reference  train: random 32x32 crop of 48x48, brightness
-                       U[0.875, 1.125], contrast U[0.5, 1.5]      test: centre crop
-  smallnorb paper      (2 channels) train: random 32x32 crop; both: per-image
-                       standardisation                             test: centre crop
-  cifar10   reference  train: brightness U[0.75, 1.25], contrast U[0.2, 1.8],
-                       horizontal flip                             test: as is
-  cifar10   paper      train: random 24x24 crop, horizontal flip   test: centre crop
+The pipelines of each (dataset, setup) are assembled from these ops in the
+dataset registry, capsnet_jax.datasets.
 
 Brightness and contrast follow torchvision's adjust_brightness/adjust_contrast
 (the reference's ColorJitter), applied in that order, clipped to [0, 1].
@@ -117,62 +109,64 @@ def per_image_standardization(images: jax.Array) -> jax.Array:
   return (images - mean) / jnp.maximum(std, 1.0 / jnp.sqrt(float(n)))
 
 
+def random_translate(images: jax.Array, rng: jax.Array,
+                     fraction: float) -> jax.Array:
+  """Integer shifts drawn as torchvision's RandomAffine(translate=fraction).
+
+  Per example and axis: round(U(-fraction * size, fraction * size)) px, zero
+  fill. For MNIST and 0.08 that is U(-2.24, 2.24) rounded: -2..2 with
+  probabilities 0.165, 0.223, 0.223, 0.223, 0.165 (not uniform).
+  """
+  b, h, w, _ = images.shape
+  limit = fraction * max(h, w)
+  pad = int(round(limit))
+  shifts = jnp.round(jax.random.uniform(rng, (b, 2), minval=-limit,
+                                        maxval=limit)).astype(jnp.int32)
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  return _crop_each(padded, pad + shifts, (h, w))
+
+
+def random_brightness_delta(images: jax.Array, rng: jax.Array,
+                            max_delta: float) -> jax.Array:
+  """x + U(-max_delta, max_delta) per example, unclipped (tf.image's
+  random_brightness)."""
+  delta = _uniform(rng, images.shape[0], -max_delta, max_delta)
+  return images + delta[:, None, None, None]
+
+
+def random_contrast_tf(images: jax.Array, rng: jax.Array, low: float,
+                       high: float) -> jax.Array:
+  """(x - mean) * f + mean with the mean per example and channel, unclipped
+  (tf.image's random_contrast)."""
+  f = _uniform(rng, images.shape[0], low, high)[:, None, None, None]
+  mean = jnp.mean(images, axis=(1, 2), keepdims=True)
+  return (images - mean) * f + mean
+
+
 def is_standardized(dataset: str, setup: str) -> bool:
-  """Whether the model input is standardised rather than in [0, 1]."""
-  return dataset == "smallnorb" and setup == "paper"
+  """Whether the model input has zero mean per image rather than being
+  in [0, 1] or normalised by fixed constants."""
+  from capsnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  return datasets.get(dataset, setup).standardized
 
 
-def reconstruction_target(images: jax.Array, dataset: str, setup: str) -> jax.Array:
-  """What the sigmoid decoder reconstructs: the input, min-max scaled to
-  [0, 1] per image where the input is standardised."""
-  if not is_standardized(dataset, setup):
-    return images
-  lo = jnp.min(images, axis=(1, 2, 3), keepdims=True)
-  hi = jnp.max(images, axis=(1, 2, 3), keepdims=True)
-  return (images - lo) / jnp.maximum(hi - lo, 1e-6)
+def reconstruction_target(images: jax.Array, dataset: str, setup: str,
+                          mask: jax.Array | None = None) -> jax.Array:
+  """What the sigmoid decoder reconstructs (datasets.Spec.target)."""
+  from capsnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  return datasets.get(dataset, setup).target(images, mask)
 
 
 def make_preprocess_fn(dataset: str, setup: str, train: bool) -> PreprocessFn:
-  """fn(images uint8 [B, H, W, C] as stored, rng) -> float32 model input.
-
-  The test-time function ignores ``rng`` and is deterministic.
-  """
-  key = (dataset, setup if dataset != "mnist" else "reference", train)
-
-  def mnist_train(x, rng):
-    return random_shift(to_float(x), rng, 2)
-
-  def smallnorb_train(x, rng):
-    x = random_crop(to_float(x), jax.random.fold_in(rng, 0), (32, 32))
-    x = random_brightness(x, jax.random.fold_in(rng, 1), 0.875, 1.125)
-    return random_contrast(x, jax.random.fold_in(rng, 2), 0.5, 1.5)
-
-  def smallnorb_paper_train(x, rng):
-    return per_image_standardization(random_crop(to_float(x), rng, (32, 32)))
-
-  def cifar10_train(x, rng):
-    x = random_brightness(to_float(x), jax.random.fold_in(rng, 0), 0.75, 1.25)
-    x = random_contrast(x, jax.random.fold_in(rng, 1), 0.2, 1.8)
-    return random_flip_lr(x, jax.random.fold_in(rng, 2))
-
-  def cifar10_paper_train(x, rng):
-    x = random_crop(to_float(x), jax.random.fold_in(rng, 0), (24, 24))
-    return random_flip_lr(x, jax.random.fold_in(rng, 1))
-
-  fns = {
-      ("mnist", "reference", True): mnist_train,
-      ("mnist", "reference", False): lambda x, rng: to_float(x),
-      ("smallnorb", "reference", True): smallnorb_train,
-      ("smallnorb", "reference", False):
-          lambda x, rng: center_crop(to_float(x), (32, 32)),
-      ("smallnorb", "paper", True): smallnorb_paper_train,
-      ("smallnorb", "paper", False): lambda x, rng: per_image_standardization(
-          center_crop(to_float(x), (32, 32))),
-      ("cifar10", "reference", True): cifar10_train,
-      ("cifar10", "reference", False): lambda x, rng: to_float(x),
-      ("cifar10", "paper", True): cifar10_paper_train,
-      ("cifar10", "paper", False): lambda x, rng: center_crop(to_float(x), (24, 24)),
-  }
-  if key not in fns:
-    raise ValueError(f"no preprocessing for dataset={dataset!r} setup={setup!r}")
-  return fns[key]
+  """fn(images uint8 [B, H, W, C] as stored, rng) -> float32 model input,
+  from the dataset registry (capsnet_jax.datasets). The test-time function
+  ignores ``rng`` and is deterministic."""
+  from capsnet_jax import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    spec = datasets.get(dataset, setup)
+  except ValueError:
+    raise ValueError(f"no preprocessing for dataset={dataset!r} "
+                     f"setup={setup!r}") from None
+  if train:
+    return spec.train_fn
+  return lambda x, rng=None: spec.eval_fn(x)

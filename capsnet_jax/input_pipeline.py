@@ -25,30 +25,16 @@ from typing import Iterator
 from absl import logging
 import numpy as np
 
+from capsnet_jax import datasets
 from capsnet_jax import idx
 from capsnet_jax.errors import DataError
 
-DATASETS = ("mnist", "smallnorb", "cifar10")
-SETUPS = ("reference", "paper")
+DATASETS = datasets.DATASETS
+SETUPS = datasets.SETUPS
 SMALLNORB_SIZE = 48  # smallNORB's 96x96 images are resized to 48x48 at load.
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What the model needs to know about a dataset (after preprocessing).
-
-  image_shape: the model input (H, W, C), after crops.
-  num_train, num_test: examples in each split over all processes.
-  stored_shape: the images as held in memory, before crops.
-  """
-  name: str
-  setup: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  num_train: int
-  num_test: int
-  class_names: tuple[str, ...]
-  stored_shape: tuple[int, int, int]
+DatasetInfo = datasets.DatasetInfo
+# The validation hold-out is the same for every run seed and process count.
+VALIDATION_SEED = 20171026
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,27 +47,13 @@ class Split:
     return len(self.labels)
 
 
-_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                    "frog", "horse", "ship", "truck")
-_SMALLNORB_CLASSES = ("animal", "human", "airplane", "truck", "car")
-
-
 def dataset_info(name: str, setup: str = "reference") -> DatasetInfo:
-  """The nominal DatasetInfo of ``name`` in ``setup`` (no data is read)."""
-  if name == "mnist":
-    return DatasetInfo("mnist", setup, (28, 28, 1), 10, 60000, 10000,
-                       tuple(str(i) for i in range(10)), (28, 28, 1))
-  if name == "smallnorb":
-    if setup == "paper":  # Both cameras as two channels.
-      return DatasetInfo(name, setup, (32, 32, 2), 5, 24300, 24300,
-                         _SMALLNORB_CLASSES, (48, 48, 2))
-    return DatasetInfo(name, setup, (32, 32, 1), 5, 48600, 48600,
-                       _SMALLNORB_CLASSES, (48, 48, 1))
-  if name == "cifar10":
-    size = 24 if setup == "paper" else 32
-    return DatasetInfo(name, setup, (size, size, 3), 10, 50000, 10000,
-                       _CIFAR10_CLASSES, (32, 32, 3))
-  raise DataError(f"Unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+  """The nominal DatasetInfo of ``name`` in ``setup`` (no data is read;
+  num_train before any validation hold-out)."""
+  try:
+    return datasets.get(name, setup).info
+  except ValueError as e:
+    raise DataError(str(e)) from None
 
 
 # --------------------------------------------------------------------------
@@ -118,8 +90,7 @@ def _tfds_split(name: str, split: str, data_dir: str | None, process_index: int,
   """This process's part of a tfds split as numpy arrays."""
   tfds = _import_tfds()
   part = tfds.even_splits(split, process_count)[process_index]
-  keys = (("image", "image2", "label_category") if name == "smallnorb"
-          else ("image", "label"))
+  keys = datasets.get(name).tfds_keys
   try:
     ds = tfds.load(name, split=part, data_dir=data_dir or None,
                    shuffle_files=False)
@@ -158,10 +129,46 @@ def _load_tfds(name: str, setup: str, split: str, data_dir: str | None,
 def load_datasets(config, process_index: int | None = None,
                   process_count: int | None = None
                   ) -> tuple[Split, Split, DatasetInfo]:
-  """(train, test, info) for config.dataset / data_setup; this process's shards.
+  """(train, test, info): load_splits without the validation split."""
+  splits = load_splits(config, process_index, process_count)
+  return splits.train, splits.test, splits.info
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """This process's shards; validation is None without a hold-out."""
+  train: Split
+  validation: Split | None
+  test: Split
+  info: DatasetInfo
+
+
+def holdout(split: Split, fraction: float, process_index: int = 0
+            ) -> tuple[Split, Split | None]:
+  """(train, validation): floor(fraction * N) examples of ``split`` held out.
+
+  The held-out examples are a fixed random subset (VALIDATION_SEED and the
+  process index, not the run's seed), so every run of a setup validates on
+  the same images and never trains on them.
+  """
+  n = len(split)
+  k = int(math.floor(fraction * n))
+  if k <= 0:
+    return split, None
+  order = np.random.default_rng([VALIDATION_SEED, process_index]).permutation(n)
+  val_idx, train_idx = np.sort(order[:k]), np.sort(order[k:])
+  return (Split(split.images[train_idx], split.labels[train_idx]),
+          Split(split.images[val_idx], split.labels[val_idx]))
+
+
+def load_splits(config, process_index: int | None = None,
+                process_count: int | None = None) -> Splits:
+  """Train, validation and test shards of this process, and the DatasetInfo.
 
   Reads config.idx_dir when set (MNIST only), else tfds (data_dir
-  config.tfds_data_dir). info's counts are those of the data read, over all
+  config.tfds_data_dir). config.validation_fraction of the training
+  examples ("auto": the setup's, see capsnet_jax.datasets) is held out as
+  the validation split. info's counts are those of the data read, over all
   processes. Raises errors.DataError with a hint when data cannot be read.
   """
   if process_index is None or process_count is None:
@@ -186,11 +193,20 @@ def load_datasets(config, process_index: int | None = None,
     num_train = _total(len(train), process_count, info.num_train)
     num_test = _total(len(test), process_count, info.num_test)
     source = "tfds"
-  info = dataclasses.replace(info, num_train=num_train, num_test=num_test)
-  logging.info("%s (%s setup) from %s: %d/%d train and %d/%d test examples in "
-               "process %d of %d", name, setup, source, len(train), num_train,
-               len(test), num_test, process_index, process_count)
-  return train, test, info
+  fraction = datasets.resolve(config, "validation_fraction")
+  train, validation = holdout(train, fraction, process_index)
+  num_validation = 0
+  if validation is not None:
+    num_validation = _total(len(validation), process_count,
+                            int(math.floor(fraction * num_train)))
+    num_train -= num_validation
+  info = dataclasses.replace(info, num_train=num_train, num_test=num_test,
+                             num_validation=num_validation)
+  logging.info("%s (%s setup) from %s: %d/%d train, %d/%d validation and "
+               "%d/%d test examples in process %d of %d", name, setup, source,
+               len(train), num_train, 0 if validation is None else len(validation),
+               num_validation, len(test), num_test, process_index, process_count)
+  return Splits(train, validation, test, info)
 
 
 def _total(local: int, process_count: int, nominal: int) -> int:

@@ -38,14 +38,26 @@ def _initializers(init: str) -> tuple[Any, Any]:
   if init == "default":
     return nn.initializers.lecun_normal(), nn.initializers.normal(0.01)
   if init == "reference":
-    # xavier_normal(gain g) has variance g^2 * 2 / (fan_in + fan_out).
-    def xavier(gain, in_axis=-2, out_axis=-1):
-      return nn.initializers.variance_scaling(
-          gain ** 2, "fan_avg", "normal", in_axis=in_axis, out_axis=out_axis)
-    # W [num_in, num_out, 16, 8]: torch treats dim 1 as fan-in and dim 0 as
-    # fan-out times the receptive field; it only sets the scale here.
-    return xavier(0.02), xavier(0.002, in_axis=-1, out_axis=-2)
+    # xavier_normal(gain g): std = g * sqrt(2 / (fan_in + fan_out)). Conv
+    # HWIO and Dense [in, out] kernels have torch's fans.
+    xavier = nn.initializers.variance_scaling(
+        0.02 ** 2, "fan_avg", "normal", in_axis=-2, out_axis=-1)
+    return xavier, reference_w_init
   raise ValueError(f"Unknown init {init!r}; valid: {INITS}")
+
+
+def reference_w_init(key, shape, dtype=jnp.float32):
+  """The reference's xavier_normal(gain 0.002) of its 5-D W [1, N, K, 16, 8].
+
+  torch takes fan_in = size(1) * receptive field = N * K * 16 * 8 and
+  fan_out = size(0) * receptive field = K * 16 * 8, so for MNIST (N = 1152,
+  K = 10) std = 0.002 * sqrt(2 / (1,474,560 + 1,280)) = 2.33e-6. Our W is
+  [N, K, 16, 8], the same tensor without the leading 1.
+  """
+  n, k, d, i = shape
+  fan_in, fan_out = n * k * d * i, k * d * i
+  std = 0.002 * (2.0 / (fan_in + fan_out)) ** 0.5
+  return std * jax.random.normal(key, shape, dtype)
 
 
 class CapsNet(nn.Module):

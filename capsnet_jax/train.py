@@ -31,13 +31,15 @@ import optax
 from capsnet_jax import augment
 from capsnet_jax import checkpoints
 from capsnet_jax import conv
+from capsnet_jax import datasets
+from capsnet_jax import history
 from capsnet_jax import input_pipeline
 from capsnet_jax import losses
 from capsnet_jax import metric_logging
 from capsnet_jax import models
 from capsnet_jax import validation
 from capsnet_jax import workdirs
-from capsnet_jax.errors import NonFiniteLossError, WorkdirError
+from capsnet_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
 
 DATA_AXIS = "data"
 
@@ -80,11 +82,19 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  """Constant, or decayed by lr_decay_rate every lr_decay_steps (staircase)."""
-  if config.lr_decay_steps <= 0 or config.lr_decay_rate == 1.0:
+  """config.lr_schedule ("auto": the data setup's, see capsnet_jax.datasets).
+
+  exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps), as
+  the authors' tf.train.exponential_decay; staircase: the exponent rounded
+  down; constant (also when lr_decay_steps is 0 or the rate 1).
+  """
+  kind = datasets.resolve(config, "lr_schedule")
+  if (kind == "constant" or config.lr_decay_steps <= 0 or
+      config.lr_decay_rate == 1.0):
     return optax.constant_schedule(config.learning_rate)
   return optax.exponential_decay(config.learning_rate, config.lr_decay_steps,
-                                 config.lr_decay_rate, staircase=True)
+                                 config.lr_decay_rate,
+                                 staircase=kind == "staircase")
 
 
 def create_train_state(config, model: models.CapsNet, rng: jax.Array,
@@ -125,7 +135,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
     state: replicated TrainState.
     batch: image [B, h, w, c] uint8 as stored, label [B] int32.
     model, preprocess, alpha, seed: static.
-    target: images -> what the decoder reconstructs (augment.reconstruction_target).
+    target: images -> what the decoder reconstructs (datasets.Spec.target).
     nan_step: fault injection for tests: the loss is NaN at this step.
 
   Returns:
@@ -175,7 +185,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   labels, mask = batch["label"], batch["mask"]
   out = model.apply(model_variables(state), images, train=False)
   margin = losses.margin_loss(out["lengths"], labels)
-  sse = losses.reconstruction_sse(out["reconstructions"], target(images))
+  sse = losses.reconstruction_sse(out["reconstructions"], target(images, mask))
   return dict(
       count=jnp.sum(mask),
       correct=jnp.sum(mask * (out["predictions"] == labels)),
@@ -197,11 +207,12 @@ class Steps:
     self.mesh = mesh
     self.replicated = replicated(mesh)
     self.sharded = batch_sharded(mesh)
-    dataset, setup = config.dataset, config.data_setup
-    self.preprocess_train = augment.make_preprocess_fn(dataset, setup, True)
-    self.preprocess_eval = augment.make_preprocess_fn(dataset, setup, False)
-    target = functools.partial(augment.reconstruction_target, dataset=dataset,
-                               setup=setup)
+    spec = datasets.get(config.dataset, config.data_setup)
+    self.preprocess_train = augment.make_preprocess_fn(
+        config.dataset, config.data_setup, True)
+    self.preprocess_eval = augment.make_preprocess_fn(
+        config.dataset, config.data_setup, False)
+    target = spec.target
     self.train = jax.jit(
         functools.partial(train_step, model=model,
                           preprocess=self.preprocess_train, target=target,
@@ -324,19 +335,59 @@ def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
+def _metrics_record(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+  return {f"{prefix}_{k}": v for k, v in metrics.items() if k != "count"}
+
+
+class _Clock:
+  """Wall time of the sessions that produced a run's evaluations.
+
+  wall_seconds: since the run began, summed over its sessions (each from its
+  start, compilation included, to the evaluation), idle time between
+  sessions excluded; continues from the history's last record on resume.
+  train_seconds: training time since the previous evaluation (or since this
+  session started), evaluation excluded.
+  """
+
+  def __init__(self, previous_wall_seconds: float, start: float | None = None,
+               now=time.monotonic):
+    self._now = now
+    self._start = now() if start is None else start
+    self._base = previous_wall_seconds
+    self._train_start = self._start
+
+  def wall_seconds(self) -> float:
+    return self._base + self._now() - self._start
+
+  def train_seconds(self) -> float:
+    return self._now() - self._train_start
+
+  def restart_training(self) -> None:
+    self._train_start = self._now()
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains, evaluates and checkpoints; resumes from ``workdir`` if it can.
 
+  Every evaluation appends a line to WORKDIR/eval_history.jsonl
+  (capsnet_jax.history); results.json's best_test_accuracy is the maximum
+  over that history, whatever stops and resumes happened.
+
   Returns:
-    The contents of WORKDIR/results.json: step, test_accuracy,
+    The contents of WORKDIR/results.json: step, epoch, test_accuracy,
     test_margin_loss, test_reconstruction_loss (per-image SSE), num_params,
-    best_test_accuracy and timing.
+    best_test_accuracy, best_step and timing.
   """
   # Every check of the user's input runs before anything is written.
   validation.validate_config(config, "train", jax.device_count())
   workdirs.check_compatible(workdir, config)
-  train_split, test_split, info = input_pipeline.load_datasets(config)
+  splits = input_pipeline.load_splits(config)
+  train_split, test_split, info = splits.train, splits.test, splits.info
+  if config.batch_size > info.num_train:
+    raise ConfigError(f"batch_size={config.batch_size} is larger than the "
+                      f"{info.num_train} training examples")
   workdirs.prepare(workdir, config)
+  clock_start = time.monotonic()
   mesh = make_mesh()
   local_batch = config.batch_size // jax.process_count()
   eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
@@ -355,25 +406,52 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   start = int(state.step)
 
   lead = jax.process_index() == 0
+  if lead:  # Evaluations after the restored step are redone below.
+    history.truncate_after(workdir, start)
+  previous = history.last(history.read(workdir))
+  clock = _Clock(previous["wall_seconds"] if previous else 0.0, clock_start)
   writer = metric_logging.create_writer(workdir, lead)
   if start == 0:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
-  logging.info("%s: %d train / %d test examples, %d steps per epoch, "
-               "%d steps in all, %d parameters, %d devices, %d processes",
-               info.name, info.num_train, info.num_test, steps_per_epoch,
-               total_steps, num_params, jax.device_count(),
+  logging.info("%s: %d train / %d validation / %d test examples, %d steps per "
+               "epoch, %d steps in all, %d parameters, %d devices, %d processes",
+               info.name, info.num_train, info.num_validation, info.num_test,
+               steps_per_epoch, total_steps, num_params, jax.device_count(),
                jax.process_count())
 
   steps = Steps(config, model, mesh)
   schedule = learning_rate_schedule(config)
+
+  def evaluate_all(state, step):
+    """Test (and validation) metrics of ``state``, logged and recorded."""
+    train_seconds = clock.train_seconds()
+    metrics = evaluate(steps, state, test_split, eval_batch, info.num_test)
+    record = dict(step=step, epoch=round(step / steps_per_epoch, 4),
+                  **_metrics_record("test", metrics))
+    if splits.validation is not None:
+      record.update(_metrics_record("validation", evaluate(
+          steps, state, splits.validation, eval_batch, info.num_validation)))
+    record.update(learning_rate=float(schedule(step)), alpha=config.alpha,
+                  wall_seconds=round(clock.wall_seconds(), 2),
+                  train_seconds=round(train_seconds, 2),
+                  time=round(time.time(), 2), source="train")
+    if lead:
+      history.append(workdir, record)
+    writer.write_scalars(step, {k: v for k, v in record.items()
+                                if k.startswith(("test_", "validation_"))})
+    logging.info("step %d (epoch %.2f): test accuracy %.4f, margin loss %.5f, "
+                 "reconstruction loss %.3f", step, record["epoch"],
+                 metrics["accuracy"], metrics["margin_loss"],
+                 metrics["reconstruction_loss"])
+    clock.restart_training()
+    return metrics
+
   report = metric_logging.create_progress(total_steps, writer, every_secs=30)
   hooks = [report] if lead else []
   batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
                                          start, jax.process_index(),
                                          steps_per_epoch)
-  results = workdirs.read_results(workdir) or {}
-  best = results.get("best_test_accuracy", 0.0)
   pending, data_wait, last_eval = [], 0.0, None
   t0 = time.time()
   step = start
@@ -396,17 +474,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           pending, data_wait = [], 0.0
         evaluated_now = step % eval_every == 0 or last
         if evaluated_now:
+          _check_finite(pending, step)  # Never record a bad step.
           with report.timed("eval"):
-            last_eval = evaluate(steps, state, test_split, eval_batch,
-                                 info.num_test)
-          best = max(best, last_eval["accuracy"])
-          writer.write_scalars(step, {f"test_{k}": v for k, v in last_eval.items()
-                                      if k != "count"})
+            last_eval = evaluate_all(state, step)
           writer.write_images(step, {"reconstructions": reconstruction_grid(
               steps, state, test_split, config.num_summary_images)})
-          logging.info("step %d: test accuracy %.4f, margin loss %.5f, "
-                       "reconstruction loss %.3f", step, last_eval["accuracy"],
-                       last_eval["margin_loss"], last_eval["reconstruction_loss"])
         if step % ckpt_every == 0 or last:
           _check_finite(pending, step)  # Never checkpoint after a bad step.
           ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
@@ -425,23 +497,45 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     logging.warning("Received %s: saved a checkpoint at step %d; rerun the "
                     "same command to resume.", preempted, step)
     return {"step": step, "preempted": True}
+  records = history.read(workdir) if lead else []
   if last_eval is None:  # Nothing left to train: evaluate what was restored.
-    last_eval = evaluate(steps, state, test_split, eval_batch, info.num_test)
+    done = [r for r in history.training_records(records)
+            if int(r["step"]) == step]
+    if done:
+      last_eval = {k[len("test_"):]: v for k, v in done[-1].items()
+                   if k.startswith("test_")}
+    else:
+      last_eval = evaluate_all(state, step)
+      records = history.read(workdir) if lead else []
   results = dict(
       step=int(state.step),
+      epoch=round(int(state.step) / steps_per_epoch, 4),
       test_accuracy=last_eval["accuracy"],
       test_margin_loss=last_eval["margin_loss"],
       test_reconstruction_loss=last_eval["reconstruction_loss"],
       test_loss=last_eval["loss"],
-      best_test_accuracy=max(best, last_eval["accuracy"]),
       num_params=num_params,
       dataset=info.name,
+      num_train=info.num_train,
+      num_validation=info.num_validation,
       train_seconds_this_run=time.time() - t0,
       devices=jax.device_count(),
       processes=jax.process_count())
   if lead:
+    results.update(_best_of(records))
     workdirs.write_results(workdir, results)
   return results
+
+
+def _best_of(records: list[dict]) -> dict[str, Any]:
+  """best_test_accuracy / best_step (and wall time to it) over the history."""
+  acc, step = history.best(records)
+  out = dict(best_test_accuracy=acc, best_step=step,
+             num_evaluations=len(history.training_records(records)))
+  last = history.last(records)
+  if last is not None:
+    out["wall_seconds"] = last.get("wall_seconds")
+  return out
 
 
 def _check_finite(pending: list[dict], step: int) -> list[dict]:
@@ -469,7 +563,8 @@ def _log_train(writer, step: int, pending: list[dict], schedule,
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
-  """--mode=eval: evaluates the latest checkpoint and writes results.json."""
+  """--mode=eval: evaluates the latest checkpoint, appends the evaluation to
+  WORKDIR/eval_history.jsonl (source "eval") and updates results.json."""
   validation.validate_config(config, "eval", jax.device_count())
   workdirs.check_compatible(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir, create=False) \
@@ -478,21 +573,35 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
     raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
                        f"--mode=train --workdir={workdir}")
   mesh = make_mesh()
-  _, test_split, info = input_pipeline.load_datasets(config)
+  splits = input_pipeline.load_splits(config)
+  info = splits.info
   model, state = setup_model_and_state(config, info, mesh)
   state = ckpt.restore(state)
   ckpt.close()
   steps = Steps(config, model, mesh)
   eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
-  metrics = evaluate(steps, state, test_split, eval_batch, info.num_test)
+  t = time.monotonic()
+  metrics = evaluate(steps, state, splits.test, eval_batch, info.num_test)
+  step = int(state.step)
+  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
+                                                   config.batch_size)
+  record = dict(step=step, epoch=round(step / steps_per_epoch, 4),
+                **_metrics_record("test", metrics))
+  if splits.validation is not None:
+    record.update(_metrics_record("validation", evaluate(
+        steps, state, splits.validation, eval_batch, info.num_validation)))
+  record.update(eval_seconds=round(time.monotonic() - t, 2),
+                time=round(time.time(), 2), source="eval")
   results = workdirs.read_results(workdir) or {}
   results.update(
-      step=int(state.step), test_accuracy=metrics["accuracy"],
+      step=step, epoch=record["epoch"], test_accuracy=metrics["accuracy"],
       test_margin_loss=metrics["margin_loss"],
       test_reconstruction_loss=metrics["reconstruction_loss"],
       test_loss=metrics["loss"], num_params=count_params(state.params),
       dataset=info.name)
   if jax.process_index() == 0:
+    history.append(workdir, record)
+    results.update(_best_of(history.read(workdir)))
     workdirs.write_results(workdir, results)
-  logging.info("Evaluated step %d: %s", int(state.step), json.dumps(metrics))
+  logging.info("Evaluated step %d: %s", step, json.dumps(metrics))
   return results

@@ -8,12 +8,14 @@ Synopsis::
 import os
 
 from capsnet_jax import conv
+from capsnet_jax import datasets
 from capsnet_jax import decoders
 from capsnet_jax import models
 from capsnet_jax.errors import ConfigError
 
-DATASETS = ("mnist", "smallnorb", "cifar10")
-SETUPS = ("reference", "paper")
+DATASETS = datasets.DATASETS
+SETUPS = datasets.SETUPS
+LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODES = ("train", "eval", "summary", "visualize", "ensemble")
 
@@ -43,6 +45,10 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "init", models.INITS)
   _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
+  _choice(config, "lr_schedule", LR_SCHEDULES)
+  if config.get("validation_fraction", -1.0) >= 1.0:
+    raise ConfigError("validation_fraction must be < 1 (negative: the "
+                      f"setup's), got {config.validation_fraction!r}")
   for name in ("batch_size", "learning_rate", "routing_iterations",
                "primary_types", "log_every_steps", "keep_checkpoints"):
     _positive(config, name)

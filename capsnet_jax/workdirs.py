@@ -22,7 +22,8 @@ RESULTS_FILE = "results.json"
 # between runs on the same workdir.
 IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
                    "primary_types", "routing_iterations", "leaky_routing",
-                   "routing_stop_gradient", "compute_dtype")
+                   "routing_stop_gradient", "compute_dtype",
+                   "validation_fraction")
 
 
 def _identity(config) -> dict[str, Any]:

@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_setup = "reference"
   config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.
   config.tfds_data_dir = ""  # tfds data_dir; "" = tfds's default.
+  # Fraction of the training set held out as a validation split, evaluated
+  # beside the test set (< 0: the setup's; reference 0.1, paper 0).
+  config.validation_fraction = -1.0
 
   # Model. model: capsnet | tiny (tests only).
   config.model = "capsnet"
@@ -28,15 +31,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.leaky_routing = False
   config.routing_stop_gradient = False
   config.primary_types = 32
+  # default: LeCun-normal kernels, W ~ N(0, 0.01^2); reference: the PyTorch
+  # reference's xavier-normal with gains 0.02 (kernels) and 0.002 (W).
   config.init = "default"  # default | reference
   config.conv_impl = "auto"  # see capsnet_jax.conv.IMPLS
   config.compute_dtype = "float32"  # float32 | bfloat16
 
-  # Optimisation: Adam; learning rate decayed by lr_decay_rate every
-  # lr_decay_steps steps (the authors' 0.96 / 2000; lr_decay_steps=0: none).
+  # Optimisation: Adam. lr_schedule: auto (the setup's: reference constant,
+  # paper exponential) | constant | exponential (learning_rate *
+  # lr_decay_rate ** (step / lr_decay_steps), the authors' continuous
+  # tf.train.exponential_decay) | staircase (the same, decayed in steps).
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 0  # 0: same as batch_size
   config.learning_rate = 1e-3
+  config.lr_schedule = "auto"
   config.lr_decay_rate = 0.96
   config.lr_decay_steps = 2000
   config.alpha = 0.0005  # weight of the reconstruction SSE

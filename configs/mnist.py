@@ -1,36 +1,52 @@
-"""CapsNet on MNIST, the reference setup (Sabour et al. 2017).
+"""CapsNet on MNIST: the authors' recipe, the PyTorch reference's, a smoke run.
 
-Train and evaluate (downloads MNIST through tfds)::
+  python main.py --config=configs/mnist.py --workdir=runs/mnist             # paper
+  python main.py --config=configs/mnist.py:reference --workdir=runs/mnist_ref
+  python main.py --config=configs/mnist.py:smoke --workdir=/tmp/smoke \
+      --config.idx_dir=../shared/data/mnist                                  # ~1 min
 
-  python main.py --config=configs/mnist.py --workdir=runs/mnist
+Add ``--config.idx_dir=../shared/data/mnist`` (a folder of MNIST IDX files)
+where tfds cannot download.
 
-Offline, from a folder of MNIST IDX files::
+paper (default): the authors' released code (Sabour et al. 2017): pixels in
+[0, 1], all 60,000 training images shifted uniformly by up to 2 px, Adam 1e-3
+with continuous exponential decay 0.96 every 2,000 steps, batch 128, alpha
+0.0005, 3 routing iterations, 50 epochs (468 steps each).
 
-  python main.py --config=configs/mnist.py --workdir=runs/mnist \
-      --config.idx_dir=../shared/data/mnist
+reference: the PyTorch reference project: inputs normalised with (0.1307,
+0.3081), RandomAffine shifts, 54,000 training images (6,000 held out and
+evaluated as the validation split), constant Adam 1e-3, reconstruction target
+the per-batch min-max of the normalised input (the [0, 1] image for MNIST).
+Its decoder study trains 25 epochs (421 steps each).
 
-Recipe: Adam 1e-3 decayed by 0.96 every 2000 steps (the authors'), batch
-128, alpha 0.0005, 3 routing iterations, random shifts of up to 2 px, 50
-epochs. Measured on a 2-core AMD EPYC CPU (no GPU), full 10,000-image test set:
+smoke: the tiny test model for 30 steps of batch 32 on MNIST and one
+evaluation over the test set: a check that everything runs, not a result.
 
-  150 steps (--config.num_train_steps=150): 97.13% (seed 0), 97.31% (seed 1),
-  97.31% (seed 2); 160-280 s wall time each, including compilation and the
-  final evaluation.
-
-The full recipe (the first command above), measured so far: 98.74% after
-epoch 1, 99.10% after epoch 2, 99.39% after epoch 3, 99.49% after epoch 9,
-99.50% after epochs 11, 13 and 14 (7.0-7.3 minutes per epoch on that CPU,
-evaluation included); the paper's 99.75% needs about 113 epochs (about 13.5
-hours there), which has not fitted a CPU session yet. Decoder study
-(--config.decoder=deconv, --config.batch_norm=True), one epoch each: FC
-98.74%, FC+BN 98.67%, deconv 98.75%, deconv+BN 98.71%.
-README.md ("Results") has every row with its command, losses and times.
+Measured results are in README.md ("Results"), generated from each run's
+eval_history.jsonl by `python -m capsnet_jax.report`.
 """
 
 from configs import default
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = default.get_config()
   config.dataset = "mnist"
+  if variant in ("", "paper"):
+    config.data_setup = "paper"
+  elif variant == "reference":
+    config.data_setup = "reference"
+  elif variant == "smoke":
+    config.data_setup = "paper"
+    config.model = "tiny"
+    config.primary_types = 4
+    config.batch_size = 32
+    config.eval_batch_size = 500
+    config.num_train_steps = 30
+    config.log_every_steps = 10
+    config.num_summary_images = 2
+    config.learning_rate = 3e-3
+  else:
+    raise ValueError(f"Unknown configs/mnist.py variant {variant!r}; valid: "
+                     "paper (the default), reference, smoke")
   return config

@@ -94,8 +94,6 @@ def test_preprocess_shapes_ranges_and_determinism(dataset, setup, stored,
     assert y.shape == (4, *model_input) and y.dtype == jnp.float32
     if augment.is_standardized(dataset, setup):
       np.testing.assert_allclose(jnp.mean(y, axis=(1, 2, 3)), 0, atol=1e-5)
-    else:
-      assert float(y.min()) >= 0 and float(y.max()) <= 1
   # Test time ignores the rng; training does not.
   np.testing.assert_array_equal(eval_fn(raw, jax.random.key(0)),
                                 eval_fn(raw, jax.random.key(1)))
@@ -103,3 +101,34 @@ def test_preprocess_shapes_ranges_and_determinism(dataset, setup, stored,
                             train_fn(raw, jax.random.key(1)))
   target = augment.reconstruction_target(eval_fn(raw, None), dataset, setup)
   assert float(target.min()) >= 0 and float(target.max()) <= 1
+
+
+def test_random_translate_draws_rounded_uniform_shifts():
+  """RandomAffine(translate=0.08) on 28 px: round(U(-2.24, 2.24)), so -2..2
+  with probabilities (0.74, 1, 1, 1, 0.74) / 4.48."""
+  x = np.zeros((4000, 9, 9, 1), np.float32)
+  x[:, 4, 4] = 1.0  # a dot in the middle of a 9x9 image; 0.08 * 9 = 0.72
+  y = np.asarray(augment.random_translate(jnp.asarray(x), jax.random.key(0), 0.08))
+  rows, cols = np.nonzero(y[..., 0].sum(axis=2) > 0)[1], None
+  assert set(np.unique(rows)) == {3, 4, 5}  # round(U(-0.72, 0.72)): -1..1
+  x = np.zeros((20000, 28, 28, 1), np.float32)
+  x[:, 14, 14] = 1.0
+  y = np.asarray(augment.random_translate(jnp.asarray(x), jax.random.key(1), 0.08))
+  assert np.all(y.reshape(20000, -1).sum(axis=1) == 1.0)  # moved, not lost
+  r, c = np.unravel_index(y.reshape(20000, -1).argmax(axis=1), (28, 28))
+  for offsets in (r - 14, c - 14):
+    freq = np.bincount(offsets + 2, minlength=5) / 20000
+    expected = np.array([0.74, 1, 1, 1, 0.74]) / 4.48
+    np.testing.assert_allclose(freq, expected, atol=0.012)
+  del cols
+
+
+def test_tf_style_brightness_and_contrast_are_unclipped():
+  x = np.array([[[[0.2, 0.9]], [[0.6, 0.1]]]], np.float32)  # [1, 2, 1, 2]
+  y = np.asarray(augment.random_brightness_delta(jnp.asarray(x), jax.random.key(0), 0.5))
+  delta = y - x
+  np.testing.assert_allclose(delta, delta.flat[0], atol=1e-6)
+  assert abs(delta.flat[0]) <= 0.5
+  z = np.asarray(augment.random_contrast_tf(jnp.asarray(x), jax.random.key(0), 3.0, 3.0 + 1e-6))
+  # Per channel means (0.4, 0.5); (x - mean) * 3 + mean.
+  np.testing.assert_allclose(z, [[[[-0.2, 1.7]], [[1.0, -0.7]]]], atol=1e-5)

@@ -8,10 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from capsnet_jax import ensemble
-from capsnet_jax import train
+import jax
+import jax.numpy as jnp
 
-tfds = pytest.importorskip("tensorflow_datasets")
+from capsnet_jax import datasets
+from capsnet_jax import ensemble
+from capsnet_jax import input_pipeline
+from capsnet_jax import train
+from configs import default
 
 
 @pytest.mark.parametrize("config_name,image_shape", [
@@ -22,6 +26,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
     ("cifar10_paper", (24, 24, 3)),
 ])
 def test_train_and_evaluate_through_tfds(config_name, image_shape, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model = "tiny"
   config.batch_size = 8
@@ -76,3 +81,99 @@ def test_ensemble_of_two_tiny_models(idx_dir, tmp_path):
     assert acc == pytest.approx(np.mean(np.argmax(member, -1) == test.labels))
   with open(os.path.join(out, "ensemble_results.json")) as f:
     assert json.load(f)["test_accuracy"] == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------
+# The registry.
+
+
+@pytest.mark.parametrize("dataset,setup,stored,model_input,classes", [
+    ("mnist", "reference", (28, 28, 1), (28, 28, 1), 10),
+    ("mnist", "paper", (28, 28, 1), (28, 28, 1), 10),
+    ("smallnorb", "reference", (48, 48, 1), (32, 32, 1), 5),
+    ("smallnorb", "paper", (48, 48, 2), (32, 32, 2), 5),
+    ("cifar10", "reference", (32, 32, 3), (32, 32, 3), 10),
+    ("cifar10", "paper", (32, 32, 3), (24, 24, 3), 10),
+])
+def test_every_spec_shapes_and_scaling(dataset, setup, stored, model_input,
+                                       classes):
+  spec = datasets.get(dataset, setup)
+  assert spec.info.stored_shape == stored
+  assert spec.info.image_shape == model_input
+  assert spec.info.num_classes == len(spec.info.class_names) == classes
+  raw = np.random.default_rng(0).integers(0, 256, (4, *stored)).astype(np.uint8)
+  for x in (spec.train_fn(jnp.asarray(raw), jax.random.key(0)),
+            spec.eval_fn(jnp.asarray(raw))):
+    assert x.shape == (4, *model_input) and x.dtype == jnp.float32
+    t = spec.target(x)
+    assert float(t.min()) >= 0 and float(t.max()) <= 1
+
+
+def test_reference_normalisation_constants():
+  """The reference's torchvision Normalize: MNIST (0.1307, 0.3081),
+  smallNORB (0, 0.3081), CIFAR10 (0, 0.5)."""
+  ones = jnp.full((1, 48, 48, 1), 255, jnp.uint8)
+  zeros = jnp.zeros((1, 28, 28, 1), jnp.uint8)
+  mnist = datasets.get("mnist", "reference").eval_fn
+  np.testing.assert_allclose(mnist(zeros), -0.1307 / 0.3081, rtol=1e-6)
+  np.testing.assert_allclose(mnist(zeros + 255), 0.8693 / 0.3081, rtol=1e-6)
+  np.testing.assert_allclose(datasets.get("smallnorb", "reference").eval_fn(ones),
+                             1 / 0.3081, rtol=1e-6)
+  np.testing.assert_allclose(datasets.get("cifar10", "reference").eval_fn(
+      jnp.full((1, 32, 32, 3), 51, jnp.uint8)), 0.4, rtol=1e-6)
+  # The paper's MNIST input is the [0, 1] image.
+  np.testing.assert_allclose(datasets.get("mnist", "paper").eval_fn(
+      jnp.full((1, 28, 28, 1), 51, jnp.uint8)), 0.2, rtol=1e-6)
+
+
+def test_batch_minmax_target_is_the_image_for_mnist_and_ignores_padding():
+  raw = np.zeros((3, 28, 28, 1), np.uint8)
+  raw[0, 5, 5] = 255
+  raw[1, 6, 6] = 102
+  spec = datasets.get("mnist", "reference")
+  x = spec.eval_fn(jnp.asarray(raw))
+  np.testing.assert_allclose(spec.target(x), raw / 255.0, atol=1e-6)
+  # Over the real examples only: with the bright image masked out, the
+  # 102-pixel becomes the maximum.
+  t = spec.target(x, jnp.array([0.0, 1.0, 1.0]))
+  assert float(t[1, 6, 6, 0]) == pytest.approx(1.0)
+  assert float(t[2].max()) == 0.0
+
+
+def test_setup_defaults_and_overrides():
+  config = default.get_config()
+  config.dataset, config.data_setup = "mnist", "reference"
+  assert datasets.resolve(config, "lr_schedule") == "constant"
+  assert datasets.resolve(config, "validation_fraction") == 0.1
+  config.data_setup = "paper"
+  assert datasets.resolve(config, "lr_schedule") == "exponential"
+  assert datasets.resolve(config, "validation_fraction") == 0.0
+  config.lr_schedule, config.validation_fraction = "staircase", 0.2
+  assert datasets.resolve(config, "lr_schedule") == "staircase"
+  assert datasets.resolve(config, "validation_fraction") == 0.2
+  with pytest.raises(ValueError, match="valid: mnist, smallnorb, cifar10"):
+    datasets.get("mnits")
+
+
+def test_holdout_is_fixed_disjoint_and_complete():
+  images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+  split = input_pipeline.Split(images, np.arange(100, dtype=np.int32))
+  train_a, val_a = input_pipeline.holdout(split, 0.1)
+  train_b, val_b = input_pipeline.holdout(split, 0.1)
+  assert len(val_a) == 10 and len(train_a) == 90
+  np.testing.assert_array_equal(val_a.labels, val_b.labels)  # same every run
+  assert sorted(np.concatenate([train_a.labels, val_a.labels])) == list(range(100))
+  np.testing.assert_array_equal(val_a.images[:, 0, 0, 0], val_a.labels)
+  assert input_pipeline.holdout(split, 0.0) == (split, None)
+
+
+def test_reference_holds_out_a_tenth_of_mnist(idx_dir):
+  config = default.get_config()
+  config.idx_dir = str(idx_dir)  # 256 synthetic training images
+  config.data_setup = "reference"
+  splits = input_pipeline.load_splits(config, 0, 1)
+  assert splits.info.num_validation == 25 and splits.info.num_train == 231
+  assert len(splits.train) == 231 and len(splits.validation) == 25
+  config.data_setup = "paper"
+  splits = input_pipeline.load_splits(config, 0, 1)
+  assert splits.validation is None and splits.info.num_train == 256

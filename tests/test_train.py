@@ -50,7 +50,7 @@ def test_results_json(trained):
   workdir, _, results = trained
   with open(os.path.join(workdir, "results.json")) as f:
     saved = json.load(f)
-  assert saved == pytest.approx(results) or saved["step"] == results["step"]
+  assert saved == pytest.approx(results)
   assert saved["step"] == 8
   for key in ("test_accuracy", "test_margin_loss", "test_reconstruction_loss"):
     assert isinstance(saved[key], float)
@@ -128,3 +128,19 @@ def test_short_run_on_real_mnist(tmp_path):
   assert results["step"] == 60
   assert results["test_accuracy"] > 0.6, results
   assert results["test_reconstruction_loss"] < 150
+
+
+@pytest.mark.parametrize("setup,kind,expected", [
+    # step -> learning rate, hand-computed: 1e-3 * 0.96 ** (step / 2000).
+    ("paper", "auto", {0: 1e-3, 1000: 1e-3 * 0.96 ** 0.5, 2000: 9.6e-4,
+                       5000: 1e-3 * 0.96 ** 2.5}),
+    ("reference", "auto", {0: 1e-3, 1000: 1e-3, 50000: 1e-3}),
+    ("reference", "staircase", {1999: 1e-3, 2000: 9.6e-4, 5000: 9.216e-4}),
+    ("paper", "constant", {0: 1e-3, 9000: 1e-3}),
+])
+def test_learning_rate_schedules(setup, kind, expected):
+  config = default.get_config()
+  config.data_setup, config.lr_schedule = setup, kind
+  schedule = train.learning_rate_schedule(config)
+  for step, lr in expected.items():
+    assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step

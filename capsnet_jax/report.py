@@ -1,0 +1,236 @@
+"""Result tables and curves generated from workdirs' evaluation histories.
+
+  python -m capsnet_jax.report paper=runs/mnist ref=runs/mnist_ref        # summary
+  python -m capsnet_jax.report --table=epochs --every=5 runs/mnist        # per epoch
+  python -m capsnet_jax.report --table=decoders fc=runs/dec_fc ...        # vs reference
+  python -m capsnet_jax.report runs/a runs/b --curves=curves.png          # PNG
+  python -m capsnet_jax.report --update=README.md                         # regenerate
+
+Every number comes from WORKDIR/eval_history.jsonl (capsnet_jax.history), so
+the README's result tables are never typed by hand. ``--update=FILE``
+rewrites each block of FILE between a line ``<!-- report: ARGS -->`` and the
+next ``<!-- /report -->`` with the output of ``report ARGS`` (paths relative
+to FILE's folder), so each table carries the command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from typing import Sequence
+
+from capsnet_jax import history
+from capsnet_jax.errors import WorkdirError
+
+# ../shared/REFERENCE.md: the reference's decoder study, MNIST, 25 epochs.
+REFERENCE_DECODER_STUDY = {
+    "fc": (21.62, 0.0058, 99.51),
+    "fc_bn": (13.12, 0.0054, 99.54),
+    "deconv": (10.87, 0.0050, 99.54),
+    "deconv_bn": (9.52, 0.0044, 99.55),
+}
+
+
+def load(workdir: str) -> list[dict]:
+  """The training records of a workdir, one per step, in step order."""
+  records = history.training_records(history.read(workdir))
+  if not records:
+    raise WorkdirError(f"no evaluation history in {workdir} "
+                       f"({history.HISTORY_FILE})")
+  by_step = {int(r["step"]): r for r in records}
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def _pct(x: float | None) -> str:
+  return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _duration(seconds: float | None) -> str:
+  if seconds is None:
+    return "-"
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  if seconds < 7200:
+    return f"{seconds / 60:.1f} min"
+  return f"{seconds / 3600:.2f} h"
+
+
+def _epoch(r: dict) -> str:
+  e = float(r["epoch"])
+  return f"{e:.0f}" if abs(e - round(e)) < 1e-3 else f"{e:.2f}"
+
+
+def summary_table(runs: dict[str, str]) -> str:
+  """One row per run: how far, best and last accuracy, losses, wall time."""
+  lines = ["| run | epochs | best test accuracy (epoch) | last test accuracy | "
+           "test RLoss (SSE) | test MLoss | validation accuracy | wall time |",
+           "|---|---|---|---|---|---|---|---|"]
+  for label, workdir in runs.items():
+    records = load(workdir)
+    last = records[-1]
+    acc, step = history.best(records)
+    best = next(r for r in records if int(r["step"]) == step)
+    lines.append(
+        f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
+        f"{_pct(last['test_accuracy'])} | "
+        f"{last['test_reconstruction_loss']:.2f} | "
+        f"{last['test_margin_loss']:.4f} | "
+        f"{_pct(last.get('validation_accuracy'))} | "
+        f"{_duration(last.get('wall_seconds'))} |")
+  return "\n".join(lines)
+
+
+def epochs_table(workdir: str, every: int = 1) -> str:
+  """Per evaluation (every ``every``-th epoch, and the last and best)."""
+  records = load(workdir)
+  _, best_step = history.best(records)
+  lines = ["| epoch (step) | test accuracy | test MLoss | test RLoss (SSE) | "
+           "learning rate | wall time since start |",
+           "|---|---|---|---|---|---|"]
+  for i, r in enumerate(records):
+    epoch = float(r["epoch"])
+    if not (i == len(records) - 1 or int(r["step"]) == best_step
+            or round(epoch) % every == 0 or i == 0):
+      continue
+    acc = _pct(r["test_accuracy"])
+    if int(r["step"]) == best_step:
+      acc = f"**{acc}**"
+    lines.append(f"| {_epoch(r)} ({r['step']}) | {acc} | "
+                 f"{r['test_margin_loss']:.4f} | "
+                 f"{r['test_reconstruction_loss']:.2f} | "
+                 f"{r.get('learning_rate', float('nan')):.3g} | "
+                 f"{_duration(r.get('wall_seconds'))} |")
+  return "\n".join(lines)
+
+
+def decoders_table(runs: dict[str, str]) -> str:
+  """The decoder study beside the reference's 25-epoch numbers; labels are
+  keys of REFERENCE_DECODER_STUDY (fc, fc_bn, deconv, deconv_bn)."""
+  lines = ["| decoder | epochs | RLoss (SSE) | MLoss | accuracy (last) | "
+           "best accuracy (epoch) | wall time | reference, 25 epochs: "
+           "RLoss / MLoss / accuracy |",
+           "|---|---|---|---|---|---|---|---|"]
+  for label, workdir in runs.items():
+    records = load(workdir)
+    last = records[-1]
+    acc, step = history.best(records)
+    best = next(r for r in records if int(r["step"]) == step)
+    ref = REFERENCE_DECODER_STUDY.get(label)
+    ref_text = (f"{ref[0]:.2f} / {ref[1]:.4f} / {ref[2]:.2f}%" if ref else "-")
+    lines.append(
+        f"| {label} | {_epoch(last)} | {last['test_reconstruction_loss']:.2f} | "
+        f"{last['test_margin_loss']:.4f} | {_pct(last['test_accuracy'])} | "
+        f"{_pct(acc)} ({_epoch(best)}) | {_duration(last.get('wall_seconds'))} "
+        f"| {ref_text} |")
+  return "\n".join(lines)
+
+
+def plot(runs: dict[str, str], path: str) -> None:
+  """Test accuracy, margin and reconstruction loss against the epoch."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  panels = (("test_accuracy", "test accuracy", False),
+            ("test_margin_loss", "test margin loss", True),
+            ("test_reconstruction_loss", "test reconstruction SSE", False))
+  fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0))
+  for label, workdir in runs.items():
+    records = load(workdir)
+    epochs = [float(r["epoch"]) for r in records]
+    for ax, (key, _, _) in zip(axes, panels):
+      ax.plot(epochs, [r[key] for r in records], label=label, lw=1.2)
+  for ax, (_, title, log) in zip(axes, panels):
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if log:
+      ax.set_yscale("log")
+  accs = [r["test_accuracy"] for w in runs.values() for r in load(w)]
+  axes[0].set_ylim(max(min(accs), 0.98), 1.0)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _runs(items: Sequence[str], base: str = "") -> dict[str, str]:
+  runs = {}
+  for item in items:
+    label, _, workdir = item.rpartition("=")
+    workdir = os.path.join(base, workdir) if base else workdir
+    runs[label or os.path.basename(os.path.normpath(workdir))] = workdir
+  return runs
+
+
+def render(argv: Sequence[str], base: str = "") -> str:
+  """The text that `report ARGV` prints (tables only), paths under base."""
+  args = _parser().parse_args(argv)
+  runs = _runs(args.workdirs, base)
+  if args.curves:
+    plot(runs, os.path.join(base, args.curves) if base else args.curves)
+  if args.table == "summary":
+    return summary_table(runs)
+  if args.table == "decoders":
+    return decoders_table(runs)
+  return "\n\n".join(epochs_table(w, args.every) for w in runs.values())
+
+
+_BLOCK = re.compile(r"(<!-- report: (.*?) -->\n)(.*?)(<!-- /report -->)", re.S)
+
+
+def update_file(path: str) -> int:
+  """Regenerates every report block of ``path``; returns how many."""
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path) as f:
+    text = f.read()
+  count = 0
+
+  def replace(m):
+    nonlocal count
+    count += 1
+    return m.group(1) + render(shlex.split(m.group(2)), base) + "\n" + m.group(4)
+
+  text = _BLOCK.sub(replace, text)
+  with open(path, "w") as f:
+    f.write(text)
+  return count
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m capsnet_jax.report",
+      description="Tables and curves from eval_history.jsonl of workdirs.")
+  p.add_argument("workdirs", nargs="*", help="WORKDIR or LABEL=WORKDIR")
+  p.add_argument("--table", choices=("summary", "epochs", "decoders"),
+                 default="summary")
+  p.add_argument("--every", type=int, default=1,
+                 help="epochs table: every N-th epoch (plus first, best, last)")
+  p.add_argument("--curves", default="", help="also plot to this PNG")
+  p.add_argument("--update", default="",
+                 help="regenerate the report blocks of this Markdown file")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    if args.update:
+      n = update_file(args.update)
+      print(f"updated {n} report block(s) in {args.update}")
+      return 0
+    if not args.workdirs:
+      print("error: give workdirs or --update=FILE", file=sys.stderr)
+      return 1
+    print(render(argv if argv is not None else sys.argv[1:]))
+  except WorkdirError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,294 @@
+"""The full MNIST experiments on one GPU machine, in resumable chunks.
+
+  bash scripts/gpu_run.sh --idx_dir=.data/mnist --out=$OUT [--bench] \
+      [--deadline_seconds=540] [--keep_running]
+
+Runs, as parallel processes on the one device (each a plain
+`python main.py ...` that resumes from its workdir):
+
+  mnist_paper       configs/mnist.py, 50 epochs (the default recipe)
+  mnist_paper_long  a copy of mnist_paper once finished, continued to
+                    --long_epochs (default 120; the reference trained 113)
+  dec_fc, dec_fc_bn, dec_deconv, dec_deconv_bn
+                    configs/mnist.py:reference, 25 epochs: the reference's
+                    decoder study (FC / deconv decoder, with and without BN)
+  ref_fc_long       a copy of dec_fc once finished, continued to
+                    --ref_long_epochs (default 113, the reference's length;
+                    0 skips it)
+
+Each call works until --deadline_seconds, then either SIGTERMs the runs
+(they checkpoint and exit; the next call resumes them) or, with
+--keep_running, leaves them running detached for the next call to find
+(their pid files). Finished runs are skipped. Before returning it collects
+results.json, eval_history.jsonl, config.json, the TensorBoard events and
+the log of every run, curves and the generated report into --out, packed
+as one gpu_runs.tar.gz (the device tool brings back few files), and prints
+a table of where every run stands.
+
+--bench first runs benchmarks/throughput.py (train, eval and a 300-step
+epoch through the IDX pipeline; float32 and bfloat16) alone on the device.
+
+tests/test_gpu_run.py runs this logic on CPU with a tiny model and
+--paper_epochs=2 etc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PID_FILE = "gpu_run.pid"
+LOG_FILE = "train.log"
+
+
+@dataclasses.dataclass
+class Experiment:
+  name: str
+  config: str
+  overrides: tuple[str, ...]
+  epochs: int
+  steps_per_epoch: int
+  after: str | None = None  # continue a copy of this run once it finished
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+
+def experiments(args) -> list[Experiment]:
+  paper_spe = args.num_train // args.batch_size
+  ref_spe = (args.num_train - args.num_train // 10) // args.batch_size
+  out = [Experiment("mnist_paper", "configs/mnist.py", (), args.paper_epochs,
+                    paper_spe)]
+  if args.long_epochs > args.paper_epochs:
+    out.append(Experiment("mnist_paper_long", "configs/mnist.py", (),
+                          args.long_epochs, paper_spe, after="mnist_paper"))
+  for name, decoder, bn in (("dec_fc", "fc", False), ("dec_fc_bn", "fc", True),
+                            ("dec_deconv", "deconv", False),
+                            ("dec_deconv_bn", "deconv", True)):
+    out.append(Experiment(name, "configs/mnist.py:reference",
+                          (f"--config.decoder={decoder}",
+                           f"--config.batch_norm={bn}"),
+                          args.decoder_epochs, ref_spe))
+  if args.ref_long_epochs > args.decoder_epochs:
+    out.append(Experiment("ref_fc_long", "configs/mnist.py:reference",
+                          ("--config.decoder=fc", "--config.batch_norm=False"),
+                          args.ref_long_epochs, ref_spe, after="dec_fc"))
+  only = set(filter(None, args.only.split(",")))
+  return [e for e in out if not only or e.name in only]
+
+
+def _results(workdir: pathlib.Path) -> dict | None:
+  try:
+    return json.loads((workdir / "results.json").read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def finished(e: Experiment, runs: pathlib.Path) -> bool:
+  r = _results(runs / e.name)
+  return bool(r) and int(r.get("step", 0)) >= e.total_steps
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except OSError:
+    return False
+  try:  # A zombie child of this process counts as finished.
+    done, _ = os.waitpid(pid, os.WNOHANG)
+    return done == 0
+  except ChildProcessError:
+    return True
+
+
+def running_pid(workdir: pathlib.Path) -> int | None:
+  try:
+    pid = int((workdir / PID_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  return pid if _alive(pid) else None
+
+
+def _history_steps(workdir: pathlib.Path) -> int:
+  try:
+    lines = (workdir / "eval_history.jsonl").read_text().splitlines()
+    return max(json.loads(l)["step"] for l in lines if l.strip())
+  except (OSError, ValueError):
+    return 0
+
+
+def start(e: Experiment, runs: pathlib.Path, args) -> int:
+  workdir = runs / e.name
+  if e.after and not workdir.exists():
+    shutil.copytree(runs / e.after, workdir,
+                    ignore=shutil.ignore_patterns(PID_FILE, LOG_FILE))
+  workdir.mkdir(parents=True, exist_ok=True)
+  cmd = [sys.executable, str(ROOT / "main.py"), f"--config={e.config}",
+         f"--workdir={workdir}", f"--config.idx_dir={args.idx_dir}",
+         f"--config.num_epochs={e.epochs}", *e.overrides, *args.override]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  # Several runs share one GPU: no preallocation of most of its memory.
+  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  with open(workdir / LOG_FILE, "a") as log:
+    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log,
+                            start_new_session=True)
+  (workdir / PID_FILE).write_text(str(proc.pid))
+  print(f"[gpu_run] started {e.name} (pid {proc.pid}): {' '.join(cmd)}",
+        flush=True)
+  return proc.pid
+
+
+def status_table(exps: list[Experiment], runs: pathlib.Path) -> str:
+  rows = ["run | state | step | target | best test accuracy | last"]
+  for e in exps:
+    workdir = runs / e.name
+    r = _results(workdir) or {}
+    state = ("finished" if finished(e, runs) else
+             "running" if running_pid(workdir) else
+             "waiting" if e.after and not workdir.exists() else "stopped")
+    records = []
+    if (workdir / "eval_history.jsonl").exists():
+      records = [json.loads(l) for l in
+                 (workdir / "eval_history.jsonl").read_text().splitlines() if l]
+    best = max((x["test_accuracy"] for x in records), default=None)
+    last = records[-1]["test_accuracy"] if records else None
+    rows.append(f"{e.name} | {state} | {_history_steps(workdir)} | "
+                f"{e.total_steps} | {best} | {last}")
+  return "\n".join(rows)
+
+
+def run_bench(args, out: pathlib.Path) -> None:
+  bench = out / "bench.jsonl"
+  for mode in ("train", "eval", "epoch"):
+    for dtype in ("float32", "bfloat16"):
+      cmd = [sys.executable, str(ROOT / "benchmarks/throughput.py"),
+             "--config=configs/mnist.py", f"--mode={mode}",
+             f"--config.compute_dtype={dtype}", *args.override]
+      if mode == "epoch":
+        cmd += [f"--config.idx_dir={args.idx_dir}",
+                f"--config.num_train_steps={args.bench_epoch_steps}"]
+      proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+      line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+      print(f"[gpu_run] bench {mode} {dtype}: rc={proc.returncode} {line}",
+            flush=True)
+      with open(bench, "a") as f:
+        f.write((line if proc.returncode == 0 else json.dumps(
+            {"mode": mode, "compute_dtype": dtype, "error":
+             proc.stderr[-2000:]})) + "\n")
+
+
+def collect(exps: list[Experiment], runs: pathlib.Path, out: pathlib.Path) -> None:
+  """Small files of every run, curves and the report, into out/."""
+  staging = out / "gpu_runs"
+  staging.mkdir(parents=True, exist_ok=True)
+  for e in exps:
+    src, dst = runs / e.name, staging / e.name
+    if not src.exists():
+      continue
+    dst.mkdir(exist_ok=True)
+    for p in src.iterdir():
+      if p.is_file() and (p.name in ("results.json", "eval_history.jsonl",
+                                     "config.json", LOG_FILE)
+                          or p.name.startswith("events.out.tfevents")):
+        shutil.copy2(p, dst / p.name)
+  done = [e.name for e in exps if (runs / e.name / "eval_history.jsonl").exists()]
+  if done:
+    cmd = [sys.executable, "-m", "capsnet_jax.report",
+           *[f"{n}={runs / n}" for n in done], "--curves",
+           str(staging / "curves.png")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    (staging / "report.md").write_text(proc.stdout + proc.stderr)
+  with tarfile.open(out / "gpu_runs.tar.gz", "w:gz") as tar:
+    tar.add(staging, arcname="gpu_runs")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--idx_dir", required=True, help="MNIST IDX folder")
+  p.add_argument("--runs", default="runs/gpu", help="parent of the workdirs")
+  p.add_argument("--out", required=True, help="where to collect results")
+  p.add_argument("--deadline_seconds", type=float, default=540)
+  p.add_argument("--keep_running", action="store_true",
+                 help="leave unfinished runs running at the deadline")
+  p.add_argument("--bench", action="store_true")
+  p.add_argument("--bench_epoch_steps", type=int, default=300)
+  p.add_argument("--paper_epochs", type=int, default=50)
+  p.add_argument("--long_epochs", type=int, default=120)
+  p.add_argument("--decoder_epochs", type=int, default=25)
+  p.add_argument("--ref_long_epochs", type=int, default=113)
+  p.add_argument("--num_train", type=int, default=60000,
+                 help="training images in --idx_dir (for the step targets)")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--only", default="", help="comma-separated run names")
+  p.add_argument("--override", action="append", default=[],
+                 help="extra --config.NAME=VALUE for every run (tests)")
+  p.add_argument("--poll_seconds", type=float, default=5.0)
+  args = p.parse_args(argv)
+  t0 = time.monotonic()
+  runs, out = pathlib.Path(args.runs).resolve(), pathlib.Path(args.out).resolve()
+  args.idx_dir = str(pathlib.Path(args.idx_dir).resolve())
+  runs.mkdir(parents=True, exist_ok=True)
+  out.mkdir(parents=True, exist_ok=True)
+  if args.batch_size != 128:
+    args.override.append(f"--config.batch_size={args.batch_size}")
+  exps = experiments(args)
+  if args.bench:
+    run_bench(args, out)
+  every = {e.name: e for e in experiments(argparse.Namespace(
+      **{**vars(args), "only": ""}))}
+
+  def ready(e: Experiment) -> bool:
+    return not e.after or finished(every[e.after], runs)
+
+  procs: dict[str, int] = {}
+  while time.monotonic() - t0 < args.deadline_seconds:
+    for e in exps:
+      # A run that exited unfinished in this call is reported, not retried.
+      if (finished(e, runs) or running_pid(runs / e.name) or e.name in procs
+          or not ready(e)):
+        continue
+      procs[e.name] = start(e, runs, args)
+    if all(finished(e, runs) for e in exps):
+      break
+    active = any(running_pid(runs / e.name) for e in exps)
+    startable = any(not finished(e, runs) and e.name not in procs and ready(e)
+                    for e in exps)
+    if not active and not startable:
+      break  # what is left failed, or waits for a run that failed
+    time.sleep(args.poll_seconds)
+  pending = [e for e in exps if running_pid(runs / e.name)]
+  if pending and not args.keep_running:
+    for e in pending:
+      pid = running_pid(runs / e.name)
+      if pid:
+        os.killpg(pid, signal.SIGTERM)
+    for e in pending:
+      while running_pid(runs / e.name):
+        time.sleep(0.5)
+  collect(exps, runs, out)
+  table = status_table(exps, runs)
+  (out / "status.txt").write_text(table + "\n")
+  for e in exps:
+    log = runs / e.name / LOG_FILE
+    if log.exists() and not finished(e, runs) and not running_pid(runs / e.name):
+      tail = log.read_text()[-1500:]
+      print(f"[gpu_run] {e.name} is stopped; its log ends:\n{tail}", flush=True)
+  print(table, flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

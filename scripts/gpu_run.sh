@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command for a GPU machine with jax (CUDA), flax, optax, orbax and
+# tensorboard but no package index: installs the small wheels carried in
+# .whl/ (made here by scripts/fetch_wheels.sh), then runs the benchmark and
+# the full MNIST experiments in resumable chunks (scripts/gpu_run.py --help).
+#
+#   bash scripts/gpu_run.sh --idx_dir=.data/mnist --out=$OUT --bench --keep_running
+set -euo pipefail
+cd "$(dirname "$0")/.."
+site=/tmp/capsnet_site
+if compgen -G ".whl/*.whl" > /dev/null && [ ! -e "$site/.installed" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      --upgrade --target "$site" .whl/*.whl
+  touch "$site/.installed"
+fi
+[ -d "$site" ] && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+python3 -c "import jax, flax, optax, orbax.checkpoint, ml_collections; print('[gpu_run.sh] jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+exec python3 scripts/gpu_run.py "$@"
