@@ -45,7 +45,10 @@ from capsnet_jax import validation
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration.",
                                 lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "epoch"], "What to time.")
+flags.DEFINE_list("mode", ["train"], "What to time: train, eval, epoch, or a "
+                  "comma-separated list of them (one JSON line each).")
+flags.DEFINE_list("dtypes", [], "Compute dtypes to time side by side (e.g. "
+                  "float32,bfloat16); default: the config's compute_dtype.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("repeats", 7, "Timed steps (the median is reported).")
 flags.mark_flags_as_required(["config"])
@@ -60,11 +63,14 @@ def _median_seconds(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def peak_gemm_gflops(n: int = 4096, repeats: int = 5) -> float:
-  """GFLOP/s of an n x n x n float32 matrix product on the default device."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  matmul = jax.jit(jnp.matmul)
+def peak_gemm_gflops(n: int = 4096, repeats: int = 5,
+                     dtype=jnp.float32) -> float:
+  """GFLOP/s of an n x n x n matrix product on the default device, operands
+  in ``dtype``, accumulated and returned in float32."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+  matmul = jax.jit(lambda x, y: jnp.matmul(
+      x, y, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, b))
   return 2 * n ** 3 / _median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
@@ -155,30 +161,52 @@ def time_epoch(config) -> dict:
               data_wait_seconds_per_step=data_wait / num_steps, flops_per_step=None)
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
-  validation.validate_config(config, "train", jax.device_count())
-  if FLAGS.mode == "epoch":
+def measure(config, mode: str, peaks: dict[str, float]) -> dict:
+  """One JSON-able record: mode at config.compute_dtype."""
+  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
+  if mode == "epoch":
     result = time_epoch(config)
   else:
-    result = time_steps(config, FLAGS.mode, FLAGS.warmup, FLAGS.repeats)
+    result = time_steps(config, mode, FLAGS.warmup, FLAGS.repeats)
   flops = result.pop("flops_per_step")
   seconds = result["step_seconds_median"]
   device = jax.devices()[0]
-  out = dict(
-      mode=FLAGS.mode, batch_size=config.batch_size,
+  dtype, why = models.resolve_compute_dtype(config.compute_dtype)
+  if dtype not in peaks:
+    peaks[dtype] = peak_gemm_gflops(dtype=jnp.dtype(dtype))
+  if "float32" not in peaks:
+    peaks["float32"] = peak_gemm_gflops()
+  return dict(
+      mode=mode, batch_size=config.batch_size,
       images_per_sec=config.batch_size / seconds,
       gflops_per_sec=flops / seconds / 1e9 if flops else None,
-      peak_gemm_gflops=peak_gemm_gflops(),
+      peak_gemm_gflops=peaks["float32"],
+      peak_gemm_gflops_compute_dtype=peaks[dtype],
+      fraction_of_peak=(flops / seconds / 1e9 / peaks[dtype]) if flops else None,
       device=f"{device.platform}:{device.device_kind}",
       num_devices=jax.device_count(), **result,
       gflop_per_step=flops / 1e9 if flops else None,
       peak_memory_mb=peak_memory_mb(), dataset=config.dataset,
       decoder=config.decoder, batch_norm=bool(config.batch_norm),
       conv_impl=config.conv_impl, compute_dtype=config.compute_dtype,
+      compute_dtype_resolved=dtype, compute_dtype_reason=why,
+      cpu_bf16_units=models.cpu_bf16_units(),
       jax_version=jax.__version__, cpu_count=os.cpu_count())
-  print(json.dumps(out))
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  validation.validate_config(config, "train", jax.device_count())
+  for mode in FLAGS.mode:
+    if mode not in ("train", "eval", "epoch"):
+      raise app.UsageError(f"--mode={mode}: valid: train, eval, epoch")
+  peaks: dict[str, float] = {}
+  for mode in FLAGS.mode:
+    for dtype in FLAGS.dtypes or [config.compute_dtype]:
+      with config.unlocked():
+        config.compute_dtype = dtype
+      print(json.dumps(measure(config, mode, peaks)), flush=True)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,34 @@ MODELS = {
 }
 
 
+def cpu_bf16_units() -> list[str]:
+  """The CPU's bfloat16 instruction sets (amx_bf16, avx512_bf16), if any."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((l for l in f if l.startswith("flags")), "").split()
+  except OSError:
+    return []
+  return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+
+
+def resolve_compute_dtype(name: str) -> tuple[str, str]:
+  """(dtype, why) for compute_dtype float32 | bfloat16 | auto.
+
+  auto: bfloat16 on GPUs and TPUs (bfloat16 matrix units); float32 on CPUs,
+  where our measured bfloat16 train step is not faster yet, even with
+  AVX512-BF16 or AMX (README, "Performance").
+  """
+  if name != "auto":
+    return name, "set by compute_dtype"
+  backend = jax.default_backend()
+  if backend in ("gpu", "tpu", "cuda", "rocm"):
+    return "bfloat16", f"auto: {backend} has bfloat16 matrix units"
+  units = cpu_bf16_units()
+  return "float32", ("auto: CPU" + (f" with {', '.join(units)}" if units else
+                                    " without bfloat16 units") +
+                     "; the bfloat16 step is not faster than float32 on CPU yet")
+
+
 def create_model(config, image_shape: Sequence[int] | None = None,
                  num_classes: int | None = None, **overrides) -> CapsNet:
   """The model described by ``config``.
@@ -198,7 +226,8 @@ def create_model(config, image_shape: Sequence[int] | None = None,
       routing_stop_gradient=config.get("routing_stop_gradient", False),
       conv_impl=config.get("conv_impl", "auto"),
       init_scheme=config.get("init", "default"),
-      dtype=jnp.dtype(config.get("compute_dtype", "float32")),
+      dtype=jnp.dtype(resolve_compute_dtype(
+          config.get("compute_dtype", "float32"))[0]),
   )
   if config.get("primary_types", 0):
     kwargs["primary_types"] = config.primary_types

@@ -16,7 +16,7 @@ from capsnet_jax.errors import ConfigError
 DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 MODES = ("train", "eval", "summary", "visualize", "ensemble")
 
 

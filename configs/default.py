@@ -35,7 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   # reference's xavier-normal with gains 0.02 (kernels) and 0.002 (W).
   config.init = "default"  # default | reference
   config.conv_impl = "auto"  # see capsnet_jax.conv.IMPLS
-  config.compute_dtype = "float32"  # float32 | bfloat16
+  # float32 | bfloat16 (convolutions, u_hat and decoder; parameters, routing,
+  # squash and losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
+  config.compute_dtype = "float32"
 
   # Optimisation: Adam. lr_schedule: auto (the setup's: reference constant,
   # paper exponential) | constant | exponential (learning_rate *
