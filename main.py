@@ -49,10 +49,10 @@ def _initialize_distributed():
 
 def run(mode: str, config, workdir: str | None):
   # Imported here so that --help and flag errors stay fast.
-  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
-  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
   if mode == "summary":
+    from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
     return summary.print_summary(config)
+  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
   if not workdir:
     raise errors.ConfigError(f"--mode={mode} needs --workdir")
   if mode == "train":
