@@ -29,7 +29,7 @@ from capsnet_jax import idx
 from capsnet_jax.errors import DataError
 
 DATASETS = ("mnist", "smallnorb", "cifar10")
-SETUPS = ("reference", "paper")
+SETUPS = ("reference", "paper", "efficient")  # efficient: MNIST only
 SMALLNORB_SIZE = 48  # smallNORB's 96x96 images are resized to 48x48 at load.
 
 

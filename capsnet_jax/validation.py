@@ -13,7 +13,7 @@ from capsnet_jax import models
 from capsnet_jax.errors import ConfigError
 
 DATASETS = ("mnist", "smallnorb", "cifar10")
-SETUPS = ("reference", "paper")
+SETUPS = ("reference", "paper", "efficient")  # efficient: MNIST only
 COMPUTE_DTYPES = ("float32", "bfloat16")
 MODES = ("train", "eval", "summary", "visualize", "ensemble")
 
@@ -38,6 +38,9 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}")
   _choice(config, "dataset", DATASETS)
   _choice(config, "data_setup", SETUPS)
+  if config.data_setup == "efficient" and config.dataset != "mnist":
+    raise ConfigError(f"data_setup 'efficient' (Efficient-CapsNet's MNIST "
+                      f"augmentation) is for mnist, not {config.dataset!r}")
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "decoder", decoders.DECODERS)
   _choice(config, "init", models.INITS)
