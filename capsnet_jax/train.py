@@ -80,11 +80,13 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
-  """Constant, or decayed by lr_decay_rate every lr_decay_steps (staircase)."""
+  """Constant, or decayed by lr_decay_rate every lr_decay_steps (staircase)
+  down to lr_min (0: no floor)."""
   if config.lr_decay_steps <= 0 or config.lr_decay_rate == 1.0:
     return optax.constant_schedule(config.learning_rate)
   return optax.exponential_decay(config.learning_rate, config.lr_decay_steps,
-                                 config.lr_decay_rate, staircase=True)
+                                 config.lr_decay_rate, staircase=True,
+                                 end_value=config.get("lr_min", 0.0) or None)
 
 
 def create_train_state(config, model: models.CapsNet, rng: jax.Array,

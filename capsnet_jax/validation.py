@@ -50,7 +50,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
                "primary_types", "log_every_steps", "keep_checkpoints"):
     _positive(config, name)
   for name in ("alpha", "eval_batch_size", "eval_every_steps",
-               "checkpoint_every_steps", "lr_decay_steps"):
+               "checkpoint_every_steps", "lr_decay_steps", "lr_min"):
     _positive(config, name, allow_zero=True)
   if mode == "visualize":
     for name in ("visualize_rotation_step", "visualize_num_images",

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.lr_decay_rate = 0.96
   config.lr_decay_steps = 2000
+  config.lr_min = 0.0  # floor of the decayed rate (0: none)
   config.alpha = 0.0005  # weight of the reconstruction SSE
   config.num_epochs = 50
   config.num_train_steps = -1  # > 0 overrides num_epochs
