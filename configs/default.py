@@ -14,13 +14,16 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data. dataset: mnist | smallnorb | cifar10. data_setup: reference (the
-  # PyTorch reference's preprocessing) | paper (Sabour et al.'s).
+  # PyTorch reference's preprocessing) | paper (Sabour et al.'s) | efficient
+  # (Efficient-CapsNet's MNIST augmentation; mnist only).
   config.dataset = "mnist"
   config.data_setup = "reference"
   config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.
   config.tfds_data_dir = ""  # tfds data_dir; "" = tfds's default.
 
-  # Model. model: capsnet | tiny (tests only).
+  # Model. model: capsnet | efficient_capsnet (configs/mnist_efficient.py;
+  # it ignores the routing and primary_types fields) | tiny, efficient_tiny
+  # (tests only).
   config.model = "capsnet"
   config.decoder = "fc"  # fc | deconv
   config.batch_norm = False
