@@ -146,6 +146,19 @@ def _mnist(setup: str) -> Spec:
       tfds_name="mnist")
 
 
+def _mnist_efficient() -> Spec:
+  """Efficient-CapsNet's MNIST pipeline (their utils/pre_process_mnist.py):
+  pixels / 256 at train and test time; training images rotated, shifted
+  within their margins, squished and partly erased (augment.py)."""
+  info = DatasetInfo("mnist", "efficient", (28, 28, 1), 10, 60000, 10000,
+                     tuple(str(i) for i in range(10)), (28, 28, 1))
+  return Spec(info, train_fn=augment.efficient_mnist_train,
+              eval_fn=lambda x: x.astype(jnp.float32) / 256.0,
+              target_rule="input", standardized=False,
+              validation_fraction=0.0, lr_schedule="staircase",
+              tfds_name="mnist")
+
+
 _SMALLNORB_CLASSES = ("animal", "human", "airplane", "truck", "car")
 
 
@@ -220,8 +233,10 @@ def _cifar10(setup: str) -> Spec:
 
 _BUILDERS = {"mnist": _mnist, "smallnorb": _smallnorb, "cifar10": _cifar10}
 DATASETS = tuple(_BUILDERS)
-SETUPS = ("reference", "paper")
-SPECS = {(d, s): _BUILDERS[d](s) for d in DATASETS for s in SETUPS}
+SPECS = {(d, s): _BUILDERS[d](s) for d in DATASETS
+         for s in ("reference", "paper")}
+SPECS[("mnist", "efficient")] = _mnist_efficient()
+SETUPS = ("reference", "paper", "efficient")
 
 
 def get(dataset: str, setup: str = "reference") -> Spec:
@@ -230,6 +245,10 @@ def get(dataset: str, setup: str = "reference") -> Spec:
     raise ValueError(f"Unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
   if setup not in SETUPS:
     raise ValueError(f"Unknown data_setup {setup!r}; valid: {', '.join(SETUPS)}")
+  if (dataset, setup) not in SPECS:
+    valid = [s for d, s in SPECS if d == dataset]
+    raise ValueError(f"data_setup {setup!r} is not defined for {dataset}; "
+                     f"valid: {', '.join(valid)}")
   return SPECS[(dataset, setup)]
 
 

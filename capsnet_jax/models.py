@@ -12,6 +12,7 @@ Architecture (Sabour et al. 2017): conv1 256 9x9 + ReLU; primary capsules
 routing); a decoder reconstructing the input from the masked class capsules.
 """
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from capsnet_jax import decoders
+from capsnet_jax import efficient
 from capsnet_jax import layers
 from capsnet_jax import losses
 from capsnet_jax import routing
@@ -172,6 +174,9 @@ _CapsNetTiny = functools.partial(
 MODELS = {
     "capsnet": CapsNet,
     "tiny": _CapsNetTiny,
+    # Efficient-CapsNet (self-attention routing), capsnet_jax/efficient.py.
+    "efficient_capsnet": efficient.EfficientCapsNetMNIST,
+    "efficient_tiny": efficient._EfficientCapsNetTiny,  # pylint: disable=protected-access
 }
 
 
@@ -204,8 +209,11 @@ def resolve_compute_dtype(name: str) -> tuple[str, str]:
 
 
 def create_model(config, image_shape: Sequence[int] | None = None,
-                 num_classes: int | None = None, **overrides) -> CapsNet:
+                 num_classes: int | None = None, **overrides) -> nn.Module:
   """The model described by ``config``.
+
+  Config fields that the chosen model has no attribute for (routing options
+  for Efficient-CapsNet, say) are not passed to it.
 
   Args:
     config: ConfigDict with model (a name in MODELS), decoder, batch_norm,
@@ -235,5 +243,8 @@ def create_model(config, image_shape: Sequence[int] | None = None,
     kwargs["image_shape"] = tuple(int(s) for s in image_shape)
   if num_classes is not None:
     kwargs["num_classes"] = int(num_classes)
+  cls = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(getattr(cls, "func", cls))}
+  kwargs = {k: v for k, v in kwargs.items() if k in fields}
   kwargs.update(overrides)
-  return MODELS[name](**kwargs)
+  return cls(**kwargs)

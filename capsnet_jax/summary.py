@@ -33,9 +33,13 @@ def parameter_shapes(config) -> tuple[models.CapsNet, Any]:
 
 
 def summarize(params) -> dict[str, int]:
-  """Parameter counts per part: total, stem, primary, class_caps, decoder."""
-  counts = {"total_params": _count(params)}
-  for part in ("stem", "primary", "class_caps", "decoder"):
+  """Parameter counts: total, encoder (all but the decoder, the figure papers
+  quote: 6.8M for CapsNet, 161,824 for Efficient-CapsNet) and one per
+  top-level part (stem, primary, class_caps, decoder for both model
+  families)."""
+  counts = {"total_params": _count(params),
+            "encoder_params": _count(params) - _count(params.get("decoder", {}))}
+  for part in params:
     counts[f"{part}_params"] = _count(params[part])
   return counts
 
@@ -47,7 +51,10 @@ def print_summary(config) -> dict[str, int]:
                         variables["params"])
   print(parameter_overview.get_parameter_overview(params, include_stats=False))
   counts = summarize(variables["params"])
-  counts.update(dataset=config.dataset, data_setup=config.data_setup,
-                decoder=config.decoder, batch_norm=bool(config.batch_norm))
+  # Batch-norm running statistics: state, not trained (Keras' non-trainable).
+  counts["non_trainable_params"] = _count(variables.get("batch_stats", {}))
+  counts.update(model=config.model, dataset=config.dataset,
+                data_setup=config.data_setup, decoder=config.decoder,
+                batch_norm=bool(config.batch_norm))
   print(json.dumps(counts))
   return counts

@@ -86,7 +86,8 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
   exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps), as
   the authors' tf.train.exponential_decay; staircase: the exponent rounded
-  down; constant (also when lr_decay_steps is 0 or the rate 1).
+  down; constant (also when lr_decay_steps is 0 or the rate 1). Decayed
+  rates stop at lr_min (0: no floor).
   """
   kind = datasets.resolve(config, "lr_schedule")
   if (kind == "constant" or config.lr_decay_steps <= 0 or
@@ -94,7 +95,8 @@ def learning_rate_schedule(config) -> optax.Schedule:
     return optax.constant_schedule(config.learning_rate)
   return optax.exponential_decay(config.learning_rate, config.lr_decay_steps,
                                  config.lr_decay_rate,
-                                 staircase=kind == "staircase")
+                                 staircase=kind == "staircase",
+                                 end_value=config.get("lr_min", 0.0) or None)
 
 
 def create_train_state(config, model: models.CapsNet, rng: jax.Array,

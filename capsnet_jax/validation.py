@@ -40,6 +40,9 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}")
   _choice(config, "dataset", DATASETS)
   _choice(config, "data_setup", SETUPS)
+  if config.data_setup == "efficient" and config.dataset != "mnist":
+    raise ConfigError(f"data_setup 'efficient' (Efficient-CapsNet's MNIST "
+                      f"augmentation) is for mnist, not {config.dataset!r}")
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "decoder", decoders.DECODERS)
   _choice(config, "init", models.INITS)
@@ -53,7 +56,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
                "primary_types", "log_every_steps", "keep_checkpoints"):
     _positive(config, name)
   for name in ("alpha", "eval_batch_size", "eval_every_steps",
-               "checkpoint_every_steps", "lr_decay_steps"):
+               "checkpoint_every_steps", "lr_decay_steps", "lr_min"):
     _positive(config, name, allow_zero=True)
   if mode == "visualize":
     for name in ("visualize_rotation_step", "visualize_num_images",

@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data. dataset: mnist | smallnorb | cifar10. data_setup: reference (the
-  # PyTorch reference's preprocessing) | paper (Sabour et al.'s).
+  # PyTorch reference's preprocessing) | paper (Sabour et al.'s) | efficient
+  # (Efficient-CapsNet's MNIST augmentation; mnist only).
   config.dataset = "mnist"
   config.data_setup = "reference"
   config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.
@@ -23,7 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   # beside the test set (< 0: the setup's; reference 0.1, paper 0).
   config.validation_fraction = -1.0
 
-  # Model. model: capsnet | tiny (tests only).
+  # Model. model: capsnet | efficient_capsnet (configs/mnist_efficient.py;
+  # it ignores the routing and primary_types fields) | tiny, efficient_tiny
+  # (tests only).
   config.model = "capsnet"
   config.decoder = "fc"  # fc | deconv
   config.batch_norm = False
@@ -49,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_schedule = "auto"
   config.lr_decay_rate = 0.96
   config.lr_decay_steps = 2000
+  config.lr_min = 0.0  # floor of the decayed rate (0: none)
   config.alpha = 0.0005  # weight of the reconstruction SSE
   config.num_epochs = 50
   config.num_train_steps = -1  # > 0 overrides num_epochs
