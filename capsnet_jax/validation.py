@@ -15,7 +15,7 @@ from capsnet_jax.errors import ConfigError
 DATASETS = ("mnist", "smallnorb", "cifar10")
 SETUPS = ("reference", "paper")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-MODES = ("train", "eval", "summary", "visualize", "ensemble")
+MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
 
 
 def _choice(config, name: str, valid) -> None:
