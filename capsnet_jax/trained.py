@@ -3,13 +3,13 @@
 Synopsis::
 
   from capsnet_jax import trained
-  m = trained.load("runs/mnist")                 # latest checkpoint, the workdir's config
-  m = trained.load("runs/mnist", which="best")   # or the best by test accuracy
-  out = m.predict(images)        # float model inputs [N, H, W, C], any N
+  m = trained.load("runs/mnist")         # latest checkpoint, WORKDIR/config.json
+  m = trained.load("runs/mnist", which="best")  # best test accuracy (or a step)
+  out = m.predict(images)                # float model inputs [N, H, W, C], any N
   out["predictions"], out["lengths"], out["reconstructions"], out["class_caps"]
-  out = m.predict_stored(uint8_images)   # as the dataset stores them (test preprocessing)
-  for r in m.predict_files(["digit.png", "scans/", "photos/*.jpg"]):  # capsnet_jax.predict
-    print(r["image"], r.get("prediction"), r.get("error"))
+  out = m.predict_stored(uint8_images)   # stored images: test preprocessing first
+  for r in m.predict_files(["digit.png", "scans/", "photos/*.jpg"]):
+    print(r["image"], r.get("prediction"), r.get("error"))  # capsnet_jax.predict
 
 ``m.config`` is the workdir's ``config.json`` as a ConfigDict (or the config
 given to ``load``), ``m.model`` the flax module, ``m.state`` the restored
@@ -196,9 +196,10 @@ def _compiled(model: models.CapsNet, mesh, dataset: str, setup: str) -> _Compile
                          out_shardings=sharded),
       forward=jax.jit(lambda v, x: model.apply(v, x, train=False),
                       in_shardings=(rep, sharded), out_shardings=rep),
-      decode=jax.jit(lambda v, caps, labels: model.apply(
-          v, caps, labels, method=model.decode), in_shardings=(rep, sharded, sharded),
-                     out_shardings=rep))
+      decode=jax.jit(
+          lambda v, caps, labels: model.apply(v, caps, labels,
+                                              method=model.decode),
+          in_shardings=(rep, sharded, sharded), out_shardings=rep))
 
 
 def _fetch(x: jax.Array) -> np.ndarray:
@@ -304,7 +305,8 @@ class TrainedModel:
         self.config.data_setup))
 
   def decode(self, class_caps, labels) -> np.ndarray:
-    """Reconstructions [N, H, W, C] from capsules [N, K, D] masked to ``labels`` [N]."""
+    """Reconstructions [N, H, W, C] from class capsules [N, K, D], each
+    masked to its ``labels`` [N] capsule."""
     class_caps = np.asarray(class_caps, np.float32)
     labels = np.asarray(labels, np.int32)
     fns, variables = self._fns, self.variables
