@@ -203,8 +203,11 @@ def _compiled(model: models.CapsNet, mesh, dataset: str, setup: str) -> _Compile
 
 
 def _fetch(x: jax.Array) -> np.ndarray:
+  """A global array's whole value on this host (any number of processes)."""
   if x.is_fully_addressable:
     return np.asarray(x)
+  if x.is_fully_replicated:
+    return np.asarray(x.addressable_data(0))
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
