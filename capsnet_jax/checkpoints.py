@@ -34,8 +34,12 @@ class Checkpointer:
         cm.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
                  keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes orbax write each save's metrics next to it (without it
+    # they are dropped, BestN forgets the best after a restart and
+    # best_step() is the latest step).
     options = ocp.CheckpointManagerOptions(
         create=create, preservation_policy=policy,
+        best_fn=lambda m: m["test_accuracy"], best_mode="max",
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(checkpoint_dir(workdir),
                                           options=options)
@@ -44,6 +48,7 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
+    """The kept step with the highest test accuracy (None if none has one)."""
     return self._manager.best_step()
 
   def all_steps(self) -> list[int]:

@@ -16,14 +16,11 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from capsnet_jax import augment
-from capsnet_jax import checkpoints
 from capsnet_jax import input_pipeline
-from capsnet_jax import train
+from capsnet_jax import trained
 from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import WorkdirError
@@ -41,12 +38,10 @@ def ensemble_predictions(lengths: list[np.ndarray]) -> tuple[np.ndarray, np.ndar
 
 def member_config(workdir: str, base) -> ml_collections.ConfigDict:
   """``base`` updated with the fields of ``workdir``'s recorded config."""
-  path = os.path.join(workdir, workdirs.CONFIG_FILE)
-  if not os.path.exists(path):
+  saved = trained.read_config(workdir)
+  if saved is None:
     raise WorkdirError(f"ensemble member {workdir!r} has no {workdirs.CONFIG_FILE}"
                        "; is it a trained workdir?")
-  with open(path) as f:
-    saved = json.load(f)
   config = ml_collections.ConfigDict(base.to_dict())
   for key, value in saved.items():
     if key in config and key not in ("ensemble_workdirs", "idx_dir",
@@ -55,34 +50,22 @@ def member_config(workdir: str, base) -> ml_collections.ConfigDict:
   return config
 
 
-def test_lengths(config, workdir: str, test: input_pipeline.Split,
-                 info: input_pipeline.DatasetInfo, mesh) -> np.ndarray:
-  """Class-capsule lengths [N_local, K] of ``workdir``'s latest checkpoint."""
-  ckpt = checkpoints.Checkpointer(workdir, create=False) if os.path.isdir(
-      checkpoints.checkpoint_dir(workdir)) else None
-  if ckpt is None or ckpt.latest_step() is None:
-    raise WorkdirError(f"ensemble member {workdir!r} has no checkpoint")
-  model, state = train.setup_model_and_state(config, info, mesh)
-  state = ckpt.restore(state)
-  ckpt.close()
-  preprocess = augment.make_preprocess_fn(config.dataset,
-                                                config.data_setup, False)
-
-  @jax.jit
-  def lengths_fn(state, images):
-    images = preprocess(images, jax.random.key(0))
-    return model.apply(train.model_variables(state), images, train=False)["lengths"]
-
-  batch = config.eval_batch_size or config.batch_size
-  out = [np.asarray(lengths_fn(state, jnp.asarray(test.images[i:i + batch])))
-         for i in range(0, len(test.labels), batch)]
-  return np.concatenate(out)
+def test_lengths(config, workdir: str, images: np.ndarray) -> np.ndarray:
+  """Class-capsule lengths [N, K] of ``workdir``'s latest checkpoint on
+  ``images`` (uint8 as stored)."""
+  try:
+    member = trained.load(workdir, config=config)
+  except WorkdirError as e:
+    raise WorkdirError(f"ensemble member {workdir!r}: {e}") from None
+  return member.predict_stored(images, ("lengths",))["lengths"]
 
 
 def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
-  """--mode=ensemble: accuracy of the averaged lengths; writes results.json.
+  """--mode=ensemble: accuracy of the averaged lengths; writes
+  ensemble_results.json.
 
-  Runs on this process's devices (the members are evaluated one by one).
+  Every process reads the whole test set; the members are evaluated one by
+  one, each sharded over every device.
   """
   validation.validate_config(config, "ensemble", jax.device_count())
   members = [w.strip() for w in config.ensemble_workdirs.split(",") if w.strip()]
@@ -93,10 +76,9 @@ def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
   first = configs[0]
   _, test, info = input_pipeline.load_datasets(first, process_index=0,
                                                process_count=1)
-  mesh = train.make_mesh()
   lengths, accuracies = [], []
   for member, cfg in zip(members, configs):
-    member_lengths = test_lengths(cfg, member, test, info, mesh)
+    member_lengths = test_lengths(cfg, member, test.images)
     accuracies.append(float(np.mean(np.argmax(member_lengths, -1) == test.labels)))
     logging.info("member %s: test accuracy %.4f", member, accuracies[-1])
     lengths.append(member_lengths)

@@ -35,46 +35,24 @@ from capsnet_jax import datasets
 from capsnet_jax import history
 from capsnet_jax import input_pipeline
 from capsnet_jax import losses
+from capsnet_jax import mesh as mesh_lib
 from capsnet_jax import metric_logging
 from capsnet_jax import models
 from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
 
-DATA_AXIS = "data"
+# The mesh helpers live in capsnet_jax.mesh; these names stay for callers.
+DATA_AXIS = mesh_lib.DATA_AXIS
+make_mesh = mesh_lib.make_mesh
+replicated = mesh_lib.replicated
+batch_sharded = mesh_lib.batch_sharded
+global_batch = mesh_lib.global_batch
 
 
 class TrainState(train_state.TrainState):
   """Parameters, optimiser state, step and batch-norm statistics."""
   batch_stats: Any = None
-
-
-# --------------------------------------------------------------------------
-# Mesh and sharding.
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis "data".
-
-  Auto axis type: XLA's partitioner propagates the batch sharding through
-  the step (per-example vmaps, on-device augmentation) by itself.
-  """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def replicated(mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def batch_sharded(mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
-
-
-def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  """This process's part of a batch -> global arrays sharded over "data"."""
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in local_batch.items()}
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
-MODES = ("train", "eval", "summary", "visualize", "ensemble")
+MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
 
 
 def _choice(config, name: str, valid) -> None:

@@ -43,66 +43,18 @@ import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scipy import ndimage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from capsnet_jax import augment
-from capsnet_jax import checkpoints
 from capsnet_jax import conv
 from capsnet_jax import decoders
 from capsnet_jax import input_pipeline
 from capsnet_jax import metric_logging
-from capsnet_jax import train
+from capsnet_jax import trained
 from capsnet_jax import validation
 from capsnet_jax import workdirs
-from capsnet_jax.errors import WorkdirError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PERTURBATION_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0  # 11 values
 PRIMARY_DECODER_FILE = "primary_decoder.msgpack"
-
-
-class Inference:
-  """A restored model's forward passes on uint8 images as stored, batched."""
-
-  def __init__(self, config, model, state, info, batch_size: int):
-    self.model = model.clone(conv_impl=conv.inference_impl(model.conv_impl))
-    self.variables = train.model_variables(state)
-    self.info = info
-    self.batch_size = batch_size
-    self.dataset, self.setup = config.dataset, config.data_setup
-    preprocess = augment.make_preprocess_fn(config.dataset, config.data_setup,
-                                            False)
-    self._preprocess = jax.jit(lambda x: preprocess(x, None))
-    self._forward = jax.jit(lambda v, x: self.model.apply(v, x))
-    self._decode = jax.jit(lambda v, caps, labels: self.model.apply(
-        v, caps, labels, method=self.model.decode))
-
-  def model_input(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, ...] as stored -> float model input [N, H, W, C]."""
-    return np.asarray(self._preprocess(jnp.asarray(images)))
-
-  def display(self, images: np.ndarray) -> np.ndarray:
-    """Model inputs [N, H, W, C] -> what the decoder reconstructs ([0, 1])."""
-    return np.asarray(augment.reconstruction_target(
-        jnp.asarray(images), self.dataset, self.setup))
-
-  def outputs(self, images: np.ndarray,
-              keys=("lengths", "predictions")) -> dict[str, np.ndarray]:
-    """The model's outputs ``keys`` for uint8 images, in batches; the last
-    batch is padded to the batch size so that one compilation serves all."""
-    results = {k: [] for k in keys}
-    n, b = len(images), self.batch_size
-    for i in range(0, n, b):
-      chunk = images[i:i + b]
-      pad = b - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-      out = self._forward(self.variables, self._preprocess(jnp.asarray(chunk)))
-      for k in keys:
-        results[k].append(np.asarray(out[k])[:b - pad])
-    return {k: np.concatenate(v) for k, v in results.items()}
-
-  def decode(self, class_caps: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.asarray(self._decode(self.variables, jnp.asarray(class_caps),
-                                   jnp.asarray(labels)))
+PRIMARY_KEYS = ("primary_caps", "coupling", "predictions")
 
 
 # --------------------------------------------------------------------------
@@ -119,7 +71,7 @@ def rotate(images: np.ndarray, angle: float) -> np.ndarray:
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def rotation_sweep(inference: Inference, images: np.ndarray, labels: np.ndarray,
+def rotation_sweep(model: trained.TrainedModel, images: np.ndarray, labels: np.ndarray,
                    angles) -> dict[str, np.ndarray]:
   """Accuracy and mean true-class capsule length at every angle.
 
@@ -128,7 +80,7 @@ def rotation_sweep(inference: Inference, images: np.ndarray, labels: np.ndarray,
   """
   accuracy, mean_length = [], []
   for angle in angles:
-    out = inference.outputs(rotate(images, angle))
+    out = model.predict_stored(rotate(images, angle), ("lengths", "predictions"))
     accuracy.append(np.mean(out["predictions"] == labels))
     mean_length.append(np.mean(out["lengths"][np.arange(len(labels)), labels]))
     logging.info("rotation %+.0f deg: accuracy %.4f", angle, accuracy[-1])
@@ -136,19 +88,19 @@ def rotation_sweep(inference: Inference, images: np.ndarray, labels: np.ndarray,
               accuracy=np.asarray(accuracy), mean_true_length=np.asarray(mean_length))
 
 
-def rotation_strip(inference: Inference, image: np.ndarray, angles
+def rotation_strip(model: trained.TrainedModel, image: np.ndarray, angles
                    ) -> dict[str, np.ndarray]:
   """One stored uint8 image [H, W, C] rotated through ``angles``: inputs,
   reconstructions, predictions and confidences (predicted capsule length)."""
   rotated = np.stack([rotate(image[None], a)[0] for a in angles])
-  out = inference.outputs(rotated, ("lengths", "predictions", "reconstructions"))
-  return dict(angles=np.asarray(angles), inputs=inference.display(
-      inference.model_input(rotated)), reconstructions=out["reconstructions"],
+  out = model.predict_stored(rotated, ("lengths", "predictions", "reconstructions"))
+  return dict(angles=np.asarray(angles), inputs=model.display(
+      model.preprocess(rotated)), reconstructions=out["reconstructions"],
               predictions=out["predictions"],
               confidence=out["lengths"][np.arange(len(angles)), out["predictions"]])
 
 
-def perturbation_grid(inference: Inference, class_caps: np.ndarray, label: int,
+def perturbation_grid(model: trained.TrainedModel, class_caps: np.ndarray, label: int,
                       offsets=PERTURBATION_OFFSETS) -> np.ndarray:
   """Decodings of one example's capsule ``label`` with each dimension moved.
 
@@ -163,7 +115,7 @@ def perturbation_grid(inference: Inference, class_caps: np.ndarray, label: int,
   grid = np.repeat(class_caps[None, None], d, 0).repeat(len(offsets), 1)
   grid[np.arange(d), :, label, np.arange(d)] += np.asarray(offsets)[None]
   flat = grid.reshape(-1, k, d)
-  images = inference.decode(flat, np.full(len(flat), label, np.int32))
+  images = model.decode(flat, np.full(len(flat), label, np.int32))
   return images.reshape(d, len(offsets), *images.shape[1:])
 
 
@@ -192,14 +144,14 @@ def weighted_primary_caps(out: dict[str, np.ndarray]) -> np.ndarray:
   return out["primary_caps"] * coupling[..., None]
 
 
-def train_primary_decoder(inference: Inference, images: np.ndarray, steps: int,
+def train_primary_decoder(model: trained.TrainedModel, images: np.ndarray, steps: int,
                           batch_size: int, seed: int = 0) -> tuple[Any, list[float]]:
   """Fits a PrimaryDecoder to reconstruct ``images`` (uint8) from the frozen
   network's coupling-weighted primary capsules. Returns (params, losses)."""
-  out = inference.outputs(images, ("primary_caps", "coupling", "predictions"))
+  out = model.predict_stored(images, PRIMARY_KEYS)
   inputs = weighted_primary_caps(out)
-  targets = inference.display(inference.model_input(images))
-  module = PrimaryDecoder(inference.info.image_shape)
+  targets = model.display(model.preprocess(images))
+  module = PrimaryDecoder(model.info.image_shape)
   params = module.init(jax.random.key(seed), jnp.asarray(inputs[:1]))["params"]
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
@@ -223,7 +175,7 @@ def train_primary_decoder(inference: Inference, images: np.ndarray, steps: int,
   return params, history
 
 
-def primary_capsule_rows(inference: Inference, params, image: np.ndarray,
+def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,
                          num_rows: int, coefficients) -> dict[str, np.ndarray]:
   """Reconstructions of one image from single primary capsules.
 
@@ -235,7 +187,7 @@ def primary_capsule_rows(inference: Inference, params, image: np.ndarray,
     capsules [R] (indices), coupling [R], images [R, len(coefficients), H, W, C],
     full [H, W, C] (reconstruction from every capsule with its coupling).
   """
-  out = inference.outputs(image[None], ("primary_caps", "coupling", "predictions"))
+  out = model.predict_stored(image[None], PRIMARY_KEYS)
   weighted = weighted_primary_caps(out)[0]  # [N, 8]
   pred = int(out["predictions"][0])
   coupling = out["coupling"][0, :, pred]
@@ -244,7 +196,7 @@ def primary_capsule_rows(inference: Inference, params, image: np.ndarray,
   batch = np.zeros((len(top), len(coefficients), n, dim), np.float32)
   for r, i in enumerate(top):
     batch[r, :, i] = np.asarray(coefficients)[:, None] * out["primary_caps"][0, i]
-  module = PrimaryDecoder(inference.info.image_shape)
+  module = PrimaryDecoder(model.info.image_shape)
   decode = jax.jit(lambda p, x: module.apply({"params": p}, x))
   images = np.asarray(decode(params, jnp.asarray(batch.reshape(-1, n, dim))))
   full = np.asarray(decode(params, jnp.asarray(weighted[None])))[0]
@@ -415,17 +367,6 @@ def plot_confusion(matrix, class_names, path):
 # The command.
 
 
-def _checkpointer(workdir: str) -> checkpoints.Checkpointer:
-  """The workdir's checkpoints; WorkdirError if there are none."""
-  ckpt_dir = checkpoints.checkpoint_dir(workdir)
-  ckpt = checkpoints.Checkpointer(workdir, create=False) if os.path.isdir(
-      ckpt_dir) else None
-  if ckpt is None or ckpt.latest_step() is None:
-    raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
-                       f"--mode=train --workdir={workdir}")
-  return ckpt
-
-
 def _tensorboard_image(path) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   return np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
@@ -435,40 +376,35 @@ def visualize(config, workdir: str) -> dict[str, Any]:
   """--mode=visualize: every figure of the latest checkpoint; returns summary."""
   validation.validate_config(config, "visualize", jax.device_count())
   workdirs.check_compatible(workdir, config)
-  ckpt = _checkpointer(workdir)
-  _, test, info = input_pipeline.load_datasets(config)
-  mesh = train.make_mesh()
-  model, state = train.setup_model_and_state(config, info, mesh)
-  state = ckpt.restore(state)
-  ckpt.close()
-  step = int(state.step)
+  model = trained.load(workdir, config=config)
+  # Every process predicts the same (whole) test set: the inputs of the
+  # sharded inference must agree across processes.
+  _, test, info = input_pipeline.load_datasets(config, 0, 1)
+  step = model.step
   lead = jax.process_index() == 0
   out_dir = os.path.join(workdir, "figures")
   if lead:
     os.makedirs(out_dir, exist_ok=True)
-  batch = (config.eval_batch_size or config.batch_size)
-  inference = Inference(config, model, state, info, batch)
   names = info.class_names
   t0 = time.time()
 
-  # Plain predictions on this process's test examples, and the confusion matrix.
-  out = inference.outputs(test.images, ("lengths", "predictions"))
+  # Plain predictions on the test set, and the confusion matrix.
+  out = model.predict_stored(test.images, ("lengths", "predictions"))
   accuracy = float(np.mean(out["predictions"] == test.labels))
   matrix = confusion_matrix(out["predictions"], test.labels, info.num_classes)
   n = config.visualize_num_images
-  shown = inference.outputs(test.images[:n], ("predictions", "reconstructions",
-                                              "class_caps"))
-  inputs = inference.display(inference.model_input(test.images[:n]))
+  shown = model.predict_stored(test.images[:n])
+  inputs = model.display(model.preprocess(test.images[:n]))
 
   # Rotation over the test set (or its first visualize_rotation_examples).
   limit = config.visualize_rotation_examples or len(test)
   angles = np.arange(-180, 180 + 1e-6, config.visualize_rotation_step)
-  sweep = rotation_sweep(inference, test.images[:limit], test.labels[:limit], angles)
+  sweep = rotation_sweep(model, test.images[:limit], test.labels[:limit], angles)
   sweep["num_examples"] = min(limit, len(test))
   pick = config.visualize_example
-  strip = rotation_strip(inference, test.images[pick], np.arange(-180, 181, 30))
+  strip = rotation_strip(model, test.images[pick], np.arange(-180, 181, 30))
 
-  grids = [perturbation_grid(inference, shown["class_caps"][i],
+  grids = [perturbation_grid(model, shown["class_caps"][i],
                              int(shown["predictions"][i]))
            for i in range(min(3, n))]
 
@@ -476,7 +412,7 @@ def visualize(config, workdir: str) -> dict[str, Any]:
   cache = os.path.join(out_dir, PRIMARY_DECODER_FILE)
   module = PrimaryDecoder(info.image_shape)
   template = module.init(jax.random.key(0), jnp.zeros(
-      (1, *inference.outputs(test.images[:1], ("primary_caps",))["primary_caps"].shape[1:])))["params"]
+      (1, *model.predict_stored(test.images[:1], PRIMARY_KEYS)["primary_caps"].shape[1:])))["params"]
   cached = None
   if os.path.exists(cache):
     with open(cache, "rb") as f:
@@ -485,10 +421,10 @@ def visualize(config, workdir: str) -> dict[str, Any]:
       cached = flax.serialization.from_state_dict(template, saved["params"])
   primary_trained = cached is None
   if cached is None:
-    train_split, _, _ = input_pipeline.load_datasets(config)
+    train_split, _, _ = input_pipeline.load_datasets(config, 0, 1)
     pool = train_split.images[:config.visualize_primary_examples]
     cached, history = train_primary_decoder(
-        inference, pool, config.visualize_primary_steps, config.batch_size)
+        model, pool, config.visualize_primary_steps, config.batch_size)
     logging.info("primary-capsule decoder: SSE %.2f -> %.2f in %d steps",
                  history[0], history[-1], len(history))
     if lead:
@@ -496,7 +432,7 @@ def visualize(config, workdir: str) -> dict[str, Any]:
         f.write(flax.serialization.msgpack_serialize(
             {"step": step, "params": flax.serialization.to_state_dict(cached)}))
   coefficients = np.linspace(0.0, 1.0, 8)
-  rows = primary_capsule_rows(inference, cached, test.images[pick], 8, coefficients)
+  rows = primary_capsule_rows(model, cached, test.images[pick], 8, coefficients)
   primary_shape = (*[conv.output_size(conv.output_size(s, 9, 1), 9, 2)
                      for s in info.image_shape[:2]], config.primary_types)
 
@@ -518,8 +454,8 @@ def visualize(config, workdir: str) -> dict[str, Any]:
     plot_rotation(sweep, strip, names, int(test.labels[pick]), paths["rotation"])
     save_rotation_gif(strip, os.path.join(out_dir, "rotation.gif"))
     plot_perturbations(grids, shown["predictions"], names, paths["perturbation"])
-    plot_primary_caps(rows, inputs[pick] if pick < n else inference.display(
-        inference.model_input(test.images[pick:pick + 1]))[0], coefficients,
+    plot_primary_caps(rows, inputs[pick] if pick < n else model.display(
+        model.preprocess(test.images[pick:pick + 1]))[0], coefficients,
                       primary_shape, names, paths["primary_caps"])
     plot_confusion(matrix, names, paths["confusion_matrix"])
     with open(os.path.join(out_dir, "confusion_matrix.json"), "w") as f:

@@ -70,10 +70,9 @@ def test_ensemble_of_two_tiny_models(idx_dir, tmp_path):
   results = ensemble.evaluate_ensemble(config, out)
   # Recompute from each member's lengths: the accuracy of the mean lengths.
   from capsnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  _, test, info = input_pipeline.load_datasets(config, 0, 1)
-  mesh = train.make_mesh()
-  lengths = [ensemble.test_lengths(ensemble.member_config(w, config), w, test,
-                                   info, mesh) for w in members]
+  _, test, _ = input_pipeline.load_datasets(config, 0, 1)
+  lengths = [ensemble.test_lengths(ensemble.member_config(w, config), w,
+                                   test.images) for w in members]
   expected = np.mean(np.argmax((lengths[0] + lengths[1]) / 2, -1) == test.labels)
   assert results["test_accuracy"] == pytest.approx(expected)
   assert results["num_models"] == 2

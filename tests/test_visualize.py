@@ -10,6 +10,7 @@ from PIL import Image
 
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
+from capsnet_jax import trained
 from capsnet_jax import visualize
 from test_train import tiny_config
 
@@ -69,16 +70,10 @@ def test_rotate_is_exact_at_multiples_of_90_degrees():
 
 def test_arrays_behind_perturbation_and_primary_caps(visualized):
   workdir, config, _, summary = visualized
-  info = input_pipeline.dataset_info("mnist")
-  _, test, info = input_pipeline.load_datasets(config, 0, 1)
-  model, state = train.setup_model_and_state(config, info, train.make_mesh())
-  ckpt = visualize._checkpointer(workdir)
-  state = ckpt.restore(state)
-  ckpt.close()
-  inference = visualize.Inference(config, model, state, info, 8)
-  out = inference.outputs(test.images[:2], ("class_caps", "predictions",
-                                            "reconstructions"))
-  grid = visualize.perturbation_grid(inference, out["class_caps"][0],
+  _, test, _ = input_pipeline.load_datasets(config, 0, 1)
+  model = trained.load(workdir, config=config, batch_size=8)
+  out = model.predict_stored(test.images[:2])
+  grid = visualize.perturbation_grid(model, out["class_caps"][0],
                                      int(out["predictions"][0]))
   assert grid.shape == (16, 11, 28, 28, 1)
   zero = list(visualize.PERTURBATION_OFFSETS).index(0.0)
@@ -87,8 +82,8 @@ def test_arrays_behind_perturbation_and_primary_caps(visualized):
   assert not np.allclose(grid[0, 0], grid[0, -1])
   # The primary decoder was cached by the first call and is reused.
   assert summary["primary_decoder_trained_now"]
-  params, _ = visualize.train_primary_decoder(inference, test.images[:16], 2, 8)
-  rows = visualize.primary_capsule_rows(inference, params, test.images[0], 3,
+  params, _ = visualize.train_primary_decoder(model, test.images[:16], 2, 8)
+  rows = visualize.primary_capsule_rows(model, params, test.images[0], 3,
                                         np.linspace(0, 1, 4))
   assert rows["images"].shape == (3, 4, 28, 28, 1)
   # coefficient 0: no capsule at all, so every row starts from the same image.

@@ -1,0 +1,183 @@
+"""Train, evaluate, summarise, visualise CapsNet and predict image files.
+
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist [--mode=train]
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=eval
+  capsnet-jax --config=configs/mnist.py --mode=summary
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=visualize
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=predict \\
+      --images=digit.png,scans/,"photos/*.jpg" [--out=DIR] [--invert=auto]
+
+(``python main.py`` and ``python -m capsnet_jax`` take the same flags.) Any
+config field can be overridden with --config.NAME=VALUE (configs/default.py
+lists them). --config is a file, relative to the current directory as
+ml_collections reads it; where no such file exists, ``configs/NAME.py``,
+``NAME.py`` and ``NAME`` name the config bundled with the package (so
+``--config=mnist`` works anywhere). See README.md.
+"""
+
+import importlib
+import importlib.util
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from capsnet_jax import errors
+from capsnet_jax import validation
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.")
+flags.DEFINE_enum("mode", "train", validation.MODES, "What to do.")
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_list("images", None, "--mode=predict: image files, folders or "
+                  "globs, comma-separated (PNG/JPEG, any size).")
+flags.DEFINE_string("out", None, "--mode=predict: folder for one PNG per image "
+                    "(the model's input beside its reconstruction).")
+flags.DEFINE_enum("invert", "auto", ("auto", "always", "never"),
+                  "--mode=predict, MNIST: invert light backgrounds (auto: "
+                  "judged by the border pixels), always or never.")
+flags.mark_flags_as_required(["config"])
+
+
+# --------------------------------------------------------------------------
+# Configs: files relative to the current directory, else the bundled ones.
+
+
+def bundled_config_dir() -> str | None:
+  """The configs shipped with the package (capsnet_jax.configs when
+  installed), or a source checkout's configs/ folder."""
+  spec = importlib.util.find_spec("capsnet_jax.configs")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  checkout = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs")
+  return checkout if os.path.isdir(checkout) else None
+
+
+def resolve_config(value: str) -> str:
+  """--config's value, with a bundled config's path where the file named
+  (configs/NAME.py, NAME.py or NAME; any :ARG kept) does not exist."""
+  path, sep, arg = value.partition(":")
+  if os.path.exists(path) or os.path.dirname(path) not in ("", "configs"):
+    return value
+  name = os.path.basename(path)
+  name = name if name.endswith(".py") else name + ".py"
+  folder = bundled_config_dir()
+  if folder and os.path.isfile(os.path.join(folder, name)):
+    return os.path.join(folder, name) + sep + arg
+  return value
+
+
+def _make_configs_importable() -> None:
+  """The config files import ``configs.default``: where no ``configs``
+  package is importable (outside a source checkout), the bundled one."""
+  if importlib.util.find_spec("configs") is None:
+    try:
+      sys.modules["configs"] = importlib.import_module("capsnet_jax.configs")
+    except ImportError:
+      pass
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  argv = list(argv)
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == "--":
+      break
+    for prefix in ("--config=", "-config="):
+      if arg.startswith(prefix):
+        argv[i] = prefix + resolve_config(arg[len(prefix):])
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      argv[i + 1] = resolve_config(argv[i + 1])
+  _make_configs_importable()
+  return app.parse_flags_with_usage(argv)
+
+
+# --------------------------------------------------------------------------
+# The command.
+
+
+def _initialize_distributed():
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(
+        jax.config.jax_platforms):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+  else:
+    try:  # A cluster JAX detects by itself (SLURM, TPU pods); else no-op.
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError):
+      pass
+
+
+def run(mode: str, config, workdir: str | None, images=None, out=None,
+        invert: str = "auto"):
+  """Dispatches one --mode; returns its result (predict: the exit status)."""
+  # Imported here so that --help and flag errors stay fast.
+  if mode == "summary":  # clu, which summary uses, is not needed elsewhere
+    from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+    return summary.print_summary(config)
+  if not workdir:
+    raise errors.ConfigError(f"--mode={mode} needs --workdir")
+  if mode == "predict":
+    if not images:
+      raise errors.ConfigError("--mode=predict needs --images=PATH[,PATH...] "
+                               "(files, folders or globs)")
+    from capsnet_jax import predict, trained  # pylint: disable=g-import-not-at-top
+    # The workdir's record defines the model; the command line the rest.
+    model = trained.load(workdir, config=trained.with_workdir_model(config, workdir))
+    return predict.run(model, images, out, invert)
+  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
+  if mode == "train":
+    return train.train_and_evaluate(config, workdir)
+  if mode == "eval":
+    return train.evaluate_checkpoint(config, workdir)
+  if mode == "ensemble":
+    from capsnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+    return ensemble.evaluate_ensemble(config, workdir)
+  from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
+  return visualize.visualize(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    if FLAGS.mode != "summary":
+      _initialize_distributed()
+      logging.info("JAX process %d of %d; %d local / %d global devices (%s)",
+                   jax.process_index(), jax.process_count(),
+                   jax.local_device_count(), jax.device_count(),
+                   jax.devices()[0].platform)
+    result = run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.images,
+                 FLAGS.out, FLAGS.invert)
+  except errors.UserError as e:
+    sys.exit(f"error: {e}")
+  if FLAGS.mode == "predict":
+    sys.exit(result)
+
+
+def entry_point():
+  """The ``capsnet-jax`` command (and main.py, python -m capsnet_jax[.cli])."""
+  # --help lists the flags of the main module: make ours its key flags, and
+  # this docstring its usage where the main module has none.
+  main_module = sys.modules.get("__main__")
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  if main_module is not None and not main_module.__doc__:
+    main_module.__doc__ = __doc__
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  entry_point()
