@@ -98,7 +98,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     if arg in ("--config", "-config") and i + 1 < len(argv):
       argv[i + 1] = resolve_config(argv[i + 1])
   _make_configs_importable()
-  return app.parse_flags_with_usage(argv)
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    # A bad flag, an unknown --config.FOO, a value of the wrong type or a
+    # config file that fails: one line, exit status 1.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    if any(l.startswith("Traceback") for l in lines):  # keep what failed
+      lines = [lines[0], lines[-1]]
+    message = " ".join(lines)
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f"unknown config field {message.strip(chr(34) + chr(39))}"
+    sys.exit(f"error: {message or type(e).__name__} (--helpfull lists the "
+             "flags; configs/default.py the config fields)")
 
 
 # --------------------------------------------------------------------------

@@ -39,6 +39,21 @@ def inference_impl(impl: Impl) -> str:
   return impl
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(before, after) zeros of TensorFlow's SAME padding: the output has
+  ceil(size / stride) positions, the odd zero goes after."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def pad_same(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+  """x [B, H, W, C] padded so that a VALID convolution gives SAME's output."""
+  ph = same_padding(x.shape[1], kernel, stride)
+  pw = same_padding(x.shape[2], kernel, stride)
+  return jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+
+
 def output_size(size: int, kernel: int, stride: int) -> int:
   """Spatial output size of a VALID convolution."""
   return (size - kernel) // stride + 1

@@ -85,22 +85,48 @@ def _import_tfds():
   return tfds
 
 
+DOWNLOAD_HOST = "storage.googleapis.com"  # where tfds downloads from
+
+
+def network_available(host: str = DOWNLOAD_HOST) -> bool:
+  """Whether ``host`` resolves: offline, tfds would retry its downloads with
+  backoff for minutes before failing."""
+  import socket  # pylint: disable=g-import-not-at-top
+  try:
+    socket.getaddrinfo(host, 443)
+  except OSError:
+    return False
+  return True
+
+
 def _tfds_split(name: str, split: str, data_dir: str | None, process_index: int,
                 process_count: int) -> dict[str, np.ndarray]:
   """This process's part of a tfds split as numpy arrays."""
   tfds = _import_tfds()
   part = tfds.even_splits(split, process_count)[process_index]
   keys = datasets.get(name).tfds_keys
+  hint = ("use a local folder of MNIST IDX files with --config.idx_dir=DIR"
+          if name == "mnist" else
+          f"prepare it where there is internet (`tfds build {name}`) and "
+          "pass that data directory with --config.tfds_data_dir=DIR")
+  load = lambda download: tfds.load(name, split=part, data_dir=data_dir or None,
+                                    shuffle_files=False, download=download)
   try:
-    ds = tfds.load(name, split=part, data_dir=data_dir or None,
-                   shuffle_files=False)
+    try:
+      ds = load(download=False)  # already prepared: no network needed
+    except Exception:  # pylint: disable=broad-except
+      if not network_available():
+        raise DataError(
+            f"tfds has no prepared copy of {name!r} in "
+            f"{data_dir or 'its default data_dir'} and there is no network "
+            f"(the name {DOWNLOAD_HOST} does not resolve), so it cannot "
+            f"download it; {hint}") from None
+      ds = load(download=True)
     ds = ds.map(lambda ex: {k: ex[k] for k in keys}).batch(8192)
     chunks = list(tfds.as_numpy(ds))
+  except DataError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    hint = ("use a local folder of MNIST IDX files with --config.idx_dir=DIR"
-            if name == "mnist" else
-            f"prepare it where there is internet (`tfds build {name}`) and "
-            "pass that data directory with --config.tfds_data_dir=DIR")
     raise DataError(f"tfds could not load {name!r} ({type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}); the download "
                     f"needs internet; offline, {hint}") from e

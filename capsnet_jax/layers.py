@@ -52,6 +52,7 @@ class Conv(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   transpose: bool = False
+  padding: str = "valid"  # valid | same (TensorFlow's; not for transpose)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -62,6 +63,8 @@ class Conv(nn.Module):
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
+    if self.padding == "same" and not self.transpose:
+      x = conv.pad_same(x, k, self.stride)
     op = conv.conv_transpose2d if self.transpose else conv.conv2d
     y = op(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
            impl=self.impl)
@@ -84,11 +87,12 @@ class ConvStem(nn.Module):
   impl: str = "auto"
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  padding: str = "valid"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = Conv(self.filters, self.kernel_size, 1, self.impl, self.kernel_init,
-             self.dtype, name="conv")(x)
+             self.dtype, padding=self.padding, name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        dtype=self.dtype, name="bn")(x)
@@ -112,11 +116,13 @@ class PrimaryCapsules(nn.Module):
   impl: str = "auto"
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  padding: str = "valid"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = Conv(self.num_types * self.dim, self.kernel_size, self.stride,
-             self.impl, self.kernel_init, self.dtype, name="conv")(x)
+             self.impl, self.kernel_init, self.dtype, padding=self.padding,
+             name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        dtype=self.dtype, name="bn")(x)

@@ -78,6 +78,8 @@ class CapsNet(nn.Module):
     conv_impl: implementation of the convolutions and the deconv decoder's
       transposed convolutions ("auto", "xla", "patches", "rows").
     init_scheme: a name in INITS.
+    conv_padding: "valid" (the paper's MNIST model) or "same" (conv1 and
+      the primary capsules of the authors' CIFAR10 model).
     dtype: compute dtype of convolutions and decoder (routing, squash and
       losses stay float32).
   """
@@ -99,16 +101,17 @@ class CapsNet(nn.Module):
   conv_impl: str = "auto"
   init_scheme: str = "default"
   dtype: Any = jnp.float32
+  conv_padding: str = "valid"
 
   def setup(self):
     kernel_init, w_init = _initializers(self.init_scheme)
     self.stem = layers.ConvStem(self.conv_filters, self.conv_kernel,
                                 self.batch_norm, self.conv_impl, kernel_init,
-                                self.dtype)
+                                self.dtype, self.conv_padding)
     self.primary = layers.PrimaryCapsules(
         self.primary_types, self.primary_dim, self.primary_kernel,
         self.primary_stride, self.batch_norm, self.conv_impl, kernel_init,
-        self.dtype)
+        self.dtype, self.conv_padding)
     self.class_caps = routing.ClassCapsules(
         self.num_classes, self.class_dim, self.routing_iterations,
         self.leaky_routing, self.routing_stop_gradient, w_init)
@@ -208,6 +211,17 @@ def resolve_compute_dtype(name: str) -> tuple[str, str]:
                      "; the bfloat16 step is not faster than float32 on CPU yet")
 
 
+def primary_types(config) -> int:
+  """config.primary_types, or where it is 0 the named model's own default
+  (32 for capsnet, 4 for the tiny test model)."""
+  if config.get("primary_types", 0):
+    return int(config.primary_types)
+  cls = MODELS.get(config.get("model", "capsnet"), CapsNet)
+  default = getattr(cls, "keywords", {}).get("primary_types")
+  return int(default if default is not None else
+             getattr(getattr(cls, "func", cls), "primary_types", 0))
+
+
 def create_model(config, image_shape: Sequence[int] | None = None,
                  num_classes: int | None = None, **overrides) -> nn.Module:
   """The model described by ``config``.
@@ -234,6 +248,7 @@ def create_model(config, image_shape: Sequence[int] | None = None,
       routing_stop_gradient=config.get("routing_stop_gradient", False),
       conv_impl=config.get("conv_impl", "auto"),
       init_scheme=config.get("init", "default"),
+      conv_padding=config.get("conv_padding", "valid"),
       dtype=jnp.dtype(resolve_compute_dtype(
           config.get("compute_dtype", "float32"))[0]),
   )

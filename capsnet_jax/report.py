@@ -63,11 +63,17 @@ def _epoch(r: dict) -> str:
   return f"{e:.0f}" if abs(e - round(e)) < 1e-3 else f"{e:.2f}"
 
 
+def _first_reaching(records: list[dict], accuracy: float) -> str:
+  hit = next((r for r in records if r["test_accuracy"] >= accuracy), None)
+  return "-" if hit is None else _epoch(hit)
+
+
 def summary_table(runs: dict[str, str]) -> str:
   """One row per run: how far, best and last accuracy, losses, wall time."""
   lines = ["| run | epochs | best test accuracy (epoch) | last test accuracy | "
-           "test RLoss (SSE) | test MLoss | validation accuracy | wall time |",
-           "|---|---|---|---|---|---|---|---|"]
+           "first epoch >= 99.5% | test RLoss (SSE) | test MLoss | "
+           "validation accuracy | wall time |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for label, workdir in runs.items():
     records = load(workdir)
     last = records[-1]
@@ -75,7 +81,7 @@ def summary_table(runs: dict[str, str]) -> str:
     best = next(r for r in records if int(r["step"]) == step)
     lines.append(
         f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
-        f"{_pct(last['test_accuracy'])} | "
+        f"{_pct(last['test_accuracy'])} | {_first_reaching(records, 0.995)} | "
         f"{last['test_reconstruction_loss']:.2f} | "
         f"{last['test_margin_loss']:.4f} | "
         f"{_pct(last.get('validation_accuracy'))} | "
@@ -179,7 +185,8 @@ def render(argv: Sequence[str], base: str = "") -> str:
   return "\n\n".join(epochs_table(w, args.every) for w in runs.values())
 
 
-_BLOCK = re.compile(r"(<!-- report: (.*?) -->\n)(.*?)(<!-- /report -->)", re.S)
+_BLOCK = re.compile(r"^(<!-- report: ([^\n]*?) -->\n)(.*?)^(<!-- /report -->)",
+                    re.S | re.M)
 
 
 def update_file(path: str) -> int:

@@ -107,7 +107,8 @@ def model_variables(state: TrainState, params=None) -> dict[str, Any]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: models.CapsNet, preprocess: Callable, target: Callable,
-               alpha: float, seed: int, nan_step: int = -1
+               alpha: float, seed: int, nan_step: int = -1,
+               margin_scale: float = 1.0
                ) -> tuple[TrainState, dict]:
   """One optimisation step on a global batch.
 
@@ -131,7 +132,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                                train=True, mutable=["batch_stats"])
     margin = losses.margin_loss(out["lengths"], labels)
     sse = losses.reconstruction_sse(out["reconstructions"], target(images))
-    loss = jnp.mean(margin + alpha * sse)
+    loss = jnp.mean(margin_scale * margin + alpha * sse)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
     return loss, (out, updates, margin, sse)
@@ -197,6 +198,7 @@ class Steps:
         functools.partial(train_step, model=model,
                           preprocess=self.preprocess_train, target=target,
                           alpha=config.alpha,
+                          margin_scale=config.get("margin_loss_scale", 1.0),
                           seed=config.seed,
                           nan_step=config.get("inject_nan_at_step", -1)),
         in_shardings=(self.replicated, self.sharded),

@@ -49,13 +49,15 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
   _choice(config, "lr_schedule", LR_SCHEDULES)
+  _choice(config, "conv_padding", ("valid", "same"))
   if config.get("validation_fraction", -1.0) >= 1.0:
     raise ConfigError("validation_fraction must be < 1 (negative: the "
                       f"setup's), got {config.validation_fraction!r}")
   for name in ("batch_size", "learning_rate", "routing_iterations",
-               "primary_types", "log_every_steps", "keep_checkpoints"):
+               "margin_loss_scale",
+               "log_every_steps", "keep_checkpoints"):
     _positive(config, name)
-  for name in ("alpha", "eval_batch_size", "eval_every_steps",
+  for name in ("primary_types", "alpha", "eval_batch_size", "eval_every_steps",
                "checkpoint_every_steps", "lr_decay_steps", "lr_min"):
     _positive(config, name, allow_zero=True)
   if mode == "visualize":

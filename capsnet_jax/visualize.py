@@ -47,6 +47,7 @@ from capsnet_jax import conv
 from capsnet_jax import decoders
 from capsnet_jax import input_pipeline
 from capsnet_jax import metric_logging
+from capsnet_jax import models
 from capsnet_jax import trained
 from capsnet_jax import validation
 from capsnet_jax import workdirs
@@ -434,7 +435,7 @@ def visualize(config, workdir: str) -> dict[str, Any]:
   coefficients = np.linspace(0.0, 1.0, 8)
   rows = primary_capsule_rows(model, cached, test.images[pick], 8, coefficients)
   primary_shape = (*[conv.output_size(conv.output_size(s, 9, 1), 9, 2)
-                     for s in info.image_shape[:2]], config.primary_types)
+                     for s in info.image_shape[:2]], models.primary_types(config))
 
   summary = dict(
       checkpoint_step=step, test_accuracy=accuracy, num_test=len(test),

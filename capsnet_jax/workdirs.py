@@ -23,11 +23,15 @@ RESULTS_FILE = "results.json"
 IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
                    "primary_types", "routing_iterations", "leaky_routing",
                    "routing_stop_gradient", "compute_dtype",
-                   "validation_fraction")
+                   "validation_fraction", "conv_padding")
 
 
 def _identity(config) -> dict[str, Any]:
-  return {k: config.get(k) for k in IDENTITY_FIELDS}
+  identity = {k: config.get(k) for k in IDENTITY_FIELDS}
+  # 0 means the model's default; records of earlier runs hold the number.
+  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
+  identity["primary_types"] = models.primary_types(config)
+  return identity
 
 
 def check_writable(workdir: str) -> None:
@@ -64,6 +68,7 @@ def prepare(workdir: str, config) -> None:
   check_writable(workdir)
   if jax.process_index() == 0:
     record = config.to_dict()
+    record.update(_identity(config))  # resolved: primary_types 0 -> 32
     _atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 

@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.routing_iterations = 3
   config.leaky_routing = False
   config.routing_stop_gradient = False
-  config.primary_types = 32
+  config.primary_types = 0  # 0: the model's own (capsnet 32, tiny 4)
+  config.conv_padding = "valid"  # valid | same (conv1 and primary capsules)
   # default: LeCun-normal kernels, W ~ N(0, 0.01^2); reference: the PyTorch
   # reference's xavier-normal with gains 0.02 (kernels) and 0.002 (W).
   config.init = "default"  # default | reference
@@ -54,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_steps = 2000
   config.lr_min = 0.0  # floor of the decayed rate (0: none)
   config.alpha = 0.0005  # weight of the reconstruction SSE
+  # Factor on the margin loss in the training objective (the paper's
+  # equation: 1; the authors' code computes half of it: 0.5). Reported
+  # margin losses are always the paper's equation.
+  config.margin_loss_scale = 1.0
   config.num_epochs = 50
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.seed = 0

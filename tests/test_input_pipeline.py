@@ -28,13 +28,17 @@ def test_real_mnist_idx_folder():
     if path.exists():
       assert hashlib.md5(path.read_bytes()).hexdigest() == digest, name
   train, test, info = input_pipeline.load_datasets(
-      _config(idx_dir=str(SHARED_MNIST)), 0, 1)
+      _config(idx_dir=str(SHARED_MNIST), data_setup="paper"), 0, 1)
   assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (
       10000, 28, 28, 1)
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
   assert sorted(set(test.labels.tolist())) == list(range(10))
   assert (info.num_train, info.num_test, info.image_shape) == (60000, 10000,
                                                                (28, 28, 1))
+  # The reference setup holds out 6,000 training images for validation.
+  splits = input_pipeline.load_splits(_config(idx_dir=str(SHARED_MNIST)), 0, 1)
+  assert (len(splits.train), len(splits.validation)) == (54000, 6000)
+  assert (splits.info.num_train, splits.info.num_validation) == (54000, 6000)
 
 
 def test_idx_raw_and_gzip_agree(tmp_path):
@@ -77,8 +81,8 @@ def test_idx_errors_name_the_problem(tmp_path, damage, message):
 
 
 @pytest.mark.parametrize("dataset,setup,stored,num_train", [
-    ("mnist", "reference", (28, 28, 1), 12),
-    ("smallnorb", "reference", (48, 48, 1), 24),  # two cameras, two examples
+    ("mnist", "reference", (28, 28, 1), 11),  # 12 less floor(10%) held out
+    ("smallnorb", "reference", (48, 48, 1), 22),  # two cameras: 24 less 2
     ("smallnorb", "paper", (48, 48, 2), 12),
     ("cifar10", "paper", (32, 32, 3), 12),
 ])
@@ -93,14 +97,25 @@ def test_tfds_loading_under_mock_data(dataset, setup, stored, num_train):
   assert info.num_train == num_train and info.num_test == len(test)
 
 
-def test_tfds_failure_points_at_idx_dir(tmp_path, monkeypatch):
+def test_offline_tfds_fails_at_once_and_points_at_idx_dir(tmp_path, monkeypatch):
+  """No prepared copy and a name lookup that fails (as offline, simulated so
+  that the test behaves the same on a machine with internet): a one-line
+  error at once, without tfds's minutes of download retries."""
   pytest.importorskip("tensorflow_datasets")
+  import socket  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import downloader
-  # Offline, tfds retries each download with backoff for minutes; one try
-  # is enough to see the error.
-  monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
-  with pytest.raises(DataError, match="idx_dir"):
+  lookups = []
+
+  def no_dns(host, *args, **kwargs):
+    lookups.append(host)
+    raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+  monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+  monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # were it to try anyway
+  with pytest.raises(DataError, match="there is no network .*idx_dir"):
     input_pipeline.load_datasets(_config(tfds_data_dir=str(tmp_path)), 0, 1)
+  assert lookups == ["storage.googleapis.com"]
+  assert not list(tmp_path.rglob("*.tar.gz"))  # nothing was downloaded
 
 
 def test_tfds_download_path_dependencies_installed():

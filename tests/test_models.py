@@ -196,3 +196,46 @@ def test_bfloat16_compute_keeps_float32_parameters_and_capsules():
                                    True)[0])(variables["params"])
   for g in jax.tree.leaves(grads):
     assert g.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(g)))
+
+
+def test_cifar10_paper_model_same_padding_counts():
+  """The authors' CIFAR10 model: conv1 and primary capsules with SAME
+  padding on 24x24 crops, 64 types -> 12 x 12 x 64 = 9,216 capsules.
+  conv1 9*9*3*256 + 256 = 62,464; primary 9*9*256*512 + 512 = 10,617,344;
+  class caps 9216*10*16*8 + 10*16 = 11,796,640; FC decoder to 24*24*3:
+  160*512+512 + 512*1024+1024 + 1024*1728+1728 = 2,378,944."""
+  from configs import cifar10_paper  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+  model, variables = summary.parameter_shapes(cifar10_paper.get_config())
+  params = variables["params"]
+  assert params["class_caps"]["W"].shape == (9216, 10, 16, 8)
+  assert _count(params["stem"]) == 62_464
+  assert _count(params["primary"]) == 10_617_344
+  assert _count(params["class_caps"]) == 11_796_640
+  assert _count(params["decoder"]) == 2_378_944
+  assert _count(params) == 24_855_392
+  out = jax.eval_shape(lambda: model.apply(
+      jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables),
+      jnp.zeros((2, 24, 24, 3))))
+  assert out["primary_caps"].shape == (2, 9216, 8)
+
+
+@pytest.mark.parametrize("size,kernel,stride,expected", [
+    (24, 9, 1, (4, 4)), (24, 9, 2, (3, 4)), (28, 9, 2, (4, 4)), (5, 2, 2, (0, 1))])
+def test_same_padding_amounts_follow_tensorflow(size, kernel, stride, expected):
+  from capsnet_jax import conv  # pylint: disable=g-import-not-at-top
+  assert conv.same_padding(size, kernel, stride) == expected
+
+
+def test_reference_init_has_the_reference_scales():
+  """torch's xavier_normal_(gain=0.002) of W [1, 1152, 10, 16, 8]: fan_in =
+  1152 * 1280, fan_out = 1280, std = 0.002 * sqrt(2 / 1,475,840) = 2.328e-6;
+  conv1 [256, 1, 9, 9] with gain 0.02: std = 0.02 * sqrt(2 / (81 + 20736))
+  = 1.960e-4."""
+  model = models.CapsNetMNIST(init_scheme="reference")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  w = np.asarray(params["class_caps"]["W"])
+  assert w.shape == (1152, 10, 16, 8)
+  assert float(np.std(w)) == pytest.approx(2.328e-6, rel=0.01)
+  conv1 = np.asarray(params["stem"]["conv"]["kernel"])
+  assert float(np.std(conv1)) == pytest.approx(1.960e-4, rel=0.02)

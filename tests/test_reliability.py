@@ -205,7 +205,11 @@ def _damaged_idx(tmp_path, damage):
 BAD_INPUTS = {
     "dataset": (["--config.dataset=mnits"], "Unknown dataset 'mnits'; valid: mnist, smallnorb, cifar10", None, 1),
     "decoder": (["--config.decoder=conv"], "Unknown decoder 'conv'; valid: fc, deconv", None, 1),
-    "mode": (["--mode=trian"], "value should be one of", None, 1),
+    "mode": (["--mode=trian"], "error: flag --mode=trian: value should be one of", None, 1),
+    "unknown_field": (["--config.FOO=1"], "error: unknown config field FOO", None, 1),
+    "field_type": (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal", None, 1),
+    "variant": (["--config=configs/mnist.py:bogus"], "Unknown configs/mnist.py variant 'bogus'; valid: paper", None, 1),
+    "batch_too_large": (["--config.batch_size=512"], "batch_size=512 is larger than the 256 training examples", None, 1),
     "batch_size": (["--config.batch_size=0"], "batch_size must be > 0, got 0", None, 1),
     "learning_rate": (["--config.learning_rate=-0.001"], "learning_rate must be > 0, got -0.001", None, 1),
     "epochs": (["--config.num_train_steps=-1", "--config.num_epochs=0"], "num_epochs must be > 0, got 0", None, 1),

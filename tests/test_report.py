@@ -33,9 +33,10 @@ def test_summary_table_values(runs):
   a, b = runs
   table = report.summary_table({"fc": a, "other": b})
   rows = table.splitlines()
-  assert rows[2] == ("| fc | 3 | 99.50% (2) | 99.00% | 10.00 | 0.0300 | - | "
+  assert rows[2] == ("| fc | 3 | 99.50% (2) | 99.00% | 2 | 10.00 | 0.0300 | - | "
                      "3.0 min |")
-  assert rows[3] == "| other | 0.50 | 97.00% (0.50) | 97.00% | 30.00 | 0.0100 | - | 60 s |"
+  assert rows[3] == ("| other | 0.50 | 97.00% (0.50) | 97.00% | - | 30.00 | "
+                     "0.0100 | - | 60 s |")
 
 
 def test_epochs_and_decoder_tables(runs):
