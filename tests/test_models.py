@@ -221,7 +221,7 @@ def test_cifar10_paper_model_same_padding_counts():
 
 
 @pytest.mark.parametrize("size,kernel,stride,expected", [
-    (24, 9, 1, (4, 4)), (24, 9, 2, (3, 4)), (28, 9, 2, (4, 4)), (5, 2, 2, (0, 1))])
+    (24, 9, 1, (4, 4)), (24, 9, 2, (3, 4)), (28, 9, 2, (3, 4)), (5, 2, 2, (0, 1))])
 def test_same_padding_amounts_follow_tensorflow(size, kernel, stride, expected):
   from capsnet_jax import conv  # pylint: disable=g-import-not-at-top
   assert conv.same_padding(size, kernel, stride) == expected
