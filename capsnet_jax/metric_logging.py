@@ -136,18 +136,19 @@ class Progress:
   """
 
   def __init__(self, num_train_steps: int, writer: EventWriter,
-               every_secs: float = 30.0):
+               every_secs: float = 30.0, now=time.monotonic):
     self._total = num_train_steps
     self._writer = writer
     self._every = every_secs
-    self._start = time.monotonic()
+    self._now = now  # injectable: tests pass a fake clock
+    self._start = now()
     self._last_time = self._start
     self._last_step = None
     self._timed = {}  # name -> seconds since the last report
     self._timed_total = {}
 
   def __call__(self, step: int) -> None:
-    now = time.monotonic()
+    now = self._now()
     if self._last_step is None:
       self._last_step, self._last_time = step, now
       return
@@ -169,11 +170,11 @@ class Progress:
 
   @contextlib.contextmanager
   def timed(self, name: str) -> Iterator[None]:
-    t = time.monotonic()
+    t = self._now()
     try:
       yield
     finally:
-      dt = time.monotonic() - t
+      dt = self._now() - t
       self._timed[name] = self._timed.get(name, 0.0) + dt
       self._timed_total[name] = self._timed_total.get(name, 0.0) + dt
 

@@ -1,5 +1,5 @@
 """train_and_evaluate end to end through tfds (mock data) for every dataset and
-setup, and the ensemble evaluation."""
+setup, and the dataset registry."""
 
 import importlib
 import json
@@ -10,22 +10,36 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
+from capsnet_jax import checkpoints
 from capsnet_jax import datasets
-from capsnet_jax import ensemble
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
 from configs import default
 
 
-@pytest.mark.parametrize("config_name,image_shape", [
-    ("mnist", (28, 28, 1)),
-    ("smallnorb", (32, 32, 1)),
-    ("smallnorb_paper", (32, 32, 2)),
-    ("cifar10", (32, 32, 3)),
-    ("cifar10_paper", (24, 24, 3)),
+def _checkpoint_shapes(workdir, step):
+  """{path: shape} of the parameters saved at ``step``, read from the
+  checkpoint's metadata (no model is built)."""
+  path = os.path.join(checkpoints.checkpoint_dir(workdir), str(step), "default")
+  tree = ocp.StandardCheckpointer().metadata(path).item_metadata["params"]
+  return {"/".join(str(getattr(k, "key", k)) for k in keys): tuple(leaf.shape)
+          for keys, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("config_name,image_shape,num_primary,classes", [
+    # Primary capsules of the tiny model (4 types unless the config sets
+    # 64): VALID 9x9 conv1, then 9x9 stride 2: 28 -> 20 -> 6 (6x6x4 = 144),
+    # 32 -> 24 -> 8 (8x8x4 = 256); SAME: 24 -> 24 -> 12 (12x12x64 = 9,216).
+    ("mnist", (28, 28, 1), 144, 10),
+    ("smallnorb", (32, 32, 1), 256, 5),
+    ("smallnorb_paper", (32, 32, 2), 256, 5),
+    ("cifar10", (32, 32, 3), 256, 10),
+    ("cifar10_paper", (24, 24, 3), 9216, 10),
 ])
-def test_train_and_evaluate_through_tfds(config_name, image_shape, tmp_path):
+def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
+                                         classes, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model = "tiny"
@@ -45,41 +59,14 @@ def test_train_and_evaluate_through_tfds(config_name, image_shape, tmp_path):
   assert np.isfinite(results["test_reconstruction_loss"])
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["data_setup"] == config.data_setup
-  del image_shape
-
-
-def test_ensemble_predictions_average_lengths():
-  a = np.array([[0.9, 0.1], [0.4, 0.5]])
-  b = np.array([[0.2, 0.3], [0.8, 0.1]])
-  mean, predictions = ensemble.ensemble_predictions([a, b])
-  np.testing.assert_allclose(mean, [[0.55, 0.2], [0.6, 0.3]])
-  np.testing.assert_array_equal(predictions, [0, 0])
-
-
-def test_ensemble_of_two_tiny_models(idx_dir, tmp_path):
-  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
-  members = []
-  for seed in (0, 1):
-    workdir = str(tmp_path / f"m{seed}")
-    train.train_and_evaluate(tiny_config(idx_dir, seed=seed, num_train_steps=4),
-                             workdir)
-    members.append(workdir)
-  config = tiny_config(idx_dir, ensemble_workdirs=",".join(members))
-  out = str(tmp_path / "ensemble")
-  os.makedirs(out)
-  results = ensemble.evaluate_ensemble(config, out)
-  # Recompute from each member's lengths: the accuracy of the mean lengths.
-  from capsnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  _, test, _ = input_pipeline.load_datasets(config, 0, 1)
-  lengths = [ensemble.test_lengths(ensemble.member_config(w, config), w,
-                                   test.images) for w in members]
-  expected = np.mean(np.argmax((lengths[0] + lengths[1]) / 2, -1) == test.labels)
-  assert results["test_accuracy"] == pytest.approx(expected)
-  assert results["num_models"] == 2
-  for member, acc in zip(lengths, results["member_test_accuracies"]):
-    assert acc == pytest.approx(np.mean(np.argmax(member, -1) == test.labels))
-  with open(os.path.join(out, "ensemble_results.json")) as f:
-    assert json.load(f)["test_accuracy"] == pytest.approx(expected)
+  # The model that was trained saw image_shape: conv1 reads its channels,
+  # the primary capsules follow from its height and width, and the decoder
+  # draws all of its pixels.
+  h, w, c = image_shape
+  shapes = _checkpoint_shapes(str(tmp_path), 3)
+  assert shapes["stem/conv/kernel"] == (9, 9, c, 8)
+  assert shapes["class_caps/W"] == (num_primary, classes, 16, 8)
+  assert shapes["decoder/out/kernel"] == (32, h * w * c)
 
 
 # --------------------------------------------------------------------------

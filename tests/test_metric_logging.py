@@ -6,7 +6,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -68,18 +67,27 @@ def test_non_lead_writer_writes_nothing(tmp_path):
 
 
 def test_progress_excludes_timed_sections(tmp_path):
+  clock = [100.0]  # an injected clock: the rates are exact
   writer = metric_logging.EventWriter(str(tmp_path))
-  progress = metric_logging.create_progress(100, writer, every_secs=0.05)
-  assert isinstance(progress, metric_logging.Progress)
+  progress = metric_logging.Progress(100, writer, every_secs=5.0,
+                                     now=lambda: clock[0])
   progress(1)
+  clock[0] += 2.0
+  progress(5)  # 2 s after the first call: less than every_secs, no report
   with progress.timed("eval"):
-    time.sleep(0.3)  # Not training time: must not lower steps/s.
-  time.sleep(0.06)
-  progress(11)  # 10 steps in about 0.06 s of training time.
+    clock[0] += 30.0  # not training time: must not lower steps/s
+  clock[0] += 4.0
+  progress(11)  # 10 steps in 6 s of training time (36 s of wall time)
+  clock[0] += 5.0
+  progress(21)  # 10 steps in 5 s
   writer.flush()
   steps, rates = curves.read_scalars(str(tmp_path))["steps_per_sec"]
-  assert list(steps) == [11]
-  assert 10 / 0.2 < rates[0] < 10 / 0.05
+  np.testing.assert_array_equal(steps, [11, 21])
+  np.testing.assert_allclose(rates, [10 / 6, 10 / 5])
+  steps, uptime = curves.read_scalars(str(tmp_path))["uptime"]
+  np.testing.assert_allclose(uptime, [36.0, 41.0])
+  assert isinstance(metric_logging.create_progress(100, writer),
+                    metric_logging.Progress)
 
 
 # A None entry in sys.modules makes `import tensorflow` fail and

@@ -83,11 +83,34 @@ def test_arrays_behind_perturbation_and_primary_caps(visualized):
   # The primary decoder was cached by the first call and is reused.
   assert summary["primary_decoder_trained_now"]
   params, _ = visualize.train_primary_decoder(model, test.images[:16], 2, 8)
+  coefficients = np.linspace(0, 1, 4)
   rows = visualize.primary_capsule_rows(model, params, test.images[0], 3,
-                                        np.linspace(0, 1, 4))
+                                        coefficients)
   assert rows["images"].shape == (3, 4, 28, 28, 1)
-  # coefficient 0: no capsule at all, so every row starts from the same image.
-  np.testing.assert_allclose(rows["images"][0, 0], rows["images"][2, 0], atol=1e-6)
+  # Recomputed from the model's outputs: the rows are the 3 capsules with the
+  # longest coupling-weighted vectors towards the prediction, longest first,
+  # and row r, column k decodes capsule r alone, scaled by coefficient k.
+  one = model.predict_stored(test.images[:1], visualize.PRIMARY_KEYS)
+  pred = int(one["predictions"][0])
+  caps = one["primary_caps"][0]  # [144, 8]
+  weighted = caps * one["coupling"][0, :, pred, None]
+  norms = np.linalg.norm(weighted, axis=-1)
+  assert rows["prediction"] == pred
+  np.testing.assert_array_equal(rows["capsules"], np.argsort(-norms)[:3])
+  assert np.all(np.diff(norms[rows["capsules"]]) <= 0)
+  module = visualize.PrimaryDecoder((28, 28, 1))
+  inputs = np.zeros((3, 4, *caps.shape), np.float32)
+  for r, i in enumerate(rows["capsules"]):
+    inputs[r, :, i] = coefficients[:, None] * caps[i]
+  expected = np.asarray(module.apply({"params": params},
+                                     inputs.reshape(12, *caps.shape)))
+  np.testing.assert_allclose(rows["images"].reshape(12, 28, 28, 1), expected,
+                             atol=1e-5)
+  # Different capsules draw different images.
+  assert not np.allclose(rows["images"][0, -1], rows["images"][1, -1],
+                         atol=1e-3)
+  np.testing.assert_allclose(rows["full"], np.asarray(module.apply(
+      {"params": params}, weighted[None]))[0], atol=1e-5)
   again = visualize.visualize(config, workdir)
   assert not again["primary_decoder_trained_now"]
   assert again["rotation_accuracy"] == summary["rotation_accuracy"]

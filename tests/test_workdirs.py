@@ -1,0 +1,88 @@
+"""The workdir's config record, results.json and the compatibility check."""
+
+import json
+import os
+
+import pytest
+
+from capsnet_jax import workdirs
+from capsnet_jax.errors import WorkdirError
+from configs import default
+
+
+def _config(**overrides):
+  config = default.get_config()
+  config.update(overrides)
+  return config
+
+
+def test_prepare_records_the_config_with_primary_types_resolved(tmp_path):
+  workdirs.prepare(str(tmp_path), _config(model="tiny", learning_rate=0.01))
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"] == "tiny" and saved["learning_rate"] == 0.01
+  assert saved["primary_types"] == 4  # 0 in the config: the tiny model's own
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]  # no temporary left
+  # The same model with its 4 types given explicitly is the same run.
+  workdirs.check_compatible(str(tmp_path), _config(model="tiny",
+                                                   primary_types=4))
+  with pytest.raises(WorkdirError, match="primary_types: 4 there, 8 now"):
+    workdirs.check_compatible(str(tmp_path), _config(model="tiny",
+                                                     primary_types=8))
+
+
+def test_check_compatible_names_each_differing_field(tmp_path):
+  workdirs.prepare(str(tmp_path), _config())
+  # Training-only fields may change.
+  workdirs.check_compatible(str(tmp_path), _config(
+      learning_rate=0.1, num_train_steps=7, batch_size=16, seed=3))
+  with pytest.raises(WorkdirError) as e:
+    workdirs.check_compatible(str(tmp_path), _config(
+        decoder="deconv", batch_norm=True, routing_iterations=2))
+  message = str(e.value)
+  assert message.startswith(f"workdir {str(tmp_path)!r} holds a run of a "
+                            "different configuration (")
+  for part in ("decoder: 'fc' there, 'deconv' now",
+               "batch_norm: False there, True now",
+               "routing_iterations: 3 there, 2 now"):
+    assert part in message, message
+  assert "learning_rate" not in message and "model" not in message
+  assert message.endswith("Use another --workdir, or delete this one to "
+                          "start fresh.")
+  for field, value in (("dataset", "cifar10"), ("data_setup", "paper"),
+                       ("model", "efficient_capsnet"), ("leaky_routing", True),
+                       ("routing_stop_gradient", True),
+                       ("compute_dtype", "bfloat16"),
+                       ("validation_fraction", 0.2), ("conv_padding", "same"),
+                       ("primary_types", 16)):
+    with pytest.raises(WorkdirError, match=f"{field}: "):
+      workdirs.check_compatible(str(tmp_path), _config(**{field: value}))
+
+
+def test_primary_types_zero_matches_a_recorded_32(tmp_path):
+  """Records of runs before primary_types=0 existed hold 32 for capsnet."""
+  record = _config().to_dict()
+  record["primary_types"] = 32
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  workdirs.check_compatible(str(tmp_path), _config(primary_types=0))
+  workdirs.check_compatible(str(tmp_path), _config(primary_types=32))
+  with pytest.raises(WorkdirError, match="primary_types: 32 there, 4 now"):
+    workdirs.check_compatible(str(tmp_path), _config(model="tiny"))
+
+
+def test_fields_missing_from_an_old_record_are_not_compared(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"dataset": "mnist"}))
+  workdirs.check_compatible(str(tmp_path), _config(conv_padding="same"))
+  workdirs.check_compatible(str(tmp_path / "new"), _config())  # no record
+
+
+def test_results_round_trip_and_unwritable_workdir(tmp_path):
+  assert workdirs.read_results(str(tmp_path)) is None
+  workdirs.write_results(str(tmp_path), {"step": 8, "test_accuracy": 0.5})
+  assert workdirs.read_results(str(tmp_path)) == {"step": 8,
+                                                  "test_accuracy": 0.5}
+  assert not (tmp_path / "results.json.tmp").exists()
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(WorkdirError, match=f"workdir {str(blocker / 'w')!r} is "
+                     "not writable"):
+    workdirs.check_writable(str(blocker / "w"))
