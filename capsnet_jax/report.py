@@ -63,6 +63,11 @@ def _epoch(r: dict) -> str:
   return f"{e:.0f}" if abs(e - round(e)) < 1e-3 else f"{e:.2f}"
 
 
+def _sse(r: dict) -> float:
+  """The test SSE (runs with an L1 reconstruction loss record it apart)."""
+  return r.get("test_reconstruction_sse", r["test_reconstruction_loss"])
+
+
 def summary_table(runs: dict[str, str]) -> str:
   """One row per run: how far, best and last accuracy, losses, wall time."""
   lines = ["| run | epochs | best test accuracy (epoch) | last test accuracy | "
@@ -76,7 +81,7 @@ def summary_table(runs: dict[str, str]) -> str:
     lines.append(
         f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
         f"{_pct(last['test_accuracy'])} | "
-        f"{last['test_reconstruction_loss']:.2f} | "
+        f"{_sse(last):.2f} | "
         f"{last['test_margin_loss']:.4f} | "
         f"{_pct(last.get('validation_accuracy'))} | "
         f"{_duration(last.get('wall_seconds'))} |")
