@@ -55,7 +55,8 @@ class FCDecoder(nn.Module):
 class DeconvDecoder(nn.Module):
   """Dense, reshape to a small map, transposed convolutions, sigmoid.
 
-  28x28 (REFERENCE.md): Dense 360 -> 6x6x10; ConvT 32 k9 s2 (6 -> 19);
+  28x28 (REFERENCE.md): Dense 36K -> 6x6xK (360 -> 6x6x10 for MNIST);
+  ConvT 32 k9 s2 (6 -> 19);
   ConvT 64 k9 (19 -> 27); ConvT C k2 (27 -> 28).
   32x32: Dense 16K -> 4x4xK (K classes); ConvT 32 k9 s2 (4 -> 15);
   ConvT 64 k9 (15 -> 23); ConvT 128 k9 (23 -> 31); ConvT C k2 (31 -> 32).
@@ -78,7 +79,7 @@ class DeconvDecoder(nn.Module):
     if h != w:
       raise ValueError(f"deconv decoder needs square images, got {h}x{w}")
     if h == 28:
-      return (6, 6, 10), (32, 64)
+      return (6, 6, self.num_classes), (32, 64)
     # ConvT k9 s2 maps n -> 2n + 7, each further ConvT k9 adds 8 and the
     # final k2 adds 1: h = 2 * start + 8 * len(widths).
     for widths in ((32, 64, 128), (32, 64)):

@@ -1,18 +1,35 @@
-"""CapsNet losses: margin loss and reconstruction loss.
+"""CapsNet losses: margin loss, reconstruction loss and its weight alpha.
 
 Synopsis::
 
   m = losses.margin_loss(lengths, labels)          # [B]
   r = losses.reconstruction_sse(recon, images)     # [B], per-image SSE
   total = jnp.mean(m + alpha * r)
+
+  r = losses.reconstruction_loss(recon, images, "l1")   # [B], per-image SAE
+  alpha_fn = losses.alpha_schedule(config, steps_per_epoch)
+  alpha = alpha_fn(step)     # the weight of optimisation step ``step`` (0-based)
+
+The reference's reconstruction tricks (its --loss, --anneal, --leaky options)
+are here: L1 or L2 reconstruction loss, alpha annealed by the epoch, and the
+margin term of an "orphan" class capsule that is never a target.
 """
+
+import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+RECONSTRUCTION_LOSSES = ("l2", "l1")
+# The reference's --anneal values "1" and "2" are accepted as aliases.
+ALPHA_SCHEDULES = ("none", "tanh_shifted", "tanh", "1", "2")
+_ALPHA_ALIASES = {"1": "tanh_shifted", "2": "tanh"}
+
 
 def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
-                m_minus: float = 0.1, down_weight: float = 0.5) -> jax.Array:
+                m_minus: float = 0.1, down_weight: float = 0.5,
+                orphan_lengths: jax.Array | None = None) -> jax.Array:
   """Per-example margin loss.
 
   sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2.
@@ -20,6 +37,9 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
   Args:
     lengths: [B, K] class-capsule lengths.
     labels: [B] integer labels.
+    orphan_lengths: [B] lengths of the reference's orphan capsule (its
+      --leaky), a class that is never the target: it adds
+      lambda max(0, |v_orphan| - m-)^2.
 
   Returns:
     [B] float32.
@@ -28,7 +48,11 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
   lengths = lengths.astype(jnp.float32)
   present = t * jnp.square(jnp.maximum(0.0, m_plus - lengths))
   absent = (1.0 - t) * jnp.square(jnp.maximum(0.0, lengths - m_minus))
-  return jnp.sum(present + down_weight * absent, axis=-1)
+  loss = jnp.sum(present + down_weight * absent, axis=-1)
+  if orphan_lengths is not None:
+    orphan = jnp.maximum(0.0, orphan_lengths.astype(jnp.float32) - m_minus)
+    loss = loss + down_weight * jnp.square(orphan)
+  return loss
 
 
 def reconstruction_sse(reconstructions: jax.Array,
@@ -41,8 +65,80 @@ def reconstruction_sse(reconstructions: jax.Array,
   Returns:
     [B] float32.
   """
+  return reconstruction_loss(reconstructions, images, "l2")
+
+
+def reconstruction_loss(reconstructions: jax.Array, images: jax.Array,
+                        kind: str = "l2") -> jax.Array:
+  """Per-image sum over pixels and channels of squared (l2) or absolute (l1)
+  errors: the reference's nn.MSELoss / nn.L1Loss(reduction="none") summed
+  per image (its --loss L2|L1).
+
+  Args:
+    reconstructions, images: [B, H, W, C]; images in [0, 1].
+    kind: one of RECONSTRUCTION_LOSSES.
+
+  Returns:
+    [B] float32.
+  """
   diff = reconstructions.astype(jnp.float32) - images.astype(jnp.float32)
-  return jnp.sum(jnp.square(diff), axis=(1, 2, 3))
+  if kind == "l2":
+    return jnp.sum(jnp.square(diff), axis=(1, 2, 3))
+  if kind == "l1":
+    return jnp.sum(jnp.abs(diff), axis=(1, 2, 3))
+  raise ValueError(f"Unknown reconstruction loss {kind!r}; valid: "
+                   f"{RECONSTRUCTION_LOSSES}")
+
+
+def annealed_alpha(alpha: float, schedule: str, epoch, temperature: float = 8.0):
+  """The reference's get_alpha(epoch) (its --anneal none|1|2, T = 8 epochs).
+
+  none: alpha.
+  tanh_shifted ("1"): alpha * (tanh(epoch / T - pi) + 1) / 2, near 0 for the
+    first epochs, alpha / 2 at epoch pi * T (25.1 for T = 8), then alpha.
+  tanh ("2"): alpha * tanh(epoch / (2 T)), 0 at epoch 0, 0.76 alpha at 2 T.
+
+  ``epoch`` may be a Python number or a traced array (inside jit).
+  """
+  schedule = _ALPHA_ALIASES.get(schedule, schedule)
+  if schedule == "none":
+    return alpha * jnp.ones_like(jnp.asarray(epoch, jnp.float32))
+  epoch = jnp.asarray(epoch, jnp.float32)
+  if schedule == "tanh_shifted":
+    # (tanh(x) + 1) / 2 = sigmoid(2x), without float32's cancellation in
+    # 1 + tanh(x) near tanh = -1 (the first epochs).
+    return alpha * jax.nn.sigmoid(2.0 * (epoch / temperature - math.pi))
+  if schedule == "tanh":
+    return alpha * jnp.tanh(epoch / (2.0 * temperature))
+  raise ValueError(f"Unknown alpha_schedule {schedule!r}; valid: "
+                   f"{ALPHA_SCHEDULES}")
+
+
+def alpha_schedule(config, steps_per_epoch: int) -> Callable[..., jax.Array]:
+  """step -> the reconstruction weight of optimisation step ``step`` (0-based).
+
+  The epoch is derived from the step, never counted, so a resumed run uses
+  exactly the weights of an uninterrupted one (the reference restarts its
+  epoch count on resume): epoch = step // steps_per_epoch, the whole epoch
+  index the reference passes to get_alpha (its first epoch is 0), or
+  step / steps_per_epoch with config.alpha_fractional_epochs, which lets a
+  run shorter than a few epochs see the schedule's shape.
+  """
+  schedule = config.get("alpha_schedule", "none")
+  temperature = float(config.get("alpha_temperature", 8.0))
+  fractional = bool(config.get("alpha_fractional_epochs", False))
+  alpha = float(config.alpha)
+  steps_per_epoch = max(int(steps_per_epoch), 1)
+
+  def fn(step):
+    step = jnp.asarray(step, jnp.int32)
+    if fractional:
+      epoch = step.astype(jnp.float32) / steps_per_epoch
+    else:
+      epoch = step // steps_per_epoch
+    return annealed_alpha(alpha, schedule, epoch, temperature)
+
+  return fn
 
 
 def mask_capsules(class_caps: jax.Array, labels: jax.Array) -> jax.Array:

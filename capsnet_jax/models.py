@@ -72,6 +72,12 @@ class CapsNet(nn.Module):
     primary_types, primary_dim, primary_kernel, primary_stride: primary caps.
     class_dim: D, dimension of the class capsules.
     routing_iterations, leaky_routing, routing_stop_gradient: routing.
+    orphan_capsule: one extra class capsule that is never a target (the
+      reference's --leaky; leaky_routing is the authors' orphan logit
+      instead). The margin loss pushes its length below m-; predictions,
+      masking and every output except ``orphan_lengths`` leave it out, and
+      the decoder input keeps its (always zero) slot, (K + 1) * D wide, as
+      the reference's decoder is built for K + 1 capsules.
     decoder: a name in decoders.DECODERS.
     decoder_hidden: widths of the FC decoder's hidden layers.
     batch_norm: BN after conv1, after the primary conv and in the decoder.
@@ -95,6 +101,7 @@ class CapsNet(nn.Module):
   routing_iterations: int = 3
   leaky_routing: bool = False
   routing_stop_gradient: bool = False
+  orphan_capsule: bool = False
   decoder: str = "fc"
   decoder_hidden: Sequence[int] = (512, 1024)
   batch_norm: bool = False
@@ -112,11 +119,12 @@ class CapsNet(nn.Module):
         self.primary_types, self.primary_dim, self.primary_kernel,
         self.primary_stride, self.batch_norm, self.conv_impl, kernel_init,
         self.dtype, self.conv_padding)
+    num_caps = self.num_classes + int(self.orphan_capsule)
     self.class_caps = routing.ClassCapsules(
-        self.num_classes, self.class_dim, self.routing_iterations,
+        num_caps, self.class_dim, self.routing_iterations,
         self.leaky_routing, self.routing_stop_gradient, w_init)
     self.decoder_module = decoders.create_decoder(
-        self.decoder, self.image_shape, self.num_classes, self.batch_norm,
+        self.decoder, self.image_shape, num_caps, self.batch_norm,
         self.decoder_hidden, kernel_init, self.dtype, module_name="decoder",
         conv_impl=self.conv_impl)
 
@@ -130,21 +138,31 @@ class CapsNet(nn.Module):
     Returns:
       dict with primary_caps [B, N, 8], class_caps [B, K, D],
       coupling [B, N, K] (final routing coefficients), lengths [B, K],
-      predictions [B] (longest class capsule).
+      predictions [B] (longest class capsule); with orphan_capsule also
+      orphan_lengths [B] (the K real classes are all the others show).
     """
     u = self.primary(self.stem(images, train), train)
     v, c = self.class_caps(u)
     lengths = jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + 1e-9)
-    return dict(primary_caps=u, class_caps=v, coupling=c, lengths=lengths,
-                predictions=jnp.argmax(lengths, axis=-1))
+    out = {}
+    if self.orphan_capsule:  # The last capsule; only the loss sees it.
+      out["orphan_lengths"] = lengths[:, -1]
+      v, c, lengths = v[:, :-1], c[..., :-1], lengths[:, :-1]
+    out.update(primary_caps=u, class_caps=v, coupling=c, lengths=lengths,
+               predictions=jnp.argmax(lengths, axis=-1))
+    return out
 
   def decode(self, class_caps: jax.Array, labels: jax.Array,
              train: bool = False) -> jax.Array:
     """Reconstruct from the capsule of ``labels``: [B, K, D], [B] -> [B, H, W, C]."""
-    return self.decoder_module(losses.mask_capsules(class_caps, labels), train)
+    masked = losses.mask_capsules(class_caps, labels)
+    if self.orphan_capsule:  # Its slot: zero, as it is never the one kept.
+      masked = jnp.pad(masked, ((0, 0), (0, class_caps.shape[-1])))
+    return self.decoder_module(masked, train)
 
   def decode_masked(self, masked: jax.Array, train: bool = False) -> jax.Array:
-    """Reconstruct from already masked, flattened capsules [B, K * D]."""
+    """Reconstruct from already masked, flattened capsules [B, K * D]
+    ([B, (K + 1) * D] with orphan_capsule)."""
     return self.decoder_module(masked, train)
 
   def __call__(self, images: jax.Array, labels: jax.Array | None = None,
@@ -231,7 +249,9 @@ def create_model(config, image_shape: Sequence[int] | None = None,
 
   Args:
     config: ConfigDict with model (a name in MODELS), decoder, batch_norm,
-      routing_iterations, leaky_routing, routing_stop_gradient,
+      routing_iterations, leaky_routing and leaky_variant (authors: the
+      routing's orphan logit; reference: an orphan class capsule),
+      routing_stop_gradient,
       primary_types, conv_impl, init, compute_dtype and optionally
       image_shape / num_classes.
     image_shape, num_classes: the dataset's, overriding the config's.
@@ -240,12 +260,15 @@ def create_model(config, image_shape: Sequence[int] | None = None,
   name = config.get("model", "capsnet")
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; valid: {tuple(MODELS)}")
+  leaky = bool(config.get("leaky_routing", False))
+  variant = config.get("leaky_variant", "authors")
   kwargs = dict(
       decoder=config.decoder,
       batch_norm=config.batch_norm,
       routing_iterations=config.routing_iterations,
-      leaky_routing=config.get("leaky_routing", False),
+      leaky_routing=leaky and variant == "authors",
       routing_stop_gradient=config.get("routing_stop_gradient", False),
+      orphan_capsule=leaky and variant == "reference",
       conv_impl=config.get("conv_impl", "auto"),
       init_scheme=config.get("init", "default"),
       conv_padding=config.get("conv_padding", "valid"),
@@ -258,8 +281,13 @@ def create_model(config, image_shape: Sequence[int] | None = None,
     kwargs["image_shape"] = tuple(int(s) for s in image_shape)
   if num_classes is not None:
     kwargs["num_classes"] = int(num_classes)
-  cls = MODELS[name]
-  fields = {f.name for f in dataclasses.fields(getattr(cls, "func", cls))}
+  fields = model_fields(name)
   kwargs = {k: v for k, v in kwargs.items() if k in fields}
   kwargs.update(overrides)
-  return cls(**kwargs)
+  return MODELS[name](**kwargs)
+
+
+def model_fields(name: str) -> set[str]:
+  """The attributes of the model called ``name`` in MODELS."""
+  cls = MODELS[name]
+  return {f.name for f in dataclasses.fields(getattr(cls, "func", cls))}

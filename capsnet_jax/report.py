@@ -68,6 +68,11 @@ def _first_reaching(records: list[dict], accuracy: float) -> str:
   return "-" if hit is None else _epoch(hit)
 
 
+def _sse(r: dict) -> float:
+  """The test SSE (runs with an L1 reconstruction loss record it apart)."""
+  return r.get("test_reconstruction_sse", r["test_reconstruction_loss"])
+
+
 def summary_table(runs: dict[str, str]) -> str:
   """One row per run: how far, best and last accuracy, losses, wall time."""
   lines = ["| run | epochs | best test accuracy (epoch) | last test accuracy | "
@@ -82,7 +87,7 @@ def summary_table(runs: dict[str, str]) -> str:
     lines.append(
         f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
         f"{_pct(last['test_accuracy'])} | {_first_reaching(records, 0.995)} | "
-        f"{last['test_reconstruction_loss']:.2f} | "
+        f"{_sse(last):.2f} | "
         f"{last['test_margin_loss']:.4f} | "
         f"{_pct(last.get('validation_accuracy'))} | "
         f"{_duration(last.get('wall_seconds'))} |")

@@ -46,7 +46,7 @@ def summarize(params) -> dict[str, int]:
 
 def print_summary(config) -> dict[str, int]:
   validation.validate_config(config, "summary")
-  _, variables = parameter_shapes(config)
+  model, variables = parameter_shapes(config)
   params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                         variables["params"])
   print(parameter_overview.get_parameter_overview(params, include_stats=False))
@@ -55,6 +55,7 @@ def print_summary(config) -> dict[str, int]:
   counts["non_trainable_params"] = _count(variables.get("batch_stats", {}))
   counts.update(model=config.model, dataset=config.dataset,
                 data_setup=config.data_setup, decoder=config.decoder,
-                batch_norm=bool(config.batch_norm))
+                batch_norm=bool(config.batch_norm),
+                orphan_capsule=bool(getattr(model, "orphan_capsule", False)))
   print(json.dumps(counts))
   return counts

@@ -107,15 +107,17 @@ def model_variables(state: TrainState, params=None) -> dict[str, Any]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: models.CapsNet, preprocess: Callable, target: Callable,
-               alpha: float, seed: int, nan_step: int = -1,
-               margin_scale: float = 1.0
+               alpha: float | Callable, seed: int, nan_step: int = -1,
+               margin_scale: float = 1.0, reconstruction_loss: str = "l2"
                ) -> tuple[TrainState, dict]:
   """One optimisation step on a global batch.
 
   Args:
     state: replicated TrainState.
     batch: image [B, h, w, c] uint8 as stored, label [B] int32.
-    model, preprocess, alpha, seed: static.
+    model, preprocess, alpha, seed, reconstruction_loss: static.
+    alpha: the reconstruction weight, or step -> weight
+      (losses.alpha_schedule), evaluated here at state.step.
     target: images -> what the decoder reconstructs (datasets.Spec.target).
     nan_step: fault injection for tests: the loss is NaN at this step.
 
@@ -126,18 +128,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   rng = jax.random.fold_in(jax.random.key(seed), state.step)
   images = preprocess(batch["image"], rng)
   labels = batch["label"]
+  alpha = alpha(state.step) if callable(alpha) else alpha
 
   def loss_fn(params):
     out, updates = model.apply(model_variables(state, params), images, labels,
                                train=True, mutable=["batch_stats"])
-    margin = losses.margin_loss(out["lengths"], labels)
-    sse = losses.reconstruction_sse(out["reconstructions"], target(images))
-    loss = jnp.mean(margin_scale * margin + alpha * sse)
+    margin = losses.margin_loss(out["lengths"], labels,
+                                orphan_lengths=out.get("orphan_lengths"))
+    rec = losses.reconstruction_loss(out["reconstructions"], target(images),
+                                     reconstruction_loss)
+    loss = jnp.mean(margin_scale * margin + alpha * rec)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
-    return loss, (out, updates, margin, sse)
+    return loss, (out, updates, margin, rec)
 
-  (loss, (out, updates, margin, sse)), grads = jax.value_and_grad(
+  (loss, (out, updates, margin, rec)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(
       grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
@@ -149,30 +154,40 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                            state)
   metrics = dict(
       loss=loss, margin_loss=jnp.mean(margin),
-      reconstruction_loss=jnp.mean(sse),
+      reconstruction_loss=jnp.mean(rec),
       accuracy=jnp.mean(out["predictions"] == labels),
-      finite=finite, step=state.step)
+      finite=finite, step=state.step, alpha=jnp.asarray(alpha, jnp.float32))
   return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: models.CapsNet, preprocess: Callable, target: Callable,
-              alpha: float) -> dict[str, jax.Array]:
+              alpha: float | Callable, reconstruction_loss: str = "l2"
+              ) -> dict[str, jax.Array]:
   """Sums of test metrics over the real (mask = 1) examples of a batch.
 
   batch: image [B, h, w, c], label [B], mask [B] (0 for padding).
+  alpha: a weight or step -> weight, evaluated at state.step.
+  With an L1 reconstruction loss, reconstruction_sse sums the SSE too.
   """
   images = preprocess(batch["image"], jax.random.key(0))
   labels, mask = batch["label"], batch["mask"]
+  alpha = alpha(state.step) if callable(alpha) else alpha
   out = model.apply(model_variables(state), images, train=False)
-  margin = losses.margin_loss(out["lengths"], labels)
-  sse = losses.reconstruction_sse(out["reconstructions"], target(images, mask))
-  return dict(
+  margin = losses.margin_loss(out["lengths"], labels,
+                              orphan_lengths=out.get("orphan_lengths"))
+  recon, tgt = out["reconstructions"], target(images, mask)
+  rec = losses.reconstruction_loss(recon, tgt, reconstruction_loss)
+  sums = dict(
       count=jnp.sum(mask),
       correct=jnp.sum(mask * (out["predictions"] == labels)),
       margin_loss=jnp.sum(mask * margin),
-      reconstruction_loss=jnp.sum(mask * sse),
-      loss=jnp.sum(mask * (margin + alpha * sse)))
+      reconstruction_loss=jnp.sum(mask * rec),
+      loss=jnp.sum(mask * (margin + alpha * rec)))
+  if reconstruction_loss != "l2":
+    sums["reconstruction_sse"] = jnp.sum(
+        mask * losses.reconstruction_sse(recon, tgt))
+  return sums
 
 
 def predict_step(state: TrainState, images: jax.Array, *,
@@ -182,9 +197,14 @@ def predict_step(state: TrainState, images: jax.Array, *,
 
 
 class Steps:
-  """The jit-compiled steps of one model and dataset over one mesh."""
+  """The jit-compiled steps of one model and dataset over one mesh.
 
-  def __init__(self, config, model: models.CapsNet, mesh):
+  steps_per_epoch: of the training data, for config.alpha_schedule (None:
+  from the dataset's nominal size).
+  """
+
+  def __init__(self, config, model: models.CapsNet, mesh,
+               steps_per_epoch: int | None = None):
     self.mesh = mesh
     self.replicated = replicated(mesh)
     self.sharded = batch_sharded(mesh)
@@ -194,13 +214,21 @@ class Steps:
     self.preprocess_eval = augment.make_preprocess_fn(
         config.dataset, config.data_setup, False)
     target = spec.target
+    if steps_per_epoch is None:
+      steps_per_epoch = input_pipeline.steps_per_epoch(
+          spec.info.num_train, config.batch_size)
+    # The weight of optimisation step s, computed in the compiled steps from
+    # the state's step: exact on resume, no recompilation when it changes.
+    self.alpha = losses.alpha_schedule(config, steps_per_epoch)
+    recon_kind = config.get("reconstruction_loss", "l2")
     self.train = jax.jit(
         functools.partial(train_step, model=model,
                           preprocess=self.preprocess_train, target=target,
-                          alpha=config.alpha,
+                          alpha=self.alpha,
                           margin_scale=config.get("margin_loss_scale", 1.0),
                           seed=config.seed,
-                          nan_step=config.get("inject_nan_at_step", -1)),
+                          nan_step=config.get("inject_nan_at_step", -1),
+                          reconstruction_loss=recon_kind),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated),
         donate_argnums=0)
@@ -209,11 +237,18 @@ class Steps:
     self.eval = jax.jit(
         functools.partial(eval_step, model=inference_model,
                           preprocess=self.preprocess_eval, target=target,
-                          alpha=config.alpha),
+                          alpha=self.eval_alpha,
+                          reconstruction_loss=recon_kind),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=self.replicated)
     self.predict = jax.jit(functools.partial(predict_step, model=inference_model),
                            out_shardings=self.replicated)
+
+  def eval_alpha(self, step):
+    """The weight that an evaluation after ``step`` steps uses (and records):
+    that of the last step trained, as the reference's test loss uses its
+    epoch's alpha."""
+    return self.alpha(jnp.maximum(step - 1, 0))
 
 
 # --------------------------------------------------------------------------
@@ -225,8 +260,9 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
   """Metrics over every test example exactly once (all processes together).
 
   Returns:
-    accuracy, margin_loss, reconstruction_loss (per-image SSE) and loss
-    (margin + alpha * SSE), each a mean over the test set.
+    accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
+    reconstruction_loss=l1, then also reconstruction_sse) and loss
+    (margin + alpha * reconstruction loss), each a mean over the test set.
   """
   per_process = -(-num_test // jax.process_count())
   num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
@@ -236,12 +272,15 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  return dict(
+  metrics = dict(
       accuracy=float(totals["correct"]) / count,
       margin_loss=float(totals["margin_loss"]) / count,
       reconstruction_loss=float(totals["reconstruction_loss"]) / count,
       loss=float(totals["loss"]) / count,
       count=count)
+  if "reconstruction_sse" in totals:
+    metrics["reconstruction_sse"] = float(totals["reconstruction_sse"]) / count
+  return metrics
 
 
 def reconstruction_grid(steps: Steps, state: TrainState,
@@ -402,7 +441,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                steps_per_epoch, total_steps, num_params, jax.device_count(),
                jax.process_count())
 
-  steps = Steps(config, model, mesh)
+  steps = Steps(config, model, mesh, steps_per_epoch)
   schedule = learning_rate_schedule(config)
 
   def evaluate_all(state, step):
@@ -414,7 +453,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if splits.validation is not None:
       record.update(_metrics_record("validation", evaluate(
           steps, state, splits.validation, eval_batch, info.num_validation)))
-    record.update(learning_rate=float(schedule(step)), alpha=config.alpha,
+    record.update(learning_rate=float(schedule(step)),
+                  alpha=float(steps.eval_alpha(step)),
                   wall_seconds=round(clock.wall_seconds(), 2),
                   train_seconds=round(train_seconds, 2),
                   time=round(time.time(), 2), source="train")
@@ -540,6 +580,7 @@ def _log_train(writer, step: int, pending: list[dict], schedule,
   keys = ("loss", "margin_loss", "reconstruction_loss", "accuracy")
   scalars = {f"train_{k}": float(np.mean([m[k] for m in fetched])) for k in keys}
   scalars["learning_rate"] = float(schedule(step))
+  scalars["alpha"] = float(fetched[-1]["alpha"])  # of the last step
   scalars["data_wait_seconds_per_step"] = data_wait / len(fetched)
   writer.write_scalars(step, scalars)
 
@@ -560,19 +601,20 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   model, state = setup_model_and_state(config, info, mesh)
   state = ckpt.restore(state)
   ckpt.close()
-  steps = Steps(config, model, mesh)
+  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
+                                                   config.batch_size)
+  steps = Steps(config, model, mesh, steps_per_epoch)
   eval_batch = (config.eval_batch_size or config.batch_size) // jax.process_count()
   t = time.monotonic()
   metrics = evaluate(steps, state, splits.test, eval_batch, info.num_test)
   step = int(state.step)
-  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
-                                                   config.batch_size)
   record = dict(step=step, epoch=round(step / steps_per_epoch, 4),
                 **_metrics_record("test", metrics))
   if splits.validation is not None:
     record.update(_metrics_record("validation", evaluate(
         steps, state, splits.validation, eval_batch, info.num_validation)))
-  record.update(eval_seconds=round(time.monotonic() - t, 2),
+  record.update(alpha=float(steps.eval_alpha(step)),
+                eval_seconds=round(time.monotonic() - t, 2),
                 time=round(time.time(), 2), source="eval")
   results = workdirs.read_results(workdir) or {}
   results.update(

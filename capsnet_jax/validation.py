@@ -10,6 +10,7 @@ import os
 from capsnet_jax import conv
 from capsnet_jax import datasets
 from capsnet_jax import decoders
+from capsnet_jax import losses
 from capsnet_jax import models
 from capsnet_jax.errors import ConfigError
 
@@ -18,16 +19,18 @@ SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
+LEAKY_VARIANTS = ("authors", "reference")
 
 
-def _choice(config, name: str, valid) -> None:
-  value = config.get(name)
+def _choice(config, name: str, valid, default=None) -> None:
+  value = config.get(name, default)
   if value not in valid:
     raise ConfigError(f"Unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
 
 
-def _positive(config, name: str, allow_zero: bool = False) -> None:
-  value = config.get(name)
+def _positive(config, name: str, allow_zero: bool = False,
+              default=None) -> None:
+  value = config.get(name, default)
   ok = value >= 0 if allow_zero else value > 0
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
     bound = ">= 0" if allow_zero else "> 0"
@@ -50,6 +53,18 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "conv_padding", ("valid", "same"))
+  # Defaults for workdirs recorded before these fields existed.
+  _choice(config, "reconstruction_loss", losses.RECONSTRUCTION_LOSSES, "l2")
+  _choice(config, "alpha_schedule", losses.ALPHA_SCHEDULES, "none")
+  _choice(config, "leaky_variant", LEAKY_VARIANTS, "authors")
+  _positive(config, "alpha_temperature", default=8.0)
+  model = config.get("model", "capsnet")
+  if (config.get("leaky_routing") and
+      config.get("leaky_variant") == "reference" and
+      "orphan_capsule" not in models.model_fields(model)):
+    raise ConfigError(f"leaky_variant 'reference' (an orphan class capsule) "
+                      f"is for the dynamic-routing CapsNet, not model "
+                      f"{model!r}")
   if config.get("validation_fraction", -1.0) >= 1.0:
     raise ConfigError("validation_fraction must be < 1 (negative: the "
                       f"setup's), got {config.validation_fraction!r}")

@@ -22,7 +22,7 @@ RESULTS_FILE = "results.json"
 # between runs on the same workdir.
 IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
                    "primary_types", "routing_iterations", "leaky_routing",
-                   "routing_stop_gradient", "compute_dtype",
+                   "leaky_variant", "routing_stop_gradient", "compute_dtype",
                    "validation_fraction", "conv_padding")
 
 

@@ -32,6 +32,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_norm = False
   config.routing_iterations = 3
   config.leaky_routing = False
+  # What leaky_routing adds: authors (an all-zero orphan logit in the routing
+  # softmax, the authors' code) | reference (an orphan class capsule that is
+  # never a target, so the margin loss pushes its length below 0.1: the
+  # PyTorch reference's --leaky; predictions and outputs leave it out).
+  config.leaky_variant = "authors"
   config.routing_stop_gradient = False
   config.primary_types = 0  # 0: the model's own (capsnet 32, tiny 4)
   config.conv_padding = "valid"  # valid | same (conv1 and primary capsules)
@@ -54,7 +59,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_rate = 0.96
   config.lr_decay_steps = 2000
   config.lr_min = 0.0  # floor of the decayed rate (0: none)
-  config.alpha = 0.0005  # weight of the reconstruction SSE
+  config.alpha = 0.0005  # weight of the reconstruction loss
+  # The reference's reconstruction tricks (its --loss and --anneal options).
+  # reconstruction_loss: l2 (per-image sum of squared errors) | l1 (of
+  # absolute errors). alpha_schedule (losses.annealed_alpha): none |
+  # tanh_shifted (its --anneal 1: alpha (tanh(epoch / T - pi) + 1) / 2) |
+  # tanh (its --anneal 2: alpha tanh(epoch / 2T)); "1" and "2" work too.
+  # The epoch is step // steps_per_epoch (the reference's first is 0), or
+  # step / steps_per_epoch with alpha_fractional_epochs (for short runs).
+  config.reconstruction_loss = "l2"
+  config.alpha_schedule = "none"
+  config.alpha_temperature = 8.0  # T, in epochs
+  config.alpha_fractional_epochs = False
   # Factor on the margin loss in the training objective (the paper's
   # equation: 1; the authors' code computes half of it: 0.5). Reported
   # margin losses are always the paper's equation.

@@ -254,3 +254,90 @@ def test_reference_init_has_the_reference_scales():
   assert float(np.std(w)) == pytest.approx(2.328e-6, rel=0.01)
   conv1 = np.asarray(params["stem"]["conv"]["kernel"])
   assert float(np.std(conv1)) == pytest.approx(1.960e-4, rel=0.02)
+
+
+# The reference's --leaky: one more class capsule and, as its decoder is built
+# for num_classes + 1 capsules, a decoder input of 11 * 16. By hand, MNIST:
+# class caps W gains 1152 * 16 * 8 = 147,456 and bias 16: 1,474,720 + 147,472
+# = 1,622,192. FC decoder: Dense(176 -> 512) instead of (160 -> 512), 16 * 512
+# = 8,192 more: 1,419,536. Deconv decoder: Dense(176 -> 396) 70,092 instead
+# of Dense(160 -> 360) 57,960, and ConvT(11 -> 32, k9) 28,544 instead of
+# ConvT(10 -> 32) 25,952: 250,121 + 12,132 + 2,592 = 264,845.
+ORPHAN_COUNTS = {  # decoder -> (total, class caps, decoder)
+    "fc": (20_992 + 5_308_672 + 1_622_192 + 1_419_536, 1_622_192, 1_419_536),
+    "deconv": (20_992 + 5_308_672 + 1_622_192 + 264_845, 1_622_192, 264_845),
+}
+
+
+@pytest.mark.parametrize("decoder", ["fc", "deconv"])
+def test_orphan_capsule_parameter_counts(decoder):
+  params = _shapes(models.CapsNetMNIST(decoder=decoder,
+                                       orphan_capsule=True))["params"]
+  total, class_caps, dec = ORPHAN_COUNTS[decoder]
+  assert _count(params) == total  # 8,371,392 (fc), 7,216,701 (deconv)
+  assert _count(params["class_caps"]) == class_caps
+  assert _count(params["decoder"]) == dec
+  assert params["class_caps"]["W"].shape == (1152, 11, 16, 8)
+
+
+def test_summary_counts_the_orphan_capsule(capsys):
+  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.leaky_routing, config.leaky_variant = True, "reference"
+  counts = summary.print_summary(config)
+  assert counts["total_params"] == 8_371_392
+  assert counts["class_caps_params"] == 1_622_192
+  assert counts["decoder_params"] == 1_419_536
+  assert counts["orphan_capsule"] is True
+  assert '"total_params": 8371392' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant,leaky,orphan", [
+    ("authors", True, False), ("reference", False, True)])
+def test_leaky_variant_selects_logit_or_capsule(variant, leaky, orphan):
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.leaky_routing, config.leaky_variant = True, variant
+  model = models.create_model(config)
+  assert (model.leaky_routing, model.orphan_capsule) == (leaky, orphan)
+  config.leaky_routing = False
+  model = models.create_model(config)
+  assert (model.leaky_routing, model.orphan_capsule) == (False, False)
+
+
+def test_orphan_capsule_is_left_out_of_predictions_and_outputs():
+  model = _tiny(orphan_capsule=True)
+  images = jax.random.uniform(jax.random.key(0), (3, 28, 28, 1))
+  labels = jnp.array([1, 2, 3])
+  variables = model.init(jax.random.key(1), images)
+  params = variables["params"]
+  assert params["class_caps"]["W"].shape[1] == 11
+  assert params["decoder"]["dense0"]["kernel"].shape[0] == 11 * 16
+  # A large orphan bias makes the orphan the longest capsule of every image.
+  bias = params["class_caps"]["bias"].at[10].set(5.0)
+  params = {**params, "class_caps": {**params["class_caps"], "bias": bias}}
+  out = model.apply({"params": params}, images, train=False)
+  assert out["lengths"].shape == (3, 10)
+  assert out["class_caps"].shape == (3, 10, 16)
+  assert out["coupling"].shape == (3, 6 * 6 * 4, 10)
+  orphan = np.asarray(out["orphan_lengths"])
+  lengths = np.asarray(out["lengths"])
+  assert np.all(orphan > 0.99) and np.all(orphan[:, None] > lengths)
+  np.testing.assert_array_equal(np.asarray(out["predictions"]),
+                                np.argmax(lengths, axis=-1))
+  # The decoder reconstructs from the predicted real capsule; the orphan's
+  # slot of its input is zero.
+  full = jnp.concatenate([out["class_caps"], jnp.ones((3, 1, 16))], axis=1)
+  masked = losses.mask_capsules(full, out["predictions"])
+  assert np.all(np.asarray(masked)[:, 10 * 16:] == 0)
+  expected = model.apply({"params": params}, masked,
+                         method=models.CapsNet.decode_masked)
+  np.testing.assert_allclose(np.asarray(out["reconstructions"]),
+                             np.asarray(expected), atol=1e-6)
+  # The margin loss sees the orphan: 0.5 * (|v_orphan| - 0.1)^2 more.
+  with_orphan = losses.margin_loss(out["lengths"], labels,
+                                   orphan_lengths=out["orphan_lengths"])
+  without = losses.margin_loss(out["lengths"], labels)
+  np.testing.assert_allclose(np.asarray(with_orphan - without),
+                             0.5 * (orphan - 0.1) ** 2, rtol=1e-5)

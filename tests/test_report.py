@@ -39,6 +39,15 @@ def test_summary_table_values(runs):
                      "0.0100 | - | 60 s |")
 
 
+def test_summary_shows_the_sse_of_l1_runs(tmp_path):
+  """An L1 run's reconstruction loss is a sum of absolute errors; the table's
+  SSE column shows the SSE it records beside it."""
+  record = dict(_record(2, 0.99, 1.0), test_reconstruction_loss=55.0,
+                test_reconstruction_sse=21.5)
+  row = report.summary_table({"l1": _workdir(tmp_path / "l1", [record])})
+  assert row.splitlines()[2].startswith("| l1 | 1 | 99.00% (1) | 99.00% | 21.50 |")
+
+
 def test_epochs_and_decoder_tables(runs):
   a, _ = runs
   rows = report.epochs_table(a).splitlines()
