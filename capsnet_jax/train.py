@@ -113,7 +113,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   Args:
     state: replicated TrainState.
-    batch: image [B, h, w, c] uint8 as stored, label [B] int32.
+    batch: image [B, h, w, c] uint8 as stored, label [B] int32; or, for
+      several objects per image (MultiMNIST), label [B, T] and targets
+      [B, T, H, W, C] uint8, each object's own image.
     model, preprocess, alpha, seed: static.
     target: images -> what the decoder reconstructs (datasets.Spec.target).
     nan_step: fault injection for tests: the loss is NaN at this step.
@@ -128,9 +130,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   def loss_fn(params):
     out, updates = model.apply(model_variables(state, params), images, labels,
-                               train=True, mutable=["batch_stats"])
+                               train=True, mutable=["batch_stats"],
+                               **_decoder_kwargs(labels))
     margin = losses.margin_loss(out["lengths"], labels)
-    sse = losses.reconstruction_sse(out["reconstructions"], target(images))
+    sse = _reconstruction_sse(out, images, batch, target, train=True)
     loss = jnp.mean(margin + alpha * sse)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
@@ -149,7 +152,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   metrics = dict(
       loss=loss, margin_loss=jnp.mean(margin),
       reconstruction_loss=jnp.mean(sse),
-      accuracy=jnp.mean(out["predictions"] == labels),
+      accuracy=jnp.mean(_correct(out, labels)),
       finite=finite, step=state.step)
   return new_state, metrics
 
@@ -159,19 +162,62 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               alpha: float) -> dict[str, jax.Array]:
   """Sums of test metrics over the real (mask = 1) examples of a batch.
 
-  batch: image [B, h, w, c], label [B], mask [B] (0 for padding).
+  batch: image [B, h, w, c], label [B], mask [B] (0 for padding); for
+  several objects per image, label [B, T] and targets (see train_step).
   """
   images = preprocess(batch["image"], jax.random.key(0))
   labels, mask = batch["label"], batch["mask"]
-  out = model.apply(model_variables(state), images, train=False)
+  out = model.apply(model_variables(state), images, train=False,
+                    **_decoder_kwargs(labels))
   margin = losses.margin_loss(out["lengths"], labels)
-  sse = losses.reconstruction_sse(out["reconstructions"], target(images, mask))
-  return dict(
+  sse = _reconstruction_sse(out, images, batch, target, mask)
+  sums = dict(
       count=jnp.sum(mask),
-      correct=jnp.sum(mask * (out["predictions"] == labels)),
+      correct=jnp.sum(mask * _correct(out, labels)),
       margin_loss=jnp.sum(mask * margin),
       reconstruction_loss=jnp.sum(mask * sse),
       loss=jnp.sum(mask * (margin + alpha * sse)))
+  if labels.ndim == 2:
+    sums["partly_correct"] = jnp.sum(
+        mask * losses.top_k_partly_correct(out["lengths"], labels))
+  return sums
+
+
+# Several objects per image (MultiMNIST; datasets.Spec.num_targets > 1): the
+# batch's label is [B, T] and the decoder reconstructs each object from its
+# own capsule (models.decode_each). These keep the single-label path as is.
+
+
+def _decoder_kwargs(labels: jax.Array) -> dict[str, Any]:
+  """model.apply's extra arguments: decode every object's capsule (the
+  labels' in training, the T longest at evaluation) for labels [B, T]."""
+  if labels.ndim == 2:
+    return dict(method=models.decode_each, num_targets=labels.shape[1])
+  return {}
+
+
+def _reconstruction_sse(out: dict, images: jax.Array, batch: dict,
+                        target: Callable, mask: jax.Array | None = None,
+                        train: bool = False) -> jax.Array:
+  """[B] per-image SSE against target(images); for several objects, the
+  sum over the objects of the SSE against each one's image, paired by label
+  in training and, at evaluation (capsules chosen by length), the better of
+  the two pairings."""
+  if batch["label"].ndim == 1:
+    return losses.reconstruction_sse(out["reconstructions"],
+                                     target(images, mask))
+  targets = augment.to_float(batch["targets"])
+  if train:
+    return losses.targets_sse(out["reconstructions"], targets)
+  return losses.matched_targets_sse(out["reconstructions"], targets)
+
+
+def _correct(out: dict, labels: jax.Array) -> jax.Array:
+  """[B]: the longest capsule is the label; for labels [B, T], the T
+  longest are exactly the labels (the paper's MultiMNIST rule)."""
+  if labels.ndim == 2:
+    return losses.top_k_correct(out["lengths"], labels)
+  return out["predictions"] == labels
 
 
 def predict_step(state: TrainState, images: jax.Array, *,
@@ -224,7 +270,9 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
 
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE) and loss
-    (margin + alpha * SSE), each a mean over the test set.
+    (margin + alpha * SSE), each a mean over the test set; with several
+    objects per image, partial_accuracy (at least one label among the
+    longest capsules) too.
   """
   per_process = -(-num_test // jax.process_count())
   num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
@@ -234,12 +282,15 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals["count"])
-  return dict(
+  metrics = dict(
       accuracy=float(totals["correct"]) / count,
       margin_loss=float(totals["margin_loss"]) / count,
       reconstruction_loss=float(totals["reconstruction_loss"]) / count,
       loss=float(totals["loss"]) / count,
       count=count)
+  if "partly_correct" in totals:
+    metrics["partial_accuracy"] = float(totals["partly_correct"]) / count
+  return metrics
 
 
 def reconstruction_grid(steps: Steps, state: TrainState,
@@ -501,6 +552,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       train_seconds_this_run=time.time() - t0,
       devices=jax.device_count(),
       processes=jax.process_count())
+  if "partial_accuracy" in last_eval:  # several objects per image
+    results["test_partial_accuracy"] = last_eval["partial_accuracy"]
   if lead:
     results.update(_best_of(records))
     workdirs.write_results(workdir, results)
@@ -579,6 +632,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
       test_reconstruction_loss=metrics["reconstruction_loss"],
       test_loss=metrics["loss"], num_params=count_params(state.params),
       dataset=info.name)
+  if "partial_accuracy" in metrics:  # several objects per image
+    results["test_partial_accuracy"] = metrics["partial_accuracy"]
   if jax.process_index() == 0:
     history.append(workdir, record)
     results.update(_best_of(history.read(workdir)))

@@ -43,6 +43,12 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   if config.data_setup == "efficient" and config.dataset != "mnist":
     raise ConfigError(f"data_setup 'efficient' (Efficient-CapsNet's MNIST "
                       f"augmentation) is for mnist, not {config.dataset!r}")
+  if (config.dataset, config.data_setup) not in datasets.SPECS:
+    valid = [s for d, s in datasets.SPECS if d == config.dataset]
+    raise ConfigError(f"data_setup {config.data_setup!r} is not defined for "
+                      f"{config.dataset}; valid: {', '.join(valid)}")
+  if config.dataset == "multimnist":
+    _positive(config, "multimnist_test_pairs")
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "decoder", decoders.DECODERS)
   _choice(config, "init", models.INITS)
@@ -74,7 +80,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
           f"{name}={value} is not divisible by the {device_count} devices; "
           f"use a multiple of {device_count}")
   if config.idx_dir:
-    if config.dataset != "mnist":
+    if datasets.get(config.dataset, config.data_setup).tfds_name != "mnist":
       raise ConfigError(f"idx_dir is for MNIST-format data, but dataset is "
                         f"{config.dataset!r}")
     if not os.path.isdir(config.idx_dir):
