@@ -328,3 +328,12 @@ def test_visualize(trained_mm):
   assert summary["num_test"] == 120
   with open(os.path.join(workdir, "results.json")) as f:
     assert summary["test_accuracy"] == pytest.approx(json.load(f)["test_accuracy"])
+
+
+def test_ensemble_accuracy_uses_the_paper_rule():
+  from capsnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  lengths = np.array([[0.9, 0.8, 0.1], [0.9, 0.1, 0.8], [0.2, 0.7, 0.6]])
+  # Top two: {0, 1}, {0, 2}, {1, 2}; labels {1, 0}, {0, 1}, {2, 1}: 2 of 3.
+  labels = np.array([[1, 0], [0, 1], [2, 1]])
+  assert ensemble.accuracy(lengths, labels) == pytest.approx(2 / 3)
+  assert ensemble.accuracy(lengths, np.array([0, 2, 1])) == pytest.approx(1.0)
