@@ -338,3 +338,26 @@ def test_ensemble_accuracy_uses_the_paper_rule():
   assert ensemble.accuracy(lengths, labels) == pytest.approx(2 / 3)
   # One label each: the longest capsules are 0, 0, 1; labels 0, 2, 1: 2 of 3.
   assert ensemble.accuracy(lengths, np.array([0, 2, 1])) == pytest.approx(2 / 3)
+
+
+def test_report_table(tmp_path):
+  from capsnet_jax import report  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"batch_size": 128}))
+  records = [
+      {"step": 234, "epoch": 0.5, "test_accuracy": 0.25,
+       "test_partial_accuracy": 0.875, "test_reconstruction_loss": 61.234,
+       "test_margin_loss": 0.12345, "wall_seconds": 5400.0, "source": "train"},
+      {"step": 234, "epoch": 0.5, "test_accuracy": 0.1, "source": "eval"},
+  ]
+  with open(workdir / "eval_history.jsonl", "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  rows = report.multimnist_table(str(workdir)).splitlines()
+  # 234 x 128 = 29,952 pairs; error 1 - 0.25 = 75.00%; 5400 s = 90.0 min
+  # (minutes below 2 hours). The --mode=eval record is left out.
+  assert rows[2] == ("| 234 (0.50) | 29,952 | 75.00% | 87.50% | 61.23 | "
+                     "0.1235 | 90.0 min |")
+  assert rows[3].startswith("| paper (60M training pairs, 10M test pairs) | "
+                            "60,000,000 | CapsNet 5.2%, baseline CNN 8.1% |")
+  assert len(rows) == 4
