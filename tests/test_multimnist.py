@@ -361,3 +361,25 @@ def test_report_table(tmp_path):
   assert rows[3].startswith("| paper (60M training pairs, 10M test pairs) | "
                             "60,000,000 | CapsNet 5.2%, baseline CNN 8.1% |")
   assert len(rows) == 4
+
+
+def test_predict_image_files(trained_mm, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import multimnist as mm  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import trained  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = trained_mm
+  splits = input_pipeline.load_splits(config, 0, 1)
+  pair = splits.test.images[:1][0, ..., 0]  # uint8 36x36, light on dark
+  # Saved dark on light at 72x72: predict inverts it and resizes to 36x36.
+  Image.fromarray(255 - pair).resize((72, 72), Image.NEAREST).save(
+      tmp_path / "pair.png")
+  model = trained.load(workdir)
+  [result] = model.predict_files([str(tmp_path / "pair.png")])
+  assert len(result["predictions"]) == 2
+  assert len(set(result["predictions"])) == 2
+  assert result["predictions"][0] == result["prediction"]  # longest first
+  assert len(result["capsule_lengths"]) == 10
+  shown = result["input"][..., 0]
+  assert shown.shape == (mm.CANVAS_SIZE, mm.CANVAS_SIZE)
+  # The same picture, light on dark again (Lanczos resampling: close).
+  assert np.abs(shown - pair / 255.0).mean() < 0.05
