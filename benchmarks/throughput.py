@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from capsnet_jax import datasets
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
 from capsnet_jax import validation
@@ -93,10 +94,17 @@ def _flops(jitted, *args) -> float | None:
   return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def _random_batch(info, batch_size: int, rng: np.random.Generator) -> dict:
-  return {"image": rng.integers(0, 256, (batch_size, *info.stored_shape), np.uint8),
-          "label": rng.integers(0, info.num_classes, batch_size).astype(np.int32),
-          "mask": np.ones(batch_size, np.float32)}
+def _random_batch(info, batch_size: int, rng: np.random.Generator,
+                  num_targets: int = 1) -> dict:
+  batch = {"image": rng.integers(0, 256, (batch_size, *info.stored_shape), np.uint8),
+           "label": rng.integers(0, info.num_classes, batch_size).astype(np.int32),
+           "mask": np.ones(batch_size, np.float32)}
+  if num_targets > 1:  # MultiMNIST: distinct labels, each object's image
+    batch["label"] = np.argsort(rng.random((batch_size, info.num_classes)),
+                                axis=1)[:, :num_targets].astype(np.int32)
+    batch["targets"] = rng.integers(
+        0, 256, (batch_size, num_targets, *info.stored_shape), np.uint8)
+  return batch
 
 
 def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
@@ -105,11 +113,12 @@ def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
   mesh = train.make_mesh()
   model, state = train.setup_model_and_state(config, info, mesh)
   steps = train.Steps(config, model, mesh)
-  batch = _random_batch(info, config.batch_size, np.random.default_rng(0))
+  batch = _random_batch(info, config.batch_size, np.random.default_rng(0),
+                       datasets.get(config.dataset, config.data_setup).num_targets)
   # XLA compiles inside _flops (lower().compile() fills jit's cache).
   t = time.perf_counter()
   if mode == "train":
-    batch = train.global_batch({k: batch[k] for k in ("image", "label")},
+    batch = train.global_batch({k: v for k, v in batch.items() if k != "mask"},
                                steps.sharded)
     flops = _flops(steps.train, state, batch)
     holder = {"state": state}

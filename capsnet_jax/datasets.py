@@ -26,6 +26,9 @@ Two setups per dataset (../shared/REFERENCE.md, "Recipes side by side"):
 A config field set to "auto" (lr_schedule, validation_fraction) takes
 the setup's value from here; any other value overrides it. Adding a dataset
 or setup is one entry in SPECS plus its test.
+
+MultiMNIST (``multimnist``, paper setup only) is built from MNIST on the fly
+(capsnet_jax.multimnist); its spec has num_targets = 2.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class Spec:
   validation_fraction, lr_schedule: the setup's defaults for the config
     fields of the same names when they are "auto" / negative.
   tfds_name, tfds_keys: what to read from tfds.
+  num_targets: objects per example. 1: a batch has label [B]; 2
+    (MultiMNIST): label [B, 2] and targets [B, 2, H, W, C], each object's
+    own image, which the decoder reconstructs from that object's capsule.
   """
   info: DatasetInfo
   train_fn: PreprocessFn
@@ -85,6 +91,7 @@ class Spec:
   lr_schedule: str
   tfds_name: str
   tfds_keys: tuple[str, ...] = ("image", "label")
+  num_targets: int = 1
 
   def target(self, images: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """What the sigmoid decoder reconstructs from model inputs [B, H, W, C].
@@ -231,11 +238,29 @@ def _cifar10(setup: str) -> Spec:
               tfds_name="cifar10")
 
 
+def _multimnist() -> Spec:
+  """MultiMNIST (Sabour et al., section 6; capsnet_jax.multimnist): two
+  MNIST digits of different classes, each padded to 36x36 and shifted by up
+  to 4 px, added and clipped. The host composes the pairs (stored uint8
+  36x36 overlays, fresh every step), so the device only scales them; the
+  targets are each digit's own shifted image in [0, 1]. The paper's setup
+  only: pixels in [0, 1], all 60,000 training digits, exponential decay.
+  num_test is the default number of fixed test pairs
+  (config.multimnist_test_pairs)."""
+  info = DatasetInfo("multimnist", "paper", (36, 36, 1), 10, 60000, 10000,
+                     tuple(str(i) for i in range(10)), (36, 36, 1))
+  return Spec(info, train_fn=lambda x, rng: _F(x), eval_fn=_F,
+              target_rule="input", standardized=False,
+              validation_fraction=0.0, lr_schedule="exponential",
+              tfds_name="mnist", num_targets=2)
+
+
 _BUILDERS = {"mnist": _mnist, "smallnorb": _smallnorb, "cifar10": _cifar10}
-DATASETS = tuple(_BUILDERS)
-SPECS = {(d, s): _BUILDERS[d](s) for d in DATASETS
+DATASETS = tuple(_BUILDERS) + ("multimnist",)
+SPECS = {(d, s): _BUILDERS[d](s) for d in _BUILDERS
          for s in ("reference", "paper")}
 SPECS[("mnist", "efficient")] = _mnist_efficient()
+SPECS[("multimnist", "paper")] = _multimnist()
 SETUPS = ("reference", "paper", "efficient")
 
 

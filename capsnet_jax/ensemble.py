@@ -36,6 +36,15 @@ def ensemble_predictions(lengths: list[np.ndarray]) -> tuple[np.ndarray, np.ndar
   return mean, np.argmax(mean, axis=-1)
 
 
+def accuracy(lengths: np.ndarray, labels: np.ndarray) -> float:
+  """Fraction right: the longest capsule is the label [N]; for labels
+  [N, T] (MultiMNIST), the T longest capsules are exactly the labels."""
+  if labels.ndim == 2:
+    top = np.argsort(-lengths, axis=-1, kind="stable")[:, :labels.shape[1]]
+    return float(np.mean(np.all(np.sort(top, 1) == np.sort(labels, 1), 1)))
+  return float(np.mean(np.argmax(lengths, -1) == labels))
+
+
 def member_config(workdir: str, base) -> ml_collections.ConfigDict:
   """``base`` updated with the fields of ``workdir``'s recorded config."""
   saved = trained.read_config(workdir)
@@ -79,13 +88,13 @@ def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
   lengths, accuracies = [], []
   for member, cfg in zip(members, configs):
     member_lengths = test_lengths(cfg, member, test.images)
-    accuracies.append(float(np.mean(np.argmax(member_lengths, -1) == test.labels)))
+    accuracies.append(accuracy(member_lengths, test.labels))
     logging.info("member %s: test accuracy %.4f", member, accuracies[-1])
     lengths.append(member_lengths)
-  _, predictions = ensemble_predictions(lengths)
+  mean_lengths, _ = ensemble_predictions(lengths)
   results = dict(
       ensemble_workdirs=members, member_test_accuracies=accuracies,
-      test_accuracy=float(np.mean(predictions == test.labels)),
+      test_accuracy=accuracy(mean_lengths, test.labels),
       num_models=len(members), dataset=info.name, num_test=len(test.labels))
   logging.info("ensemble of %d: test accuracy %.4f", len(members),
                results["test_accuracy"])

@@ -14,6 +14,10 @@ gather of uint8 images. The order of the examples depends only on
 (seed, epoch, process), so a resumed run sees exactly the batches an
 uninterrupted one would have.
 
+MultiMNIST's splits are multimnist.PairSplits over MNIST's digits: training
+pairs are drawn per step, test pairs are a fixed list (capsnet_jax.multimnist);
+train_batches and eval_batches serve them like any other split.
+
 TensorFlow is imported only when tfds is used, with its GPUs hidden.
 """
 
@@ -27,6 +31,7 @@ import numpy as np
 
 from capsnet_jax import datasets
 from capsnet_jax import idx
+from capsnet_jax import multimnist
 from capsnet_jax.errors import DataError
 
 DATASETS = datasets.DATASETS
@@ -202,6 +207,8 @@ def load_splits(config, process_index: int | None = None,
     process_index, process_count = jax.process_index(), jax.process_count()
   name, setup = config.dataset, config.data_setup
   info = dataset_info(name, setup)
+  if datasets.get(name, setup).num_targets > 1:
+    return _load_multimnist(config, info, process_index, process_count)
   if config.get("idx_dir"):
     splits = {}
     for split in ("train", "test"):
@@ -235,6 +242,57 @@ def load_splits(config, process_index: int | None = None,
   return Splits(train, validation, test, info)
 
 
+def _load_mnist_split(config, split: str, process_index: int,
+                      process_count: int) -> tuple[int, Split]:
+  """(examples over all processes, this process's shard) of an MNIST split,
+  from config.idx_dir or tfds."""
+  if config.get("idx_dir"):
+    images, labels = idx.load_mnist_idx(config.idx_dir, split)
+    return len(labels), Split(_shard(images, process_index, process_count),
+                              _shard(labels, process_index, process_count))
+  part = _load_tfds("mnist", "paper", split, config.get("tfds_data_dir"),
+                    process_index, process_count)
+  return _total(len(part), process_count, 60000 if split == "train" else
+                10000), part
+
+
+def _load_multimnist(config, info: DatasetInfo, process_index: int,
+                     process_count: int) -> Splits:
+  """MultiMNIST over MNIST: this process's shard of the training digits
+  (pairs drawn per step among them); the fixed test pairs over the whole test
+  split (config.multimnist_test_pairs), of which each process evaluates its
+  contiguous share; a validation hold-out (validation_fraction > 0) as fixed
+  pairs, one per held-out digit."""
+  num_train, train = _load_mnist_split(config, "train", process_index,
+                                       process_count)
+  _, test = _load_mnist_split(config, "test", 0, 1)
+  num_test = int(config.get("multimnist_test_pairs", info.num_test))
+  pairs = multimnist.fixed_pairs(test.labels, num_test)
+  test_pairs = pairs[np.array_split(np.arange(num_test), process_count)[
+      process_index]]
+  fraction = datasets.resolve(config, "validation_fraction")
+  train, held_out = holdout(train, fraction, process_index)
+  validation, num_validation = None, 0
+  if held_out is not None:
+    validation = multimnist.PairSplit(
+        held_out.images, held_out.labels,
+        multimnist.fixed_pairs(held_out.labels, len(held_out)))
+    num_validation = _total(len(held_out), process_count,
+                            int(math.floor(fraction * num_train)))
+    num_train -= num_validation
+  info = dataclasses.replace(info, num_train=num_train, num_test=num_test,
+                             num_validation=num_validation)
+  logging.info("multimnist from %s: pairs of %d/%d training digits drawn per "
+               "step, %d/%d fixed test pairs of the %d test digits, %d "
+               "validation pairs, in process %d of %d",
+               f"IDX folder {config.idx_dir}" if config.get("idx_dir") else
+               "tfds", len(train), num_train, len(test_pairs), num_test,
+               len(test), num_validation, process_index, process_count)
+  return Splits(multimnist.PairSplit(train.images, train.labels), validation,
+                multimnist.PairSplit(test.images, test.labels, test_pairs),
+                info)
+
+
 def _total(local: int, process_count: int, nominal: int) -> int:
   """Examples over all processes: the sum of every process's share (the
   nominal count where the shares are not of a real multi-process run)."""
@@ -264,8 +322,13 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int = 0,
   Epoch e is a permutation drawn from (seed, e, process_index); step s is the
   (s mod steps_per_epoch)-th batch of epoch s // steps_per_epoch, so the
   stream depends only on the step. num_steps_per_epoch must be equal in every
-  process (train.py passes num_train // global batch).
+  process (train.py passes num_train // global batch). MultiMNIST splits
+  give fresh pairs (multimnist.train_batches).
   """
+  if isinstance(split, multimnist.PairSplit):
+    yield from multimnist.train_batches(split, batch_size, seed, start_step,
+                                        process_index, num_steps_per_epoch)
+    return
   n = len(split)
   if batch_size > n:
     raise DataError(f"local batch size {batch_size} exceeds the {n} training "
@@ -289,6 +352,9 @@ def eval_batches(split: Split, batch_size: int, num_batches: int | None = None
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Every example once, in order, in ``num_batches`` batches of ``batch_size``;
   the padding at the end has mask 0 (the real examples mask 1)."""
+  if isinstance(split, multimnist.PairSplit):
+    yield from multimnist.eval_batches(split, batch_size, num_batches)
+    return
   n = len(split)
   num_batches = num_batches or num_eval_batches(n, batch_size)
   for b in range(num_batches):

@@ -13,6 +13,10 @@ Synopsis::
 The reference's reconstruction tricks (its --loss, --anneal, --leaky options)
 are here: L1 or L2 reconstruction loss, alpha annealed by the epoch, and the
 margin term of an "orphan" class capsule that is never a target.
+
+Several objects per image (MultiMNIST): labels [B, T] make T_k = 1 for each
+present class in the margin loss; targets_sse / matched_targets_sse sum the
+per-object SSE; top_k_correct is the paper's accuracy rule.
 """
 
 import math
@@ -36,7 +40,8 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
 
   Args:
     lengths: [B, K] class-capsule lengths.
-    labels: [B] integer labels.
+    labels: [B] integer labels, or [B, T] for T objects per image (T_k = 1
+      for each class present).
     orphan_lengths: [B] lengths of the reference's orphan capsule (its
       --leaky), a class that is never the target: it adds
       lambda max(0, |v_orphan| - m-)^2.
@@ -44,7 +49,7 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
   Returns:
     [B] float32.
   """
-  t = jax.nn.one_hot(labels, lengths.shape[-1], dtype=jnp.float32)
+  t = class_targets(labels, lengths.shape[-1])
   lengths = lengths.astype(jnp.float32)
   present = t * jnp.square(jnp.maximum(0.0, m_plus - lengths))
   absent = (1.0 - t) * jnp.square(jnp.maximum(0.0, lengths - m_minus))
@@ -154,3 +159,61 @@ def mask_capsules(class_caps: jax.Array, labels: jax.Array) -> jax.Array:
   """
   mask = jax.nn.one_hot(labels, class_caps.shape[1], dtype=class_caps.dtype)
   return (class_caps * mask[..., None]).reshape(class_caps.shape[0], -1)
+
+
+# --------------------------------------------------------------------------
+# Several objects per image (MultiMNIST).
+
+
+def class_targets(labels: jax.Array, num_classes: int) -> jax.Array:
+  """T_k: [B] labels -> one-hot [B, K]; [B, T] -> 1 for every class present."""
+  t = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return jnp.max(t, axis=1) if labels.ndim == 2 else t
+
+
+def targets_sse(reconstructions: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sum over the T objects of each one's per-image SSE.
+
+  Args:
+    reconstructions, targets: [B, T, H, W, C]; reconstruction t from object
+      t's capsule, target t that object's image alone.
+
+  Returns:
+    [B] float32.
+  """
+  diff = reconstructions.astype(jnp.float32) - targets.astype(jnp.float32)
+  return jnp.sum(jnp.square(diff), axis=(1, 2, 3, 4))
+
+
+def matched_targets_sse(reconstructions: jax.Array, targets: jax.Array
+                        ) -> jax.Array:
+  """targets_sse for two objects whose reconstructions come from predicted
+  capsules: the smaller of the two ways to pair them with the targets.
+
+  Args:
+    reconstructions, targets: [B, 2, H, W, C].
+  """
+  swapped = reconstructions[:, ::-1]
+  return jnp.minimum(targets_sse(reconstructions, targets),
+                     targets_sse(swapped, targets))
+
+
+def top_k_labels(lengths: jax.Array, k: int) -> jax.Array:
+  """The k longest capsules of each example, longest first: [B, K] -> [B, k]."""
+  return jax.lax.top_k(lengths, k)[1]
+
+
+def top_k_correct(lengths: jax.Array, labels: jax.Array) -> jax.Array:
+  """The paper's MultiMNIST rule: the T longest capsules are exactly the T
+  (distinct) labels [B, T]. Returns [B] bool."""
+  predicted = top_k_labels(lengths, labels.shape[1])
+  found = jnp.any(labels[:, :, None] == predicted[:, None, :], axis=-1)
+  return jnp.all(found, axis=-1)
+
+
+def top_k_partly_correct(lengths: jax.Array, labels: jax.Array) -> jax.Array:
+  """At least one of the labels [B, T] among the T longest capsules (the
+  authors' "almost correct"). Returns [B] bool."""
+  predicted = top_k_labels(lengths, labels.shape[1])
+  found = jnp.any(labels[:, :, None] == predicted[:, None, :], axis=-1)
+  return jnp.any(found, axis=-1)

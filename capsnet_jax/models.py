@@ -181,6 +181,37 @@ class CapsNet(nn.Module):
     return out
 
 
+def decode_each(module: nn.Module, images: jax.Array,
+                labels: jax.Array | None = None, num_targets: int = 2,
+                train: bool = False) -> dict[str, jax.Array]:
+  """Encode, then reconstruct each of several objects from its own capsule.
+
+  For ``model.apply(variables, images, labels, method=models.decode_each)``
+  with any model of CapsNet's contract (encode / decode): MultiMNIST, where
+  the decoder sees one digit's capsule at a time.
+
+  Args:
+    images: [B, H, W, C].
+    labels: [B, T] classes whose capsules are decoded (the true ones in
+      training); None: the ``num_targets`` longest capsules, longest first
+      (evaluation).
+
+  Returns:
+    ``encode``'s dict plus decoded_labels [B, T] and reconstructions
+    [B, T, H, W, C], reconstruction t from the capsule of decoded_labels[:, t]
+    alone.
+  """
+  out = module.encode(images, train)
+  if labels is None:
+    labels = losses.top_k_labels(out["lengths"], num_targets)
+  b, t = labels.shape
+  caps = jnp.repeat(out["class_caps"], t, axis=0)  # [B * T, K, D]
+  recon = module.decode(caps, labels.reshape(-1), train)
+  out["decoded_labels"] = labels
+  out["reconstructions"] = recon.reshape(b, t, *recon.shape[1:])
+  return out
+
+
 # Named variants, as in REFERENCE.md.
 CapsNetMNIST = functools.partial(CapsNet, num_classes=10, image_shape=(28, 28, 1))
 CapsNetSmallNORB = functools.partial(CapsNet, num_classes=5,

@@ -28,6 +28,9 @@ size, alpha composited over white) into an image as the dataset stores it:
               bounding box of the ink scaled to fit 20x20 keeping its aspect
               ratio (anti-aliased) and placed in 28x28 with its centre of
               mass at the centre, as MNIST was made (LeCun et al.); 8-bit.
+  MultiMNIST  grayscale, inverted as for MNIST, centre square crop,
+              resized to 36x36 (two overlapping digits filling the frame);
+              the JSON line adds "predictions", the two longest capsules.
   smallNORB   grayscale (both channels for the two-camera setup), centre
               square crop, resized to the stored 48x48.
   CIFAR10     RGB, centre square crop, resized to the stored 32x32.
@@ -252,6 +255,11 @@ def to_stored(image: np.ndarray, info, invert: str = "auto") -> np.ndarray:
   h, w, c = info.stored_shape
   if info.name == "mnist":
     x = mnist_digit(image, invert)[..., None]
+  elif info.name == "multimnist":
+    gray = _center_square(to_gray(np.asarray(image, np.float32)))
+    if should_invert(gray, invert):
+      gray = 1.0 - gray
+    x = _resize(gray, (h, w))[..., None]
   else:
     square = _center_square(np.asarray(image, np.float32))
     if c == 3:
@@ -301,6 +309,9 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
         image=path, prediction=pred, class_name=names[pred],
         capsule_lengths=[round(float(v), 6) for v in out["lengths"][i]],
         input=shown[i], reconstruction=out["reconstructions"][i])
+    if model.info.name == "multimnist":  # two digits: the two longest
+      by_path[path]["predictions"] = [
+          int(k) for k in np.argsort(-out["lengths"][i], kind="stable")[:2]]
   order = [spec for spec, _ in missing] + paths
   return [by_path[p] for p in order]
 
@@ -344,8 +355,8 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
       failed = True
       print(f"error: {r['image']}: {r['error']}", file=stderr, flush=True)
       continue
-    record = {k: r[k] for k in ("image", "prediction", "class_name",
-                                "capsule_lengths")}
+    record = {k: r[k] for k in ("image", "prediction", "predictions",
+                                "class_name", "capsule_lengths") if k in r}
     if out_dir:
       figure = os.path.join(out_dir, _figure_name(r["image"], used))
       side_by_side(r["input"], r["reconstruction"]).save(figure)

@@ -3,6 +3,7 @@
   python -m capsnet_jax.report paper=runs/mnist ref=runs/mnist_ref        # summary
   python -m capsnet_jax.report --table=epochs --every=5 runs/mnist        # per epoch
   python -m capsnet_jax.report --table=decoders fc=runs/dec_fc ...        # vs reference
+  python -m capsnet_jax.report --table=multimnist runs/multimnist         # vs the paper
   python -m capsnet_jax.report runs/a runs/b --curves=curves.png          # PNG
   python -m capsnet_jax.report --update=README.md                         # regenerate
 
@@ -16,6 +17,7 @@ to FILE's folder), so each table carries the command that made it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -139,6 +141,37 @@ def decoders_table(runs: dict[str, str]) -> str:
   return "\n".join(lines)
 
 
+# Sabour et al. 2017, section 6: MultiMNIST classification error (the two
+# most active capsules must be the two labels).
+PAPER_MULTIMNIST_ERROR = {"CapsNet": 5.2, "baseline CNN": 8.1}
+
+
+def multimnist_table(workdir: str, batch_size: int | None = None) -> str:
+  """A MultiMNIST run per evaluation: its classification error by the
+  paper's rule beside the paper's, the share with at least one label right,
+  the losses and the wall time. Pairs seen = step x batch size (read from
+  WORKDIR/config.json unless given)."""
+  records = load(workdir)
+  if batch_size is None:
+    with open(os.path.join(workdir, "config.json")) as f:
+      batch_size = int(json.load(f)["batch_size"])
+  lines = ["| step (epoch) | training pairs seen | test error (both labels) | "
+           "test pairs with one label right or both | test RLoss (SSE, both "
+           "digits) | test MLoss | wall time since start |",
+           "|---|---|---|---|---|---|---|"]
+  for r in records:
+    partial = r.get("test_partial_accuracy")
+    lines.append(
+        f"| {r['step']} ({_epoch(r)}) | {int(r['step']) * batch_size:,} | "
+        f"{100 * (1 - r['test_accuracy']):.2f}% | {_pct(partial)} | "
+        f"{r['test_reconstruction_loss']:.2f} | {r['test_margin_loss']:.4f} | "
+        f"{_duration(r.get('wall_seconds'))} |")
+  paper = ", ".join(f"{k} {v}%" for k, v in PAPER_MULTIMNIST_ERROR.items())
+  lines.append(f"| paper (60M training pairs, 10M test pairs) | 60,000,000 | "
+               f"{paper} | - | - | - | - |")
+  return "\n".join(lines)
+
+
 def plot(runs: dict[str, str], path: str) -> None:
   """Test accuracy, margin and reconstruction loss against the epoch."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -187,6 +220,8 @@ def render(argv: Sequence[str], base: str = "") -> str:
     return summary_table(runs)
   if args.table == "decoders":
     return decoders_table(runs)
+  if args.table == "multimnist":
+    return "\n\n".join(multimnist_table(w) for w in runs.values())
   return "\n\n".join(epochs_table(w, args.every) for w in runs.values())
 
 
@@ -217,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
       prog="python -m capsnet_jax.report",
       description="Tables and curves from eval_history.jsonl of workdirs.")
   p.add_argument("workdirs", nargs="*", help="WORKDIR or LABEL=WORKDIR")
-  p.add_argument("--table", choices=("summary", "epochs", "decoders"),
+  p.add_argument("--table", choices=("summary", "epochs", "decoders",
+                                     "multimnist"),
                  default="summary")
   p.add_argument("--every", type=int, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")

@@ -114,8 +114,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   Args:
     state: replicated TrainState.
-    batch: image [B, h, w, c] uint8 as stored, label [B] int32.
-    model, preprocess, alpha, seed, reconstruction_loss: static.
+    batch: image [B, h, w, c] uint8 as stored, label [B] int32; or, for
+      several objects per image (MultiMNIST), label [B, T] and targets
+      [B, T, H, W, C] uint8, each object's own image.
+    model, preprocess, seed, reconstruction_loss: static.
     alpha: the reconstruction weight, or step -> weight
       (losses.alpha_schedule), evaluated here at state.step.
     target: images -> what the decoder reconstructs (datasets.Spec.target).
@@ -132,11 +134,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
   def loss_fn(params):
     out, updates = model.apply(model_variables(state, params), images, labels,
-                               train=True, mutable=["batch_stats"])
+                               train=True, mutable=["batch_stats"],
+                               **_decoder_kwargs(labels))
     margin = losses.margin_loss(out["lengths"], labels,
                                 orphan_lengths=out.get("orphan_lengths"))
-    rec = losses.reconstruction_loss(out["reconstructions"], target(images),
-                                     reconstruction_loss)
+    rec, _ = _reconstruction_loss(out, images, batch, target,
+                                  reconstruction_loss, train=True)
     loss = jnp.mean(margin_scale * margin + alpha * rec)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
@@ -155,7 +158,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   metrics = dict(
       loss=loss, margin_loss=jnp.mean(margin),
       reconstruction_loss=jnp.mean(rec),
-      accuracy=jnp.mean(out["predictions"] == labels),
+      accuracy=jnp.mean(_correct(out, labels)),
       finite=finite, step=state.step, alpha=jnp.asarray(alpha, jnp.float32))
   return new_state, metrics
 
@@ -166,28 +169,76 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               ) -> dict[str, jax.Array]:
   """Sums of test metrics over the real (mask = 1) examples of a batch.
 
-  batch: image [B, h, w, c], label [B], mask [B] (0 for padding).
+  batch: image [B, h, w, c], label [B], mask [B] (0 for padding); for
+  several objects per image, label [B, T] and targets (see train_step).
   alpha: a weight or step -> weight, evaluated at state.step.
   With an L1 reconstruction loss, reconstruction_sse sums the SSE too.
   """
   images = preprocess(batch["image"], jax.random.key(0))
   labels, mask = batch["label"], batch["mask"]
   alpha = alpha(state.step) if callable(alpha) else alpha
-  out = model.apply(model_variables(state), images, train=False)
+  out = model.apply(model_variables(state), images, train=False,
+                    **_decoder_kwargs(labels))
   margin = losses.margin_loss(out["lengths"], labels,
                               orphan_lengths=out.get("orphan_lengths"))
-  recon, tgt = out["reconstructions"], target(images, mask)
-  rec = losses.reconstruction_loss(recon, tgt, reconstruction_loss)
+  rec, sse = _reconstruction_loss(out, images, batch, target,
+                                  reconstruction_loss, mask=mask)
   sums = dict(
       count=jnp.sum(mask),
-      correct=jnp.sum(mask * (out["predictions"] == labels)),
+      correct=jnp.sum(mask * _correct(out, labels)),
       margin_loss=jnp.sum(mask * margin),
       reconstruction_loss=jnp.sum(mask * rec),
       loss=jnp.sum(mask * (margin + alpha * rec)))
   if reconstruction_loss != "l2":
-    sums["reconstruction_sse"] = jnp.sum(
-        mask * losses.reconstruction_sse(recon, tgt))
+    sums["reconstruction_sse"] = jnp.sum(mask * sse)
+  if labels.ndim == 2:
+    sums["partly_correct"] = jnp.sum(
+        mask * losses.top_k_partly_correct(out["lengths"], labels))
   return sums
+
+
+# Several objects per image (MultiMNIST; datasets.Spec.num_targets > 1): the
+# batch's label is [B, T] and the decoder reconstructs each object from its
+# own capsule (models.decode_each). These keep the single-label path as is.
+
+
+def _decoder_kwargs(labels: jax.Array) -> dict[str, Any]:
+  """model.apply's extra arguments: decode every object's capsule (the
+  labels' in training, the T longest at evaluation) for labels [B, T]."""
+  if labels.ndim == 2:
+    return dict(method=models.decode_each, num_targets=labels.shape[1])
+  return {}
+
+
+def _reconstruction_loss(out: dict, images: jax.Array, batch: dict,
+                         target: Callable, kind: str,
+                         mask: jax.Array | None = None, train: bool = False
+                         ) -> tuple[jax.Array, jax.Array]:
+  """([B] reconstruction loss of ``kind``, [B] per-image SSE) against
+  target(images). For several objects (SSE only; validation refuses l1), the
+  sum over the objects of the SSE against each one's image, paired by label
+  in training and, at evaluation (capsules chosen by length), the better of
+  the two pairings."""
+  if batch["label"].ndim == 1:
+    recon, tgt = out["reconstructions"], target(images, mask)
+    sse = losses.reconstruction_sse(recon, tgt)
+    if kind == "l2":
+      return sse, sse
+    return losses.reconstruction_loss(recon, tgt, kind), sse
+  targets = augment.to_float(batch["targets"])
+  if train:
+    sse = losses.targets_sse(out["reconstructions"], targets)
+  else:
+    sse = losses.matched_targets_sse(out["reconstructions"], targets)
+  return sse, sse
+
+
+def _correct(out: dict, labels: jax.Array) -> jax.Array:
+  """[B]: the longest capsule is the label; for labels [B, T], the T
+  longest are exactly the labels (the paper's MultiMNIST rule)."""
+  if labels.ndim == 2:
+    return losses.top_k_correct(out["lengths"], labels)
+  return out["predictions"] == labels
 
 
 def predict_step(state: TrainState, images: jax.Array, *,
@@ -262,7 +313,9 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
     reconstruction_loss=l1, then also reconstruction_sse) and loss
-    (margin + alpha * reconstruction loss), each a mean over the test set.
+    (margin + alpha * reconstruction loss), each a mean over the test set;
+    with several objects per image, partial_accuracy (at least one label
+    among the longest capsules) too.
   """
   per_process = -(-num_test // jax.process_count())
   num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
@@ -280,6 +333,8 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
       count=count)
   if "reconstruction_sse" in totals:
     metrics["reconstruction_sse"] = float(totals["reconstruction_sse"]) / count
+  if "partly_correct" in totals:
+    metrics["partial_accuracy"] = float(totals["partly_correct"]) / count
   return metrics
 
 
@@ -543,6 +598,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       train_seconds_this_run=time.time() - t0,
       devices=jax.device_count(),
       processes=jax.process_count())
+  if "partial_accuracy" in last_eval:  # several objects per image
+    results["test_partial_accuracy"] = last_eval["partial_accuracy"]
   if lead:
     results.update(_best_of(records))
     workdirs.write_results(workdir, results)
@@ -623,6 +680,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
       test_reconstruction_loss=metrics["reconstruction_loss"],
       test_loss=metrics["loss"], num_params=count_params(state.params),
       dataset=info.name)
+  if "partial_accuracy" in metrics:  # several objects per image
+    results["test_partial_accuracy"] = metrics["partial_accuracy"]
   if jax.process_index() == 0:
     history.append(workdir, record)
     results.update(_best_of(history.read(workdir)))

@@ -46,6 +46,12 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   if config.data_setup == "efficient" and config.dataset != "mnist":
     raise ConfigError(f"data_setup 'efficient' (Efficient-CapsNet's MNIST "
                       f"augmentation) is for mnist, not {config.dataset!r}")
+  if (config.dataset, config.data_setup) not in datasets.SPECS:
+    valid = [s for d, s in datasets.SPECS if d == config.dataset]
+    raise ConfigError(f"data_setup {config.data_setup!r} is not defined for "
+                      f"{config.dataset}; valid: {', '.join(valid)}")
+  if config.dataset == "multimnist":
+    _positive(config, "multimnist_test_pairs")
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "decoder", decoders.DECODERS)
   _choice(config, "init", models.INITS)
@@ -65,6 +71,14 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError(f"leaky_variant 'reference' (an orphan class capsule) "
                       f"is for the dynamic-routing CapsNet, not model "
                       f"{model!r}")
+  if datasets.get(config.dataset, config.data_setup).num_targets > 1:
+    if config.get("reconstruction_loss", "l2") != "l2":
+      raise ConfigError(f"reconstruction_loss {config.reconstruction_loss!r} "
+                        f"is for one object per image; {config.dataset} "
+                        f"reconstructs each object with the SSE (l2)")
+    if config.get("leaky_routing") and config.get("leaky_variant") == "reference":
+      raise ConfigError(f"leaky_variant 'reference' (an orphan class capsule) "
+                        f"is for one object per image, not {config.dataset}")
   if config.get("validation_fraction", -1.0) >= 1.0:
     raise ConfigError("validation_fraction must be < 1 (negative: the "
                       f"setup's), got {config.validation_fraction!r}")
@@ -91,7 +105,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
           f"{name}={value} is not divisible by the {device_count} devices; "
           f"use a multiple of {device_count}")
   if config.idx_dir:
-    if config.dataset != "mnist":
+    if datasets.get(config.dataset, config.data_setup).tfds_name != "mnist":
       raise ConfigError(f"idx_dir is for MNIST-format data, but dataset is "
                         f"{config.dataset!r}")
     if not os.path.isdir(config.idx_dir):

@@ -20,6 +20,13 @@ reads the latest checkpoint of WORKDIR and writes into WORKDIR/figures/:
   confusion_matrix.png  test-set confusion matrix (counts in confusion_matrix.json)
   summary.json          the numbers behind the figures
 
+For MultiMNIST workdirs (two digits per image) it writes multimnist.png
+instead (the paper's Figure 5: each input, the reconstructions from the two
+longest capsules in red and green, and those from the true labels' capsules;
+the first test pairs, then failures) and perturbation.png, and logs why the
+single-digit figures (reconstructions, rotation, primary_caps,
+confusion_matrix) are skipped.
+
 and the same images to TensorBoard. The array-producing functions
 (rotation_sweep, perturbation_grid, confusion_matrix, ...) are separate from
 the plotting so that their results can be checked.
@@ -205,6 +212,39 @@ def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,
               images=images.reshape(len(top), len(coefficients), *images.shape[1:]))
 
 
+def two_digit_examples(model: trained.TrainedModel, images: np.ndarray,
+                       labels: np.ndarray, lengths: np.ndarray
+                       ) -> dict[str, np.ndarray]:
+  """What the MultiMNIST figure shows of some test pairs.
+
+  Args:
+    images: stored uint8 [N, H, W, C] overlays; labels: [N, 2];
+    lengths: their capsule lengths [N, K].
+
+  Returns:
+    inputs [N, H, W, C]; predicted [N, 2] (the two longest capsules, longest
+    first); predicted_recons and true_recons [N, 2, H, W, C], decoded from
+    the capsules of predicted / labels; correct [N] (the paper's rule).
+  """
+  out = model.predict_stored(images, ("class_caps",))
+  predicted = np.argsort(-lengths, axis=1, kind="stable")[:, :2]
+  decode = lambda which: np.stack(
+      [model.decode(out["class_caps"], which[:, t]) for t in range(2)], axis=1)
+  correct = np.all(np.sort(predicted, 1) == np.sort(labels, 1), axis=1)
+  return dict(inputs=model.display(model.preprocess(images)),
+              labels=np.asarray(labels), predicted=predicted,
+              predicted_recons=decode(predicted), true_recons=decode(labels),
+              correct=correct)
+
+
+def red_green(pair: np.ndarray) -> np.ndarray:
+  """Two single-channel images [2, H, W, 1] as one RGB image: the first in
+  red, the second in green (yellow where they overlap)."""
+  rgb = np.zeros((*pair.shape[1:3], 3), np.float32)
+  rgb[..., 0], rgb[..., 1] = pair[0, ..., 0], pair[1, ..., 0]
+  return np.clip(rgb, 0, 1)
+
+
 # --------------------------------------------------------------------------
 # Plotting.
 
@@ -364,6 +404,37 @@ def plot_confusion(matrix, class_names, path):
   _save(fig, path)
 
 
+def plot_two_digits(shown, failures, accuracy, num_test, path):
+  """The paper's Figure 5: per column the input with its labels (L), the
+  reconstructions from the two longest capsules (R, red = longest, green =
+  second) and from the labels' capsules (red = first label)."""
+  blocks = [("test pairs", shown)] + ([("failures", failures)]
+                                      if len(failures["inputs"]) else [])
+  cols = max(len(b["inputs"]) for _, b in blocks)
+  fig, axes = plt.subplots(3 * len(blocks), cols,
+                           figsize=(1.15 * cols, 3.7 * len(blocks)),
+                           squeeze=False)
+  for bi, (title, b) in enumerate(blocks):
+    for j in range(cols):
+      top, mid, bottom = (axes[3 * bi + r, j] for r in range(3))
+      if j >= len(b["inputs"]):
+        for ax in (top, mid, bottom):
+          ax.axis("off")
+        continue
+      (l1, l2), (p1, p2) = b["labels"][j], b["predicted"][j]
+      _show(top, b["inputs"][j], f"L:({l1},{l2})")
+      _show(mid, red_green(b["predicted_recons"][j]),
+            f"R:({p1},{p2})" + ("" if b["correct"][j] else " wrong"))
+      _show(bottom, red_green(b["true_recons"][j]), f"L:({l1},{l2})")
+    axes[3 * bi, 0].set_ylabel(f"{title}\ninput", fontsize=7)
+    axes[3 * bi + 1, 0].set_ylabel("two longest\ncapsules", fontsize=7)
+    axes[3 * bi + 2, 0].set_ylabel("true labels'\ncapsules", fontsize=7)
+  fig.suptitle(f"MultiMNIST: inputs and reconstructions (red: first, green: "
+               f"second capsule); both labels right on {100 * accuracy:.2f}% "
+               f"of {num_test} test pairs", fontsize=8)
+  _save(fig, path)
+
+
 # --------------------------------------------------------------------------
 # The command.
 
@@ -388,6 +459,9 @@ def visualize(config, workdir: str) -> dict[str, Any]:
     os.makedirs(out_dir, exist_ok=True)
   names = info.class_names
   t0 = time.time()
+  if test.labels.ndim == 2:  # several digits per image
+    return _visualize_two_digits(config, workdir, model, test, out_dir, lead,
+                                 t0)
 
   # Plain predictions on the test set, and the confusion matrix.
   out = model.predict_stored(test.images, ("lengths", "predictions"))
@@ -462,6 +536,65 @@ def visualize(config, workdir: str) -> dict[str, Any]:
     with open(os.path.join(out_dir, "confusion_matrix.json"), "w") as f:
       json.dump({"class_names": list(names), "rows_true_columns_predicted":
                  matrix.tolist()}, f, indent=1)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    writer = metric_logging.create_writer(workdir, lead=True)
+    writer.write_images(step, {f"figures/{k}": _tensorboard_image(p)
+                               for k, p in paths.items()})
+    writer.flush()
+    logging.info("Figures of step %d written to %s in %.0f s", step, out_dir,
+                 summary["seconds"])
+  return summary
+
+
+MULTIMNIST_SKIPPED = {
+    "reconstructions": "multimnist.png shows the reconstructions of both digits",
+    "rotation": "its accuracy is that of one digit per image",
+    "primary_caps": "its decoder reconstructs one digit per image from one "
+                    "class's coupling",
+    "confusion_matrix": "it counts one label per image",
+}
+# MultiMNIST figure: pairs searched for failures (the paper's 10M test set
+# need not be predicted whole for a picture).
+MAX_FIGURE_PAIRS = 10000
+
+
+def _visualize_two_digits(config, workdir: str, model: trained.TrainedModel,
+                          test, out_dir: str, lead: bool, t0: float
+                          ) -> dict[str, Any]:
+  """visualize() for MultiMNIST: multimnist.png, perturbation.png and
+  summary.json; the single-digit figures are skipped with a log line."""
+  for name, why in MULTIMNIST_SKIPPED.items():
+    logging.info("visualize: %s.png skipped for %s: %s", name,
+                 model.info.name, why)
+  step = model.step
+  num = min(len(test), MAX_FIGURE_PAIRS)
+  images, labels = test.images[:num], test.labels[:num]
+  lengths = model.predict_stored(images, ("lengths",))["lengths"]
+  top2 = np.sort(np.argsort(-lengths, axis=1, kind="stable")[:, :2], 1)
+  right = np.all(top2 == np.sort(labels, 1), axis=1)
+  n = config.visualize_num_images
+  wrong = np.flatnonzero(~right)[:n]
+  shown = two_digit_examples(model, images[:n], labels[:n], lengths[:n])
+  failures = two_digit_examples(model, images[wrong], labels[wrong],
+                                lengths[wrong])
+  order = np.argsort(-lengths[:min(3, n)], axis=1)[:, 0]
+  caps = model.predict_stored(images[:min(3, n)], ("class_caps",))["class_caps"]
+  grids = [perturbation_grid(model, caps[i], int(order[i]))
+           for i in range(len(order))]
+  summary = dict(
+      checkpoint_step=step, test_accuracy=float(np.mean(right)),
+      num_test=int(num), num_failures=int(np.sum(~right)),
+      failures_shown=[int(i) for i in wrong],
+      skipped={k + ".png": v for k, v in MULTIMNIST_SKIPPED.items()},
+      seconds=time.time() - t0)
+  if lead:
+    paths = {name: os.path.join(out_dir, f"{name}.png")
+             for name in ("multimnist", "perturbation")}
+    plot_two_digits(shown, failures, summary["test_accuracy"], num,
+                    paths["multimnist"])
+    plot_perturbations(grids, order, model.info.class_names,
+                       paths["perturbation"])
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
     writer = metric_logging.create_writer(workdir, lead=True)

@@ -13,12 +13,15 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Data. dataset: mnist | smallnorb | cifar10. data_setup: reference (the
-  # PyTorch reference's preprocessing) | paper (Sabour et al.'s) | efficient
+  # Data. dataset: mnist | smallnorb | cifar10 | multimnist (paper setup
+  # only; configs/multimnist.py). data_setup: reference (the PyTorch
+  # reference's preprocessing) | paper (Sabour et al.'s) | efficient
   # (Efficient-CapsNet's MNIST augmentation; mnist only).
   config.dataset = "mnist"
   config.data_setup = "reference"
   config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.
+  # MultiMNIST: fixed test pairs of the MNIST test split (the paper: 10M).
+  config.multimnist_test_pairs = 10000
   config.tfds_data_dir = ""  # tfds data_dir; "" = tfds's default.
   # Fraction of the training set held out as a validation split, evaluated
   # beside the test set (< 0: the setup's; reference 0.1, paper 0).
