@@ -282,7 +282,8 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
     One dict per file (and per spec naming nothing), in order: either
     {"image", "prediction", "class_name", "capsule_lengths", "input",
     "reconstruction"} (input: the model input as displayed, reconstruction:
-    the decoder's output, both [H, W, C] in [0, 1]) or {"image", "error"}.
+    the decoder's output, both [H, W, C] in [0, 1]; None for a model without
+    decoder, bundled weights) or {"image", "error"}.
   """
   if invert not in INVERT:
     raise ValueError(f"Unknown invert {invert!r}; valid: {', '.join(INVERT)}")
@@ -299,7 +300,9 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
     return results
   stored = np.stack(stored)
   inputs = model.preprocess(stored)
-  out = model.predict(inputs, ("lengths", "predictions", "reconstructions"))
+  keys = ("lengths", "predictions") + (
+      ("reconstructions",) if model.has_decoder else ())
+  out = model.predict(inputs, keys)
   shown = model.display(inputs)
   names = model.info.class_names
   by_path = {r["image"]: r for r in results}
@@ -308,7 +311,8 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
     by_path[path] = dict(
         image=path, prediction=pred, class_name=names[pred],
         capsule_lengths=[round(float(v), 6) for v in out["lengths"][i]],
-        input=shown[i], reconstruction=out["reconstructions"][i])
+        input=shown[i], reconstruction=(out["reconstructions"][i]
+                                        if model.has_decoder else None))
     if model.info.name == "multimnist":  # two digits: the two longest
       by_path[path]["predictions"] = [
           int(k) for k in np.argsort(-out["lengths"][i], kind="stable")[:2]]
@@ -316,16 +320,20 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
   return [by_path[p] for p in order]
 
 
-def side_by_side(inputs: np.ndarray, reconstruction: np.ndarray,
+def side_by_side(inputs: np.ndarray, reconstruction: np.ndarray | None,
                  scale: int = 4) -> Image.Image:
   """[H, W, C] input and reconstruction in [0, 1] -> one image, input left,
-  enlarged ``scale`` times (nearest), a 1-px grey line between them."""
+  enlarged ``scale`` times (nearest), a 1-px grey line between them (the
+  input alone without a reconstruction)."""
   def rgb(x):
     x = np.clip(np.asarray(x, np.float32), 0, 1)
     return x if x.shape[-1] == 3 else np.repeat(x[..., :1], 3, axis=-1)
-  a, b = rgb(inputs), rgb(reconstruction)
-  line = np.full((a.shape[0], 1, 3), 0.5, np.float32)
-  pair = np.concatenate([a, line, b], axis=1)
+  a = rgb(inputs)
+  if reconstruction is None:
+    pair = a
+  else:
+    line = np.full((a.shape[0], 1, 3), 0.5, np.float32)
+    pair = np.concatenate([a, line, rgb(reconstruction)], axis=1)
   im = Image.fromarray(np.round(pair * 255).astype(np.uint8))
   return im.resize((im.width * scale, im.height * scale),
                    Image.Resampling.NEAREST)

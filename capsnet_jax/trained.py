@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from capsnet_jax import augment
+from capsnet_jax import bundled
 from capsnet_jax import checkpoints
 from capsnet_jax import conv
 from capsnet_jax import input_pipeline
@@ -73,7 +74,7 @@ def open_checkpoints(workdir: str) -> checkpoints.Checkpointer:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict | None:
   """WORKDIR/config.json (written when training starts), or None."""
-  path = os.path.join(workdir, workdirs.CONFIG_FILE)
+  path = os.path.join(bundled.resolve(workdir), workdirs.CONFIG_FILE)
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -126,7 +127,9 @@ def load(workdir: str, which="latest", config=None,
   """Restores a checkpoint of ``workdir`` for inference.
 
   Args:
-    workdir: a training workdir.
+    workdir: a training workdir, or bundled weights ("bundled:NAME" or the
+      bundle's folder; capsnet_jax.bundled), which have one state and no
+      decoder.
     which: "latest", "best" (highest test accuracy) or a step number.
     config: the run's config; None reads WORKDIR/config.json. A given config
       must describe the same model and data as the workdir's record.
@@ -135,8 +138,10 @@ def load(workdir: str, which="latest", config=None,
   Raises:
     errors.WorkdirError: no checkpoint (or no such one), no config.json and
       no config given, a config of another model, a checkpoint that does not
-      match the model.
+      match the model; bundled weights that are damaged or do not match.
   """
+  if bundled.is_bundle(workdir):
+    return _load_bundle(bundled.resolve(workdir), config, batch_size)
   ckpt = open_checkpoints(workdir)
   try:
     step = _select_step(ckpt, which, workdir)
@@ -171,6 +176,40 @@ def load(workdir: str, which="latest", config=None,
                which, workdir)
   return TrainedModel(workdir=workdir, config=config, model=model, state=state,
                       info=info, mesh=mesh, batch_size=batch)
+
+
+def _load_bundle(folder: str, config, batch_size: int | None
+                 ) -> "TrainedModel":
+  """load() for a bundle: its variables on the model's structure (the
+  decoder and optimiser state zero and unused)."""
+  meta, variables = bundled.read(folder)
+  if config is None:
+    config = read_config(folder)
+  else:
+    workdirs.check_compatible(folder, config)
+  validation.validate_config(config, "eval")
+  info = input_pipeline.dataset_info(config.dataset, config.data_setup)
+  mesh = mesh_lib.make_mesh()
+  model = models.create_model(config, image_shape=info.image_shape,
+                              num_classes=info.num_classes)
+  shapes = jax.eval_shape(lambda: train.create_train_state(
+      config, model, jax.random.key(config.seed)))
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  state = zeros.replace(
+      step=np.asarray(meta["step"], zeros.step.dtype),
+      params=bundled.fill(zeros.params, variables["params"], "parameter"),
+      batch_stats=(bundled.fill(zeros.batch_stats,
+                                variables.get("batch_stats", {}),
+                                "batch statistic")
+                   if zeros.batch_stats else zeros.batch_stats))
+  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  batch = batch_size or config.get("eval_batch_size") or config.batch_size
+  batch = -(-int(batch) // jax.device_count()) * jax.device_count()
+  logging.info("Loaded the bundled weights %s (step %d, test accuracy %s)",
+               folder, meta["step"], meta.get("test_accuracy"))
+  return TrainedModel(workdir=folder, config=config, model=model, state=state,
+                      info=info, mesh=mesh, batch_size=batch,
+                      has_decoder=bool(meta.get("decoder", False)))
 
 
 # --------------------------------------------------------------------------
@@ -221,6 +260,9 @@ class TrainedModel:
   info: input_pipeline.DatasetInfo
   mesh: jax.sharding.Mesh
   batch_size: int
+  # False for bundled weights, which leave the decoder out: no
+  # reconstructions (predict's default outputs leave them out too).
+  has_decoder: bool = True
 
   @property
   def step(self) -> int:
@@ -261,6 +303,9 @@ class TrainedModel:
     unknown = set(keys) - set(OUTPUT_KEYS)
     if unknown:
       raise ValueError(f"Unknown outputs {sorted(unknown)}; valid: {OUTPUT_KEYS}")
+    if not self.has_decoder and "reconstructions" in keys:
+      raise ValueError(f"{self.workdir} has no decoder (bundled weights): "
+                       "no reconstructions")
     if stored:
       images = self._check(images, self.info.stored_shape,
                            "stored images (uint8)", np.uint8)
@@ -275,7 +320,13 @@ class TrainedModel:
         results[k].append(_fetch(out[k])[:real])
     return {k: np.concatenate(v) for k, v in results.items()}
 
-  def predict(self, images, keys: Sequence[str] = PREDICT_KEYS
+  @property
+  def predict_keys(self) -> tuple[str, ...]:
+    """predict's default outputs (without reconstructions if no decoder)."""
+    return PREDICT_KEYS if self.has_decoder else tuple(
+        k for k in PREDICT_KEYS if k != "reconstructions")
+
+  def predict(self, images, keys: Sequence[str] | None = None
               ) -> dict[str, np.ndarray]:
     """Model outputs for float model inputs [N, H, W, C] (info.image_shape).
 
@@ -284,13 +335,13 @@ class TrainedModel:
     class_caps [N, K, D]; with ``keys`` also primary_caps [N, P, 8] and
     coupling [N, P, K].
     """
-    return self._run(False, images, tuple(keys))
+    return self._run(False, images, tuple(keys or self.predict_keys))
 
-  def predict_stored(self, images, keys: Sequence[str] = PREDICT_KEYS
+  def predict_stored(self, images, keys: Sequence[str] | None = None
                      ) -> dict[str, np.ndarray]:
     """``predict`` for uint8 images as the dataset stores them
     [N, *info.stored_shape], after the dataset's test preprocessing."""
-    return self._run(True, images, tuple(keys))
+    return self._run(True, images, tuple(keys or self.predict_keys))
 
   def preprocess(self, images) -> np.ndarray:
     """Stored uint8 images -> float model inputs (test preprocessing)."""
@@ -310,6 +361,8 @@ class TrainedModel:
   def decode(self, class_caps, labels) -> np.ndarray:
     """Reconstructions [N, H, W, C] from class capsules [N, K, D], each
     masked to its ``labels`` [N] capsule."""
+    if not self.has_decoder:
+      raise ValueError(f"{self.workdir} has no decoder (bundled weights)")
     class_caps = np.asarray(class_caps, np.float32)
     labels = np.asarray(labels, np.int32)
     fns, variables = self._fns, self.variables

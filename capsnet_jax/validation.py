@@ -58,7 +58,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
   _choice(config, "lr_schedule", LR_SCHEDULES)
-  _choice(config, "conv_padding", ("valid", "same"))
+  _choice(config, "conv_padding", ("valid", "same"), "valid")
   # Defaults for workdirs recorded before these fields existed.
   _choice(config, "reconstruction_loss", losses.RECONSTRUCTION_LOSSES, "l2")
   _choice(config, "alpha_schedule", losses.ALPHA_SCHEDULES, "none")
@@ -83,9 +83,9 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError("validation_fraction must be < 1 (negative: the "
                       f"setup's), got {config.validation_fraction!r}")
   for name in ("batch_size", "learning_rate", "routing_iterations",
-               "margin_loss_scale",
                "log_every_steps", "keep_checkpoints"):
     _positive(config, name)
+  _positive(config, "margin_loss_scale", default=1.0)
   for name in ("primary_types", "alpha", "eval_batch_size", "eval_every_steps",
                "checkpoint_every_steps", "lr_decay_steps", "lr_min"):
     _positive(config, name, allow_zero=True)

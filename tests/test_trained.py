@@ -134,3 +134,26 @@ def test_errors_are_one_line_workdir_errors(run, tmp_path):
     trained.load(workdir).predict(np.zeros((2, 32, 32, 1)))
   with pytest.raises(ValueError, match="Unknown outputs"):
     trained.load(workdir).predict(np.zeros((1, 28, 28, 1)), ("logits",))
+
+
+def test_bundle_made_from_the_workdir_predicts_the_same(run, tmp_path):
+  """capsnet_jax.bundled.export: the best checkpoint without the decoder,
+  loaded back through trained.load, gives the workdir's lengths."""
+  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  workdir, _, results, test = run
+  meta = bundled.export(workdir, "tiny", "best", str(tmp_path))
+  folder = tmp_path / "tiny"
+  assert sorted(os.listdir(folder)) == ["config.json", "weights.json",
+                                        "weights.msgpack"]
+  best = trained.load(workdir, which="best")
+  assert meta["step"] == best.step and meta["decoder"] is False
+  assert meta["test_accuracy"] == pytest.approx(results["best_test_accuracy"])
+  # The tiny model's 234,896 less its FC decoder (hidden 16, 32):
+  # 160*16+16 + 16*32+32 + 32*784+784 = 2,576 + 544 + 25,872 = 28,992.
+  assert meta["params"] == 234_896 - 28_992
+  bundle = trained.load(str(folder))
+  assert bundle.step == best.step and not bundle.has_decoder
+  images = test.images[:40]
+  np.testing.assert_allclose(
+      bundle.predict_stored(images, ("lengths",))["lengths"],
+      best.predict_stored(images, ("lengths",))["lengths"], atol=1e-6)

@@ -17,7 +17,7 @@ from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import ConfigError, WorkdirError
 from configs import default
-from test_train import _restore_params, tiny_config
+from test_train import _restore_state, tiny_config
 
 # tanh_shifted with T = 0.5 epochs, alpha = 0.05: 0.05 (tanh(2 e - pi) + 1) / 2
 # at epoch e, typed from a calculator.
@@ -88,8 +88,8 @@ def test_history_records_the_alpha_of_each_evaluation(runs):
 
 def test_resumed_parameters_equal_uninterrupted(idx_dir, runs):
   straight, resumed, _, _ = runs
-  a = _restore_params(resumed, _config(idx_dir))
-  b = _restore_params(straight, _config(idx_dir))
+  a = _restore_state(resumed, _config(idx_dir))
+  b = _restore_state(straight, _config(idx_dir))
   assert int(a.step) == int(b.step) == 18
   assert a.params["class_caps"]["W"].shape[1] == 11  # the orphan capsule
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):

@@ -1,0 +1,125 @@
+"""The bundled Efficient-CapsNet MNIST weights (capsnet_jax/weights): files,
+checksum and size, real test digits through the Python API and the command
+line without training, damaged and unknown bundles, making a bundle."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capsnet_jax import bundled
+from capsnet_jax import errors
+from capsnet_jax import trained
+from conftest import ROOT, SHARED_MNIST
+
+BUNDLE = ROOT / "capsnet_jax" / "weights" / "mnist_efficient"
+
+
+def _meta():
+  return json.loads((BUNDLE / "weights.json").read_text())
+
+
+def _real_test_set():
+  if not SHARED_MNIST.is_dir():
+    pytest.skip("no ../shared/data/mnist")
+  from capsnet_jax import idx  # pylint: disable=g-import-not-at-top
+  return idx.load_mnist_idx(str(SHARED_MNIST), "test")
+
+
+def test_files_checksum_and_size():
+  meta = _meta()
+  data = (BUNDLE / "weights.msgpack").read_bytes()
+  assert hashlib.sha256(data).hexdigest() == meta["sha256"]
+  assert len(data) == meta["bytes"] and len(data) < 1_000_000
+  config = json.loads((BUNDLE / "config.json").read_text())
+  assert (config["model"], config["dataset"], config["data_setup"]) == (
+      "efficient_capsnet", "mnist", "efficient")
+  assert config["idx_dir"] == ""  # no path of the machine that trained it
+  # The paper's count (Mazzia et al. 2021, Table 1): the decoder is left out.
+  assert meta["params"] == 161_824 and meta["left_out"] == ["decoder"]
+  assert "mnist_efficient" in bundled.names()
+
+
+@pytest.fixture(name="model", scope="module")
+def fixture_model():
+  return trained.load("bundled:mnist_efficient")
+
+
+def test_real_test_digits_as_the_training_run_measured(model):
+  images, labels = _real_test_set()
+  meta = _meta()
+  assert model.step == meta["step"]
+  # The model holds the decoder's shape (zeros): 1,573,168 parameters in all.
+  assert model.num_params == 1_573_168
+  out = model.predict_stored(images, ("predictions",))
+  errors_made = int(np.sum(out["predictions"] != labels))
+  # The training run's own evaluation of this step (train.evaluate, recorded
+  # in its eval_history.jsonl) found the same number of errors.
+  assert errors_made == round((1 - meta["test_accuracy"]) * len(labels))
+  assert errors_made <= 100  # >= 99.0%
+
+
+def test_no_decoder_no_reconstructions(model):
+  x = np.zeros((2, 28, 28, 1), np.float32)
+  assert sorted(model.predict(x)) == ["class_caps", "lengths", "predictions"]
+  with pytest.raises(ValueError, match="no decoder"):
+    model.predict(x, ("lengths", "reconstructions"))
+  with pytest.raises(ValueError, match="no decoder"):
+    model.decode(np.zeros((2, 10, 16)), np.zeros(2, np.int32))
+
+
+def test_damaged_or_unknown_bundle(tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(BUNDLE, copy)
+  with open(copy / "weights.msgpack", "r+b") as f:
+    f.seek(1000)
+    byte = f.read(1)
+    f.seek(1000)
+    f.write(bytes([byte[0] ^ 1]))
+  with pytest.raises(errors.WorkdirError, match="sha256 .* differs"):
+    trained.load(str(copy))
+  with pytest.raises(errors.WorkdirError,
+                     match="no bundled weights called 'nope'; bundled: .*"
+                           "mnist_efficient"):
+    trained.load("bundled:nope")
+  os.remove(copy / "config.json")
+  with pytest.raises(errors.WorkdirError, match="has no config.json"):
+    trained.load(str(copy))
+
+
+def test_command_line_predicts_digit_files_without_training(model, tmp_path):
+  images, labels = _real_test_set()
+  out = model.predict_stored(images[:50], ("predictions",))["predictions"]
+  right = [i for i in range(50) if out[i] == labels[i]][:6]
+  folder = tmp_path / "digits"
+  folder.mkdir()
+  for k, i in enumerate(right):
+    digit = Image.fromarray(images[i, ..., 0])
+    if k == 1:  # dark on light: inverted by --invert=auto
+      digit = Image.fromarray(255 - images[i, ..., 0])
+    if k == 2:
+      digit = digit.resize((100, 100), Image.BICUBIC)
+    digit.save(folder / f"{i:03d}.png")
+  args = [sys.executable, str(ROOT / "main.py"),
+          "--config=configs/mnist_efficient.py", "--mode=predict",
+          "--workdir=bundled:mnist_efficient", f"--images={folder}",
+          f"--out={tmp_path / 'out'}"]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert len(lines) == len(right)
+  for r in lines:
+    i = int(os.path.basename(r["image"])[:3])
+    assert r["prediction"] == labels[i], r
+    with Image.open(r["figure"]) as im:  # the input alone: no decoder
+      assert im.size == (4 * 28, 4 * 28)
+
