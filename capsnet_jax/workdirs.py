@@ -29,8 +29,13 @@ IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
 def _identity(config) -> dict[str, Any]:
   identity = {k: config.get(k) for k in IDENTITY_FIELDS}
   # 0 means the model's default; records of earlier runs hold the number.
+  # Models without the field (Efficient-CapsNet) ignore it: not compared.
   from capsnet_jax import models  # pylint: disable=g-import-not-at-top
-  identity["primary_types"] = models.primary_types(config)
+  model = config.get("model", "capsnet")
+  if model in models.MODELS and "primary_types" not in models.model_fields(model):
+    identity["primary_types"] = None
+  else:
+    identity["primary_types"] = models.primary_types(config)
   return identity
 
 
@@ -54,7 +59,7 @@ def check_compatible(workdir: str, config) -> None:
     saved = json.load(f)
   diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now"
            for k, v in _identity(config).items()
-           if k in saved and saved[k] != v]
+           if k in saved and v is not None and saved[k] != v]
   if diffs:
     raise WorkdirError(
         f"workdir {workdir!r} holds a run of a different configuration "
