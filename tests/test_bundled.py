@@ -108,7 +108,8 @@ def test_command_line_predicts_digit_files_without_training(model, tmp_path):
     digit.save(folder / f"{i:03d}.png")
   args = [sys.executable, str(ROOT / "main.py"),
           "--config=configs/mnist_efficient.py", "--mode=predict",
-          "--workdir=bundled:mnist_efficient", f"--images={folder}",
+          "--workdir=bundled:mnist_efficient",
+          f"--images={folder},{ROOT / 'docs' / 'examples'}",
           f"--out={tmp_path / 'out'}"]
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="2")
@@ -116,8 +117,15 @@ def test_command_line_predicts_digit_files_without_training(model, tmp_path):
                           text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = [json.loads(line) for line in result.stdout.splitlines()]
-  assert len(lines) == len(right)
+  # The README's quick-start images: mnist_test{i}_label{k}.png.
+  examples = [r for r in lines if "examples" in r["image"]]
+  assert len(examples) == 3 and len(lines) == len(right) + 3
+  for r in examples:
+    name = os.path.basename(r["image"])
+    assert r["prediction"] == labels[int(name[10])] == int(name[-5]), r
   for r in lines:
+    if r in examples:
+      continue
     i = int(os.path.basename(r["image"])[:3])
     assert r["prediction"] == labels[i], r
     with Image.open(r["figure"]) as im:  # the input alone: no decoder

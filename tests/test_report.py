@@ -45,7 +45,7 @@ def test_summary_shows_the_sse_of_l1_runs(tmp_path):
   record = dict(_record(2, 0.99, 1.0), test_reconstruction_loss=55.0,
                 test_reconstruction_sse=21.5)
   row = report.summary_table({"l1": _workdir(tmp_path / "l1", [record])})
-  assert row.splitlines()[2].startswith("| l1 | 1 | 99.00% (1) | 99.00% | 21.50 |")
+  assert row.splitlines()[2].startswith("| l1 | 1 | 99.00% (1) | 99.00% | - | 21.50 |")
 
 
 def test_epochs_and_decoder_tables(runs):
