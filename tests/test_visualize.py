@@ -1,5 +1,6 @@
-"""--mode=visualize on a tiny trained workdir: the figures exist and the
-arrays behind them are what they claim."""
+"""--mode=visualize on a tiny trained workdir: the figures exist, the
+summary agrees with training's evaluation, the primary decoder is cached.
+The arrays' own tests: test_analysis.py; the drawing's: test_plots.py."""
 
 import json
 import os
@@ -8,9 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capsnet_jax import input_pipeline
 from capsnet_jax import train
-from capsnet_jax import trained
 from capsnet_jax import visualize
 from test_train import tiny_config
 
@@ -59,58 +58,20 @@ def test_confusion_matrix_counts_every_test_image(visualized):
   assert np.trace(matrix) / matrix.sum() == pytest.approx(results["test_accuracy"])
 
 
-def test_rotate_is_exact_at_multiples_of_90_degrees():
-  image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
-  np.testing.assert_array_equal(visualize.rotate(image, 0), image)
-  np.testing.assert_array_equal(visualize.rotate(image, 90)[0, ..., 0],
-                                np.rot90(image[0, ..., 0]))
-  np.testing.assert_array_equal(visualize.rotate(image, -180)[0, ..., 0],
-                                np.rot90(image[0, ..., 0], 2))
-
-
-def test_arrays_behind_perturbation_and_primary_caps(visualized):
+def test_primary_decoder_is_cached(visualized):
   workdir, config, _, summary = visualized
-  _, test, _ = input_pipeline.load_datasets(config, 0, 1)
-  model = trained.load(workdir, config=config, batch_size=8)
-  out = model.predict_stored(test.images[:2])
-  grid = visualize.perturbation_grid(model, out["class_caps"][0],
-                                     int(out["predictions"][0]))
-  assert grid.shape == (16, 11, 28, 28, 1)
-  zero = list(visualize.PERTURBATION_OFFSETS).index(0.0)
-  for d in range(16):  # offset 0 is the plain reconstruction
-    np.testing.assert_allclose(grid[d, zero], out["reconstructions"][0], atol=1e-5)
-  assert not np.allclose(grid[0, 0], grid[0, -1])
-  # The primary decoder was cached by the first call and is reused.
   assert summary["primary_decoder_trained_now"]
-  params, _ = visualize.train_primary_decoder(model, test.images[:16], 2, 8)
-  coefficients = np.linspace(0, 1, 4)
-  rows = visualize.primary_capsule_rows(model, params, test.images[0], 3,
-                                        coefficients)
-  assert rows["images"].shape == (3, 4, 28, 28, 1)
-  # Recomputed from the model's outputs: the rows are the 3 capsules with the
-  # longest coupling-weighted vectors towards the prediction, longest first,
-  # and row r, column k decodes capsule r alone, scaled by coefficient k.
-  one = model.predict_stored(test.images[:1], visualize.PRIMARY_KEYS)
-  pred = int(one["predictions"][0])
-  caps = one["primary_caps"][0]  # [144, 8]
-  weighted = caps * one["coupling"][0, :, pred, None]
-  norms = np.linalg.norm(weighted, axis=-1)
-  assert rows["prediction"] == pred
-  np.testing.assert_array_equal(rows["capsules"], np.argsort(-norms)[:3])
-  assert np.all(np.diff(norms[rows["capsules"]]) <= 0)
-  module = visualize.PrimaryDecoder((28, 28, 1))
-  inputs = np.zeros((3, 4, *caps.shape), np.float32)
-  for r, i in enumerate(rows["capsules"]):
-    inputs[r, :, i] = coefficients[:, None] * caps[i]
-  expected = np.asarray(module.apply({"params": params},
-                                     inputs.reshape(12, *caps.shape)))
-  np.testing.assert_allclose(rows["images"].reshape(12, 28, 28, 1), expected,
-                             atol=1e-5)
-  # Different capsules draw different images.
-  assert not np.allclose(rows["images"][0, -1], rows["images"][1, -1],
-                         atol=1e-3)
-  np.testing.assert_allclose(rows["full"], np.asarray(module.apply(
-      {"params": params}, weighted[None]))[0], atol=1e-5)
-  again = visualize.visualize(config, workdir)
+  cache = os.path.join(workdir, "figures", visualize.PRIMARY_DECODER_FILE)
+  assert os.path.getsize(cache) > 1000
+  again, arrays = visualize.make_figures(config, workdir)
   assert not again["primary_decoder_trained_now"]
+  assert not arrays["primary_caps"]["trained_now"]
   assert again["rotation_accuracy"] == summary["rotation_accuracy"]
+  # The arrays behind the figures: the sweep of the summary, 8 rows of 8
+  # coefficients, 16 x 11 decodings for each of the first 3 test images.
+  np.testing.assert_array_equal(arrays["rotation"]["sweep"]["accuracy"],
+                                summary["rotation_accuracy"])
+  assert arrays["primary_caps"]["images"].shape == (8, 8, 28, 28, 1)
+  assert arrays["perturbation"]["grids"].shape == (3, 16, 11, 28, 28, 1)
+  np.testing.assert_array_equal(arrays["perturbation"]["capsules"],
+                                arrays["reconstructions"]["predictions"][:3])

@@ -1,0 +1,208 @@
+"""capsnet_jax.analysis: the arrays behind the figures, against values
+recomputed from the model's own outputs or worked out by hand.
+
+The model is the tiny CapsNet with its initial parameters (no training, no
+checkpoint): the functions only need a trained.TrainedModel. XLA's
+convolutions compile in about a second on CPU.
+"""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from capsnet_jax import analysis
+from capsnet_jax import input_pipeline
+from capsnet_jax import mesh as mesh_lib
+from capsnet_jax import models
+from capsnet_jax import train
+from capsnet_jax import trained
+from configs import default
+from conftest import ROOT, synthetic_digits
+
+
+@pytest.fixture(name="model", scope="module")
+def fixture_model():
+  config = default.get_config()
+  config.update(model="tiny", conv_impl="xla", batch_size=8)
+  info = input_pipeline.dataset_info(config.dataset, config.data_setup)
+  mesh = mesh_lib.make_mesh()
+  net = models.create_model(config, info.image_shape, info.num_classes)
+  state = jax.device_put(train.create_train_state(config, net, jax.random.key(0)),
+                         mesh_lib.replicated(mesh))
+  return trained.TrainedModel(workdir="(initial parameters)", config=config,
+                              model=net, state=state, info=info, mesh=mesh,
+                              batch_size=8)
+
+
+@pytest.fixture(name="images", scope="module")
+def fixture_images():
+  return synthetic_digits(12, seed=3)[0][..., None]  # uint8 [12, 28, 28, 1]
+
+
+def test_analysis_imports_no_matplotlib():
+  script = ("import sys; import capsnet_jax.analysis; "
+            "print([m for m in sys.modules if m.startswith('matplotlib')])")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, check=True)
+  assert out.stdout.split("\n")[0] == "[]"
+
+
+def test_rotate_is_exact_at_multiples_of_90_degrees():
+  image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+  np.testing.assert_array_equal(analysis.rotate(image, 0), image)
+  np.testing.assert_array_equal(analysis.rotate(image, 90)[0, ..., 0],
+                                np.rot90(image[0, ..., 0]))
+  np.testing.assert_array_equal(analysis.rotate(image, -180)[0, ..., 0],
+                                np.rot90(image[0, ..., 0], 2))
+
+
+def test_confusion_matrix_by_hand():
+  labels = np.array([0, 0, 1, 2, 2, 2])
+  predictions = np.array([0, 1, 1, 2, 0, 2])
+  np.testing.assert_array_equal(
+      analysis.confusion_matrix(predictions, labels, 3),
+      [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
+
+
+def test_two_digit_rules_by_hand():
+  lengths = np.array([[0.9, 0.8, 0.1], [0.5, 0.5, 0.9], [0.2, 0.7, 0.6]])
+  # Longest first; the tie in row 1 goes to the lower class.
+  np.testing.assert_array_equal(analysis.top_two(lengths),
+                                [[0, 1], [2, 0], [1, 2]])
+  labels = np.array([[1, 0], [2, 1], [0, 2]])
+  np.testing.assert_array_equal(analysis.two_digits_right(lengths, labels),
+                                [True, False, False])
+
+
+def test_weighted_primary_caps_by_hand():
+  out = dict(primary_caps=np.arange(12, dtype=np.float32).reshape(2, 3, 2),
+             coupling=np.zeros((2, 3, 4), np.float32),
+             predictions=np.array([1, 3]))
+  out["coupling"][0, :, 1] = [0.5, 0.0, 2.0]
+  out["coupling"][1, :, 3] = [1.0, 0.25, 0.0]
+  out["coupling"][0, :, 0] = 9.0  # another class's coupling: not used
+  np.testing.assert_array_equal(analysis.weighted_primary_caps(out), [
+      [[0, 0.5], [0, 0], [8, 10]], [[6, 7], [2, 2.25], [0, 0]]])
+
+
+def test_primary_grid_shape():
+  config = default.get_config()
+  config.model = "tiny"
+  # 28 -> 9x9 conv: 20 -> 9x9 stride 2: 6; the tiny model has 4 types.
+  assert analysis.primary_grid_shape(config, (28, 28, 1)) == (6, 6, 4)
+  config.model = "capsnet"
+  assert analysis.primary_grid_shape(config, (32, 32, 3)) == (8, 8, 32)
+
+
+def test_rotation_sweep_and_strip(model, images):
+  angles = [-90, 0, 90, 180]
+  # Labels: the predictions at 0 degrees, so that accuracy there is 1.
+  plain = model.predict_stored(images, ("lengths", "predictions"))
+  labels = plain["predictions"]
+  sweep = analysis.rotation_sweep(model, images, labels, angles)
+  assert sweep["num_examples"] == 12
+  np.testing.assert_array_equal(sweep["angles"], angles)
+  for a, angle in enumerate(angles):
+    rotated = np.rot90(images, angle // 90, axes=(1, 2))  # counter-clockwise
+    out = model.predict_stored(np.ascontiguousarray(rotated),
+                               ("lengths", "predictions"))
+    assert sweep["accuracy"][a] == pytest.approx(
+        np.mean(out["predictions"] == labels))
+    assert sweep["mean_true_length"][a] == pytest.approx(
+        np.mean(out["lengths"][np.arange(12), labels]), rel=1e-6)
+  assert sweep["accuracy"][1] == 1.0 and sweep["accuracy"].min() < 1.0
+
+  strip = analysis.rotation_strip(model, images[0], angles)
+  rotated = np.stack([np.rot90(images[0], k, axes=(0, 1))
+                      for k in (-1, 0, 1, 2)])
+  out = model.predict_stored(rotated)
+  np.testing.assert_array_equal(strip["predictions"], out["predictions"])
+  np.testing.assert_allclose(strip["confidence"], out["lengths"].max(-1),
+                             rtol=1e-6)
+  np.testing.assert_allclose(strip["reconstructions"], out["reconstructions"],
+                             atol=1e-6)
+  # The displayed inputs: pixels / 255 (MNIST's reconstruction target).
+  np.testing.assert_allclose(strip["inputs"], rotated / 255.0, atol=1e-6)
+
+
+def test_perturbation_grid(model, images):
+  out = model.predict_stored(images[:1])
+  caps, label = out["class_caps"][0], int(out["predictions"][0])
+  grid = analysis.perturbation_grid(model, caps, label)
+  assert grid.shape == (16, 11, 28, 28, 1)
+  zero = list(analysis.PERTURBATION_OFFSETS).index(0.0)
+  for d in range(16):  # offset 0 is the plain reconstruction
+    np.testing.assert_allclose(grid[d, zero], out["reconstructions"][0], atol=1e-5)
+  # Row 5, column 0: dimension 5 of the capsule moved by -0.25, decoded.
+  moved = caps.copy()
+  moved[label, 5] -= 0.25
+  np.testing.assert_allclose(grid[5, 0], model.decode(moved[None], [label])[0],
+                             atol=1e-5)
+  assert not np.allclose(grid[0, 0], grid[0, -1])
+
+
+def test_primary_decoder_training_and_cache(model, images, tmp_path):
+  params, losses = analysis.train_primary_decoder(model, images, 15, 8)
+  assert len(losses) == 15 and losses[-1] < losses[0]
+  template = analysis.init_primary_decoder(model)
+  assert jax.tree.map(np.shape, template) == jax.tree.map(np.shape, params)
+  path = str(tmp_path / "decoder.msgpack")
+  assert analysis.read_primary_decoder(path, template, 8) is None
+  analysis.write_primary_decoder(path, params, 8)
+  assert analysis.read_primary_decoder(path, template, 9) is None  # other step
+  back = analysis.read_primary_decoder(path, template, 8)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_primary_capsule_rows(model, images):
+  params = analysis.init_primary_decoder(model, seed=1)
+  coefficients = np.linspace(0, 1, 4)
+  rows = analysis.primary_capsule_rows(model, params, images[0], 3, coefficients)
+  assert rows["images"].shape == (3, 4, 28, 28, 1)
+  # Recomputed from the model's outputs: the rows are the 3 capsules with the
+  # longest coupling-weighted vectors towards the prediction, longest first,
+  # and row r, column k decodes capsule r alone, scaled by coefficient k.
+  one = model.predict_stored(images[:1], analysis.PRIMARY_KEYS)
+  pred = int(one["predictions"][0])
+  caps = one["primary_caps"][0]  # [144, 8]
+  weighted = caps * one["coupling"][0, :, pred, None]
+  norms = np.linalg.norm(weighted, axis=-1)
+  assert rows["prediction"] == pred
+  np.testing.assert_array_equal(rows["capsules"], np.argsort(-norms)[:3])
+  assert np.all(np.diff(norms[rows["capsules"]]) <= 0)
+  np.testing.assert_allclose(rows["coupling"],
+                             one["coupling"][0, rows["capsules"], pred])
+  module = analysis.PrimaryDecoder((28, 28, 1))
+  inputs = np.zeros((3, 4, *caps.shape), np.float32)
+  for r, i in enumerate(rows["capsules"]):
+    inputs[r, :, i] = coefficients[:, None] * caps[i]
+  expected = np.asarray(module.apply({"params": params},
+                                     inputs.reshape(12, *caps.shape)))
+  np.testing.assert_allclose(rows["images"].reshape(12, 28, 28, 1), expected,
+                             atol=1e-5)
+  # Different capsules draw different images.
+  assert not np.allclose(rows["images"][0, -1], rows["images"][1, -1],
+                         atol=1e-4)
+  np.testing.assert_allclose(rows["full"], np.asarray(module.apply(
+      {"params": params}, weighted[None]))[0], atol=1e-5)
+
+
+def test_two_digit_examples(model, images):
+  lengths = model.predict_stored(images[:4], ("lengths",))["lengths"]
+  order = np.argsort(-lengths, axis=1)
+  labels = np.stack([order[:, 1], order[:, 0]], 1)  # the two longest, swapped
+  labels[3] = [order[3, 0], order[3, 2]]  # the third longest: wrong
+  out = analysis.two_digit_examples(model, images[:4], labels, lengths)
+  np.testing.assert_array_equal(out["predicted"], order[:, :2])
+  np.testing.assert_array_equal(out["correct"], [True, True, True, False])
+  caps = model.predict_stored(images[:4], ("class_caps",))["class_caps"]
+  for t in range(2):
+    np.testing.assert_allclose(out["predicted_recons"][:, t],
+                               model.decode(caps, order[:, t]), atol=1e-6)
+    np.testing.assert_allclose(out["true_recons"][:, t],
+                               model.decode(caps, labels[:, t]), atol=1e-6)
+  np.testing.assert_allclose(out["inputs"], images[:4] / 255.0, atol=1e-6)
