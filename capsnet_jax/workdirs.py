@@ -73,7 +73,8 @@ def prepare(workdir: str, config) -> None:
   check_writable(workdir)
   if jax.process_index() == 0:
     record = config.to_dict()
-    record.update(_identity(config))  # resolved: primary_types 0 -> 32
+    # Resolved: primary_types 0 -> 32 (kept as given where not compared).
+    record.update({k: v for k, v in _identity(config).items() if v is not None})
     _atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 

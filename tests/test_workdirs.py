@@ -90,13 +90,13 @@ def test_results_round_trip_and_unwritable_workdir(tmp_path):
 
 def test_primary_types_is_not_compared_for_models_without_it(tmp_path):
   """Efficient-CapsNet has no primary_types: a record from before
-  primary_types=0 (32) resumes, and the new record holds null."""
+  primary_types=0 (32) resumes, and the new record keeps the config's 0."""
   record = _config(model="efficient_capsnet").to_dict()
   record["primary_types"] = 32
   (tmp_path / "config.json").write_text(json.dumps(record))
   workdirs.check_compatible(str(tmp_path), _config(model="efficient_capsnet"))
   fresh = tmp_path / "fresh"
   workdirs.prepare(str(fresh), _config(model="efficient_capsnet"))
-  assert json.loads((fresh / "config.json").read_text())["primary_types"] is None
+  assert json.loads((fresh / "config.json").read_text())["primary_types"] == 0
   with pytest.raises(WorkdirError, match="model: 'efficient_capsnet' there"):
     workdirs.check_compatible(str(tmp_path), _config(primary_types=32))
