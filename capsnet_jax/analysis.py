@@ -208,7 +208,7 @@ def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,
   Returns:
     capsules [R] (indices), coupling [R], images [R, len(coefficients), H, W, C],
     full [H, W, C] (reconstruction from every capsule with its coupling),
-    prediction (the predicted class).
+    prediction (the predicted class), num_primary (the model's N).
   """
   out = model.predict_stored(image[None], PRIMARY_KEYS)
   weighted = weighted_primary_caps(out)[0]  # [N, 8]
@@ -224,14 +224,29 @@ def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,
   images = np.asarray(decode(params, jnp.asarray(batch.reshape(-1, n, dim))))
   full = np.asarray(decode(params, jnp.asarray(weighted[None])))[0]
   return dict(capsules=top, coupling=coupling[top], prediction=pred, full=full,
-              images=images.reshape(len(top), len(coefficients), *images.shape[1:]))
+              images=images.reshape(len(top), len(coefficients), *images.shape[1:]),
+              num_primary=n)
 
 
-def primary_grid_shape(config, image_shape) -> tuple[int, int, int]:
-  """(height, width, types) of the primary capsules' grid: two VALID 9x9
-  convolutions, the second of stride 2 (the paper's layout)."""
-  return (*[conv.output_size(conv.output_size(s, 9, 1), 9, 2)
-            for s in image_shape[:2]], models.primary_types(config))
+def primary_grid_shape(config, image_shape, num_primary: int
+                       ) -> tuple[int, int, int]:
+  """(height, width, types) of the primary capsules' grid: CapsNet's two 9x9
+  convolutions, the second of stride 2, VALID (the paper's layout) or SAME
+  (conv_padding); models without a grid of types (Efficient-CapsNet: one
+  capsule per depthwise filter) give (1, 1, num_primary)."""
+  model = config.get("model", "capsnet")
+  if "primary_types" not in models.model_fields(model):
+    return 1, 1, num_primary
+  if config.get("conv_padding", "valid") == "same":
+    size = lambda s: -(-s // 2)  # conv1 keeps the size, stride 2 halves it
+  else:
+    size = lambda s: conv.output_size(conv.output_size(s, 9, 1), 9, 2)
+  h, w = (size(s) for s in image_shape[:2])
+  types = models.primary_types(config)
+  if h * w * types != num_primary:
+    raise ValueError(f"{h}x{w}x{types} primary capsules expected, the model "
+                     f"has {num_primary}")
+  return h, w, types
 
 
 # --------------------------------------------------------------------------

@@ -163,7 +163,8 @@ def primary_caps_figure(ctx: Context, path: str | None) -> dict[str, Any]:
   if path:
     plots.plot_primary_caps(
         rows, image, PRIMARY_COEFFICIENTS,
-        analysis.primary_grid_shape(ctx.config, ctx.model.info.image_shape),
+        analysis.primary_grid_shape(ctx.config, ctx.model.info.image_shape,
+                                    rows["num_primary"]),
         ctx.class_names, path)
   return dict(rows, input=image, trained_now=trained_now)
 

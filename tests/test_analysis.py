@@ -92,9 +92,17 @@ def test_primary_grid_shape():
   config = default.get_config()
   config.model = "tiny"
   # 28 -> 9x9 conv: 20 -> 9x9 stride 2: 6; the tiny model has 4 types.
-  assert analysis.primary_grid_shape(config, (28, 28, 1)) == (6, 6, 4)
+  assert analysis.primary_grid_shape(config, (28, 28, 1), 144) == (6, 6, 4)
   config.model = "capsnet"
-  assert analysis.primary_grid_shape(config, (32, 32, 3)) == (8, 8, 32)
+  assert analysis.primary_grid_shape(config, (32, 32, 3), 2048) == (8, 8, 32)
+  # SAME padding (the authors' CIFAR10 model): 24 -> 24 -> 12, 64 types.
+  config.conv_padding, config.primary_types = "same", 64
+  assert analysis.primary_grid_shape(config, (24, 24, 3), 9216) == (12, 12, 64)
+  with pytest.raises(ValueError, match="12x12x64 primary capsules expected"):
+    analysis.primary_grid_shape(config, (24, 24, 3), 1024)
+  # Efficient-CapsNet: 16 capsules, no grid (a recorded 32 types is ignored).
+  config.model, config.primary_types = "efficient_capsnet", 32
+  assert analysis.primary_grid_shape(config, (28, 28, 1), 16) == (1, 1, 16)
 
 
 def test_rotation_sweep_and_strip(model, images):

@@ -3,6 +3,7 @@ its squash, self-attention routing, the model's call contract, registration,
 the authors' recipe and a few training steps through train_and_evaluate."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -261,3 +262,12 @@ def test_training_steps_reduce_the_loss(idx_dir, tmp_path):
   np.testing.assert_array_equal(steps, [4, 8, 12, 16, 20, 24])
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.8 * losses[0], losses
+  # The figures work for this routing family too (primary capsules without
+  # a grid of types: 4 capsules in the tiny model).
+  from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
+  config.update(visualize_rotation_step=90, visualize_primary_steps=5,
+                visualize_primary_examples=64, visualize_num_images=4)
+  summary = visualize.visualize(config, str(tmp_path))
+  for name in ("reconstructions", "rotation", "perturbation", "primary_caps"):
+    assert os.path.getsize(tmp_path / "figures" / f"{name}.png") > 1000, name
+  assert summary["rotation_angles"] == [-180, -90, 0, 90, 180]
