@@ -13,6 +13,12 @@ For inference on CPU, "rows" builds the patches one output row at a time
 (each block stays in cache) and runs one product per row: the same sums, a
 faster forward pass, but a slower backward pass, so training uses "patches"
 and evaluation "rows" (see inference_impl).
+
+bfloat16 inputs (compute_dtype=bfloat16) go through ``matmul_bf16``: float32
+accumulation, and gradient products whose transposed operands are laid out
+row-major in memory. XLA on CPU otherwise folds the transposes of autodiff
+into the products as column-major operands, which its bfloat16 kernels run
+no faster than float32 (measured on the primary-capsule product).
 """
 
 from typing import Literal
@@ -80,6 +86,54 @@ def extract_patches(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
   return jnp.concatenate(cols, axis=-1)
 
 
+def _row_major_transpose(x: jax.Array) -> jax.Array:
+  """x.T [c, r] materialised row-major. A plain transpose feeding a dot
+  becomes a layout change of the dot's operand; splitting the rows first
+  (a reshape the transposed layout cannot be a bitcast of) makes XLA write
+  the transposed array out."""
+  r, c = x.shape
+  block = next((b for b in (8, 4, 2) if r % b == 0), 1)
+  if block == 1:
+    return x.T
+  return x.reshape(r // block, block, c).transpose(2, 0, 1).reshape(c, r)
+
+
+def _dot_f32(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jax.lax.dot(a, b, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def matmul_bf16(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [M, K] @ b [K, N] of bfloat16 matrices, accumulated and returned in
+  float32; the gradients are bfloat16 products with float32 accumulation,
+  their transposed operands materialised row-major."""
+  return _dot_f32(a, b)
+
+
+def _matmul_bf16_fwd(a, b):
+  return _dot_f32(a, b), (a, b)
+
+
+def _matmul_bf16_bwd(res, g):
+  a, b = res
+  g = g.astype(a.dtype)
+  da = _dot_f32(g, _row_major_transpose(b))
+  db = _dot_f32(_row_major_transpose(a), g)
+  return da.astype(a.dtype), db.astype(b.dtype)
+
+
+matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [..., K] @ b [K, N]; bfloat16 operands through matmul_bf16 (the
+  result cast back to bfloat16)."""
+  if a.dtype == jnp.bfloat16 and b.dtype == jnp.bfloat16:
+    out = matmul_bf16(a.reshape(-1, a.shape[-1]), b)
+    return out.reshape(*a.shape[:-1], b.shape[-1]).astype(a.dtype)
+  return a @ b
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
            impl: Impl = "auto") -> jax.Array:
   """VALID convolution without bias.
@@ -106,10 +160,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   matrix = kernel.reshape(kh * kw * cin, cout)
   if impl == "rows":
     ho = output_size(x.shape[1], kh, stride)
-    rows = [extract_patches(x[:, stride * r:stride * r + kh], kh, kw, stride) @ matrix
+    rows = [_matmul(extract_patches(x[:, stride * r:stride * r + kh], kh, kw,
+                                    stride), matrix)
             for r in range(ho)]
     return jnp.concatenate(rows, axis=1)
-  return extract_patches(x, kh, kw, stride) @ matrix
+  return _matmul(extract_patches(x, kh, kw, stride), matrix)
 
 
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int = 1,

@@ -111,3 +111,55 @@ def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
     for g, h in zip(jax.tree.leaves(results[impl][1]),
                     jax.tree.leaves(results["xla"][1])):
       np.testing.assert_allclose(g, h, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [24, 9])  # split into blocks of 8; no split
+def test_row_major_transpose_is_the_transpose(rows):
+  x = np.arange(rows * 5, dtype=np.float32).reshape(rows, 5)
+  np.testing.assert_array_equal(
+      np.asarray(jax.jit(conv._row_major_transpose)(jnp.asarray(x))), x.T)
+
+
+def test_matmul_bf16_and_its_gradients():
+  """Float32 accumulation of bfloat16 products: the result equals float32
+  products of the bfloat16-rounded inputs (each product exact in float32);
+  the gradients are those products rounded to bfloat16."""
+  k = jax.random.split(jax.random.key(0), 3)
+  a = jax.random.normal(k[0], (24, 40)).astype(jnp.bfloat16)
+  b = jax.random.normal(k[1], (40, 16)).astype(jnp.bfloat16)
+  g = jax.random.normal(k[2], (24, 16)).astype(jnp.bfloat16)
+  out, pull = jax.vjp(conv.matmul_bf16, a, b)
+  da, db = pull(g.astype(jnp.float32))
+  a32, b32, g32 = (np.asarray(v, np.float32) for v in (a, b, g))
+  assert out.dtype == jnp.float32
+  assert da.dtype == db.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out), a32 @ b32, rtol=1e-5, atol=1e-5)
+  u = 2.0 ** -8  # bfloat16's rounding of the float32 gradients
+  np.testing.assert_allclose(np.asarray(da, np.float32), g32 @ b32.T,
+                             rtol=u, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(db, np.float32), a32.T @ g32,
+                             rtol=u, atol=1e-6)
+
+
+def test_bf16_patches_convolution_matches_xla():
+  """conv2d on bfloat16 inputs through matmul_bf16 against XLA's bfloat16
+  convolution with float32 accumulation, forward and gradients (bfloat16
+  results: 2 units of 2^-8)."""
+  k = jax.random.split(jax.random.key(1), 2)
+  x = jax.random.normal(k[0], (2, 12, 12, 8)).astype(jnp.bfloat16)
+  w = (0.1 * jax.random.normal(k[1], (3, 3, 8, 16))).astype(jnp.bfloat16)
+
+  def loss(impl):
+    def f(x, w):
+      y = conv.conv2d(x, w, 2, impl)
+      return jnp.sum(y.astype(jnp.float32) ** 2), y
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+  (l1, y1), (dx1, dw1) = loss("patches")(x, w)
+  (l2, y2), (dx2, dw2) = loss("xla")(x, w)
+  assert y1.dtype == jnp.bfloat16
+  for p, q in ((y1, y2), (dx1, dx2), (dw1, dw2)):
+    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
+    np.testing.assert_allclose(p, q, rtol=2 * 2.0 ** -8,
+                               atol=2 * 2.0 ** -8 * np.abs(q).max())
+  assert float(l1) == pytest.approx(float(l2), rel=1e-2)
