@@ -170,12 +170,18 @@ def load(workdir: str, which="latest", config=None,
                          f"not match the configured model ({first})") from e
   finally:
     ckpt.close()
-  batch = batch_size or config.get("eval_batch_size") or config.batch_size
-  batch = -(-int(batch) // jax.device_count()) * jax.device_count()
+  batch = _inference_batch(config, batch_size)
   logging.info("Loaded the checkpoint of step %d (%s) of %s", int(state.step),
                which, workdir)
   return TrainedModel(workdir=workdir, config=config, model=model, state=state,
                       info=info, mesh=mesh, batch_size=batch)
+
+
+def _inference_batch(config, batch_size: int | None) -> int:
+  """The given batch, else the config's eval (or training) batch, rounded up
+  to a multiple of the device count."""
+  batch = batch_size or config.get("eval_batch_size") or config.batch_size
+  return -(-int(batch) // jax.device_count()) * jax.device_count()
 
 
 def _load_bundle(folder: str, config, batch_size: int | None
@@ -192,9 +198,8 @@ def _load_bundle(folder: str, config, batch_size: int | None
   mesh = mesh_lib.make_mesh()
   model = models.create_model(config, image_shape=info.image_shape,
                               num_classes=info.num_classes)
-  shapes = jax.eval_shape(lambda: train.create_train_state(
-      config, model, jax.random.key(config.seed)))
-  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                       abstract_state(config, model, mesh))
   state = zeros.replace(
       step=np.asarray(meta["step"], zeros.step.dtype),
       params=bundled.fill(zeros.params, variables["params"], "parameter"),
@@ -203,8 +208,7 @@ def _load_bundle(folder: str, config, batch_size: int | None
                                 "batch statistic")
                    if zeros.batch_stats else zeros.batch_stats))
   state = jax.device_put(state, mesh_lib.replicated(mesh))
-  batch = batch_size or config.get("eval_batch_size") or config.batch_size
-  batch = -(-int(batch) // jax.device_count()) * jax.device_count()
+  batch = _inference_batch(config, batch_size)
   logging.info("Loaded the bundled weights %s (step %d, test accuracy %s)",
                folder, meta["step"], meta.get("test_accuracy"))
   return TrainedModel(workdir=folder, config=config, model=model, state=state,
