@@ -104,33 +104,63 @@ def _dot_f32(a: jax.Array, b: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def matmul_bf16(a: jax.Array, b: jax.Array) -> jax.Array:
-  """a [M, K] @ b [K, N] of bfloat16 matrices, accumulated and returned in
+  """a [M, K] @ b [K, N] rounded to bfloat16, accumulated and returned in
   float32; the gradients are bfloat16 products with float32 accumulation,
-  their transposed operands materialised row-major."""
-  return _dot_f32(a, b)
+  their transposed operands materialised row-major, each returned in its
+  operand's dtype (a float32 ``a``, such as float32 patches, gets its
+  float32 gradient without a round trip through bfloat16)."""
+  return _dot_f32(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
 
 
 def _matmul_bf16_fwd(a, b):
-  return _dot_f32(a, b), (a, b)
+  a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+  # Zero-size arrays carry the operands' dtypes to the backward pass.
+  dtypes = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+  return _dot_f32(a16, b16), (a16, b16, dtypes)
 
 
 def _matmul_bf16_bwd(res, g):
-  a, b = res
-  g = g.astype(a.dtype)
-  da = _dot_f32(g, _row_major_transpose(b))
-  db = _dot_f32(_row_major_transpose(a), g)
-  return da.astype(a.dtype), db.astype(b.dtype)
+  a16, b16, (a_dtype, b_dtype) = res
+  g = g.astype(jnp.bfloat16)
+  da = _dot_f32(g, _row_major_transpose(b16))
+  db = _dot_f32(_row_major_transpose(a16), g)
+  return da.astype(a_dtype.dtype), db.astype(b_dtype.dtype)
 
 
 matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
 
 
+def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+                precision=None, preferred_element_type=None) -> jax.Array:
+  """``lax.dot_general`` for ``flax.linen.Dense(dot_general=...)``: a
+  bfloat16 [..., K] x [K, N] product goes through matmul_bf16 (float32
+  accumulation, row-major gradient operands) and is returned in bfloat16;
+  anything else is lax.dot_general itself."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
+  if (lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16 and
+      rhs.ndim == 2 and tuple(lhs_contract) == (lhs.ndim - 1,) and
+      tuple(rhs_contract) == (0,) and not lhs_batch and not rhs_batch):
+    return _matmul(lhs, rhs)
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type)
+
+
+def _patches(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+  """extract_patches; bfloat16 images are cut in float32 (exact), and the
+  patches stay float32 until matmul_bf16 rounds them back: XLA on CPU runs
+  the gradient of bfloat16 slices (pads and adds) and bfloat16 converts many
+  times slower than float32 ones (benchmarks/step_parts.py)."""
+  if x.dtype == jnp.bfloat16:
+    return extract_patches(x.astype(jnp.float32), kh, kw, stride)
+  return extract_patches(x, kh, kw, stride)
+
+
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """a [..., K] @ b [K, N]; bfloat16 operands through matmul_bf16 (the
-  result cast back to bfloat16)."""
-  if a.dtype == jnp.bfloat16 and b.dtype == jnp.bfloat16:
+  """a [..., K] @ b [K, N]; with a bfloat16 ``b`` (compute_dtype=bfloat16)
+  through matmul_bf16, the result cast to bfloat16."""
+  if b.dtype == jnp.bfloat16:
     out = matmul_bf16(a.reshape(-1, a.shape[-1]), b)
-    return out.reshape(*a.shape[:-1], b.shape[-1]).astype(a.dtype)
+    return out.reshape(*a.shape[:-1], b.shape[-1]).astype(b.dtype)
   return a @ b
 
 
@@ -160,11 +190,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
   matrix = kernel.reshape(kh * kw * cin, cout)
   if impl == "rows":
     ho = output_size(x.shape[1], kh, stride)
-    rows = [_matmul(extract_patches(x[:, stride * r:stride * r + kh], kh, kw,
-                                    stride), matrix)
+    rows = [_matmul(_patches(x[:, stride * r:stride * r + kh], kh, kw,
+                             stride), matrix)
             for r in range(ho)]
     return jnp.concatenate(rows, axis=1)
-  return _matmul(extract_patches(x, kh, kw, stride), matrix)
+  return _matmul(_patches(x, kh, kw, stride), matrix)
 
 
 def conv_transpose2d(x: jax.Array, kernel: jax.Array, stride: int = 1,

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from capsnet_jax import conv
 from capsnet_jax import layers
 
 Initializer = Callable[..., jax.Array]
@@ -42,13 +43,13 @@ class FCDecoder(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, width in enumerate(self.hidden):
       x = nn.Dense(width, kernel_init=self.kernel_init, dtype=self.dtype,
-                   name=f"dense{i}")(x)
+                   dot_general=conv.dot_general, name=f"dense{i}")(x)
       if self.batch_norm:
         x = _bn(train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
     h, w, c = self.image_shape
     x = nn.Dense(h * w * c, kernel_init=self.kernel_init, dtype=self.dtype,
-                 name="out")(x)
+                 dot_general=conv.dot_general, name="out")(x)
     return nn.sigmoid(x.astype(jnp.float32)).reshape(-1, h, w, c)
 
 
@@ -93,7 +94,8 @@ class DeconvDecoder(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     start, widths = self._layout()
     x = nn.Dense(start[0] * start[1] * start[2], kernel_init=self.kernel_init,
-                 dtype=self.dtype, name="dense")(x)
+                 dtype=self.dtype, dot_general=conv.dot_general,
+                 name="dense")(x)
     if self.batch_norm:
       x = _bn(train, self.dtype, "bn_dense")(x)
     x = nn.relu(x).reshape(-1, *start)

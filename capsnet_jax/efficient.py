@@ -215,14 +215,16 @@ class Generator(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, width in enumerate(self.hidden):
       x = nn.Dense(width, kernel_init=nn.initializers.he_normal(),
-                   dtype=self.dtype, name=f"dense{i}")(x)
+                   dtype=self.dtype, dot_general=conv.dot_general,
+                   name=f"dense{i}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          dtype=self.dtype, name=f"bn{i}")(x)
       x = nn.relu(x)
     h, w, c = self.image_shape
     x = nn.Dense(h * w * c, kernel_init=nn.initializers.glorot_normal(),
-                 dtype=self.dtype, name="out")(x)
+                 dtype=self.dtype, dot_general=conv.dot_general,
+                 name="out")(x)
     return nn.sigmoid(x.astype(jnp.float32)).reshape(-1, h, w, c)
 
 

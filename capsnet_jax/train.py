@@ -17,10 +17,9 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from absl import logging
-import flax
 from flax.training import train_state
 import jax
 from jax.experimental import multihost_utils

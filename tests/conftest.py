@@ -21,6 +21,19 @@ if str(ROOT) not in sys.path:
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
+def subprocess_env(devices: int | None = None, pythonpath=ROOT,
+                   **extra: str) -> dict[str, str]:
+  """Environment of a test's python subprocess (main.py, a script): this
+  checkout importable, JAX on the CPU, TensorFlow quiet, and with
+  ``devices`` that many forced host devices."""
+  env = dict(os.environ, PYTHONPATH=str(pythonpath), JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env.update(extra)
+  return env
+
+
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
   """Writes uint8 ``array`` ([N] labels or [N, H, W] images) as an IDX file."""
   array = np.asarray(array, np.uint8)

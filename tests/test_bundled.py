@@ -16,7 +16,7 @@ from PIL import Image
 from capsnet_jax import bundled
 from capsnet_jax import errors
 from capsnet_jax import trained
-from conftest import ROOT, SHARED_MNIST
+from conftest import ROOT, SHARED_MNIST, subprocess_env
 
 BUNDLE = ROOT / "capsnet_jax" / "weights" / "mnist_efficient"
 
@@ -111,8 +111,7 @@ def test_command_line_predicts_digit_files_without_training(model, tmp_path):
           "--workdir=bundled:mnist_efficient",
           f"--images={folder},{ROOT / 'docs' / 'examples'}",
           f"--out={tmp_path / 'out'}"]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
+  env = subprocess_env()
   result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -163,3 +163,32 @@ def test_bf16_patches_convolution_matches_xla():
     np.testing.assert_allclose(p, q, rtol=2 * 2.0 ** -8,
                                atol=2 * 2.0 ** -8 * np.abs(q).max())
   assert float(l1) == pytest.approx(float(l2), rel=1e-2)
+
+
+def test_dense_dot_general_bfloat16_through_matmul_bf16():
+  """flax Dense with conv.dot_general: bfloat16 products go through
+  matmul_bf16 (float32 sums, bfloat16 result within one rounding), float32
+  Dense is lax.dot_general's unchanged."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  k = jax.random.split(jax.random.key(2), 2)
+  x = jax.random.normal(k[0], (6, 40))
+  dense = nn.Dense(12, dtype=jnp.bfloat16, dot_general=conv.dot_general)
+  params = dense.init(k[1], x)
+  kernel = np.asarray(params["params"]["kernel"].astype(jnp.bfloat16),
+                      np.float32)
+  x16 = np.asarray(x.astype(jnp.bfloat16), np.float32)
+  y = dense.apply(params, x)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), x16 @ kernel,
+                             rtol=2.0 ** -8, atol=1e-6)
+  assert "custom_vjp_call" in str(jax.make_jaxpr(dense.apply)(params, x))
+  grad = jax.grad(lambda p: jnp.sum(dense.apply(p, x).astype(jnp.float32)))
+  dk = grad(params)["params"]["kernel"]
+  # d sum(x @ W) / dW = x.T @ ones: column sums of the rounded inputs.
+  want = np.repeat(x16.sum(0)[:, None], 12, axis=1)
+  np.testing.assert_allclose(np.asarray(dk, np.float32), want,
+                             rtol=2 * 2.0 ** -8, atol=1e-6)
+  plain = nn.Dense(12)
+  f32 = nn.Dense(12, dot_general=conv.dot_general)
+  np.testing.assert_array_equal(np.asarray(f32.apply(params, x)),
+                                np.asarray(plain.apply(params, x)))

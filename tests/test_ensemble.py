@@ -2,7 +2,6 @@
 command line against an independent computation, with its errors."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from capsnet_jax import idx
 from capsnet_jax import models
 from capsnet_jax import train
 from test_train import tiny_config
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,7 @@ def _lengths_by_hand(workdir, config, images):
 
 
 def _main(idx_dir, workdir, *extra):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(devices=1)
   return subprocess.run(
       [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
        f"--workdir={workdir}", "--mode=ensemble",

@@ -2,11 +2,11 @@
 parameters whole on each. A subprocess, since the device count is fixed
 when JAX starts."""
 
-import os
 import pathlib
 import subprocess
 import sys
 import textwrap
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_mesh_shardings_on_two_devices():
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = subprocess_env(devices=2)
   result = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -2,7 +2,6 @@
 training run from IDX files with TensorFlow made unimportable."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from capsnet_jax import curves
 from capsnet_jax import metric_logging
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -103,8 +103,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_training_from_idx_needs_no_tensorflow(idx_dir, tmp_path):
   workdir = tmp_path / "run"
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = subprocess_env(devices=1)
   result = subprocess.run(
       [sys.executable, "-c", _BLOCK_TF, str(ROOT / "main.py"),
        "--config=configs/mnist.py", f"--workdir={workdir}",

@@ -25,17 +25,13 @@ from capsnet_jax import train
 from capsnet_jax import trained
 from capsnet_jax import visualize
 from configs import mnist
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _env(devices: int = 2) -> dict[str, str]:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = str(ROOT)
-  env["JAX_PLATFORMS"] = "cpu"
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  return env
+  return subprocess_env(devices=devices)
 
 
 def test_one_step_on_two_devices_equals_one_device(idx_dir):

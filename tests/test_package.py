@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 
 
 def _setuptools_builds_wheels() -> bool:
@@ -57,8 +57,7 @@ def fixture_installed(tmp_path_factory):
               str(wheel)])
   elsewhere = tmp / "elsewhere"
   elsewhere.mkdir()
-  env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
+  env = subprocess_env(pythonpath=target)
   return target, env, elsewhere
 
 

@@ -17,7 +17,7 @@ from capsnet_jax import predict
 from capsnet_jax import train
 from capsnet_jax import trained
 from capsnet_jax import workdirs
-from conftest import ROOT, SHARED_MNIST, write_idx
+from conftest import ROOT, SHARED_MNIST, subprocess_env, write_idx
 from test_train import tiny_config
 
 
@@ -161,8 +161,7 @@ def test_command_line_bad_file_among_good_ones(untrained_workdir, tmp_path):
           f"--workdir={untrained_workdir}", "--mode=predict",
           f"--images={images / 'digit0.png'},{bad},{images}", f"--out={out}",
           "--config.conv_impl=xla"]  # compiles in 1 s instead of 25 (see below)
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
+  env = subprocess_env()
   result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
   assert result.returncode == 1, result.stderr[-3000:]

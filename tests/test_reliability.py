@@ -16,17 +16,14 @@ import pytest
 
 from capsnet_jax import checkpoints
 from capsnet_jax import train
-from conftest import make_idx_dir, write_idx
+from conftest import make_idx_dir, subprocess_env, write_idx
 from configs import default
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _env(devices: int = 1) -> dict[str, str]:
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
+  return subprocess_env(devices=devices)
 
 
 def _args(idx_dir, workdir, *extra):

@@ -11,6 +11,7 @@ import pytest
 
 from capsnet_jax import summary
 from configs import default
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -21,8 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     (["--config.decoder=deconv"], 7_054_505, 250_121),
 ])
 def test_summary_command(extra, total, decoder, tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
-             TF_CPP_MIN_LOG_LEVEL="2")
+  env = subprocess_env()
   result = subprocess.run(
       [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
        "--mode=summary", *extra], cwd=tmp_path, env=env, capture_output=True,

@@ -3,8 +3,6 @@ and the orphan class capsule through training, resume and inference; their
 config checks."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -19,7 +17,7 @@ from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import ConfigError, WorkdirError
 from configs import default
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from test_train import _restore_state, tiny_config
 
 # tanh_shifted with T = 0.5 epochs, alpha = 0.05: 0.05 (tanh(2 e - pi) + 1) / 2
@@ -73,7 +71,7 @@ def fixture_runs(idx_dir, tmp_path_factory):
   resumed = str(tmp_path_factory.mktemp("resumed"))
   configs = [_config(idx_dir).to_dict(),
              _config(idx_dir, num_train_steps=9).to_dict()]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  env = subprocess_env()
   out = subprocess.run(
       [sys.executable, "-c", _RUNS, json.dumps(configs), straight, resumed],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
