@@ -1,33 +1,53 @@
 """Shared test set-up: quiet TensorFlow, repository root on sys.path, and
 synthetic MNIST-format IDX folders."""
 
+import atexit
 import gzip
 import os
 import pathlib
+import shutil
 import struct
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# No persistent XLA compilation cache by default: with one shared by the
-# session (and its main.py subprocesses) a cache read segfaulted in the
-# full suite (jax 0.10.2, CPU; test_tricks' fixture). Set
-# JAX_COMPILATION_CACHE_DIR yourself to use one, at that risk.
+# The subprocesses the tests start (main.py runs, scripts) share one
+# persistent XLA compilation cache for the session: most of them compile the
+# same tiny model's steps (test_reliability's kill/resume tests: 331 s
+# without, 170 s with it from cold, on the 2-core AMD EPYC). The pytest
+# process itself uses none: with one, a late compilation in the full suite
+# segfaulted once (jax 0.10.2, CPU; it did so once without one too).
+# Set JAX_COMPILATION_CACHE_DIR to choose the subprocesses' cache yourself.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
+_SUBPROCESS_CACHE = None
+
+
+def _subprocess_cache() -> str:
+  """The session's compilation cache folder, made on first use, removed at
+  exit."""
+  global _SUBPROCESS_CACHE
+  if _SUBPROCESS_CACHE is None:
+    _SUBPROCESS_CACHE = tempfile.mkdtemp(prefix="capsnet-test-xla-cache-")
+    atexit.register(shutil.rmtree, _SUBPROCESS_CACHE, ignore_errors=True)
+  return _SUBPROCESS_CACHE
+
+
 def subprocess_env(devices: int | None = None, pythonpath=ROOT,
                    **extra: str) -> dict[str, str]:
   """Environment of a test's python subprocess (main.py, a script): this
-  checkout importable, JAX on the CPU, TensorFlow quiet, and with
-  ``devices`` that many forced host devices."""
+  checkout importable, JAX on the CPU, TensorFlow quiet, the session's
+  compilation cache, and with ``devices`` that many forced host devices."""
   env = dict(os.environ, PYTHONPATH=str(pythonpath), JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="2")
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", _subprocess_cache())
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env.update(extra)

@@ -11,11 +11,20 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = ["--override=--config.model=tiny", "--override=--config.primary_types=4",
         "--override=--config.num_summary_images=2",
         "--override=--config.log_every_steps=4",
         "--batch_size=32", "--num_train=256", "--poll_seconds=0.5"]
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache(monkeypatch):
+  """gpu_run starts main.py with this process's environment: give it the
+  subprocesses' compilation cache (this process's JAX is already set up)."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR",
+                     subprocess_env()["JAX_COMPILATION_CACHE_DIR"])
 
 
 def _history(workdir):
