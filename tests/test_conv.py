@@ -141,6 +141,25 @@ def test_matmul_bf16_and_its_gradients():
                              rtol=u, atol=1e-6)
 
 
+def test_matmul_bf16_float32_operand_gets_a_float32_gradient():
+  """Float32 patches: rounded to bfloat16 for the product, their gradient
+  the float32 product of the bfloat16 cotangent and operand, not rounded."""
+  k = jax.random.split(jax.random.key(3), 3)
+  a = jax.random.normal(k[0], (24, 40))
+  b = jax.random.normal(k[1], (40, 16)).astype(jnp.bfloat16)
+  g = jax.random.normal(k[2], (24, 16)).astype(jnp.bfloat16)
+  out, pull = jax.vjp(conv.matmul_bf16, a, b)
+  da, db = pull(g.astype(jnp.float32))
+  a16 = np.asarray(a.astype(jnp.bfloat16), np.float32)
+  b32, g32 = np.asarray(b, np.float32), np.asarray(g, np.float32)
+  assert da.dtype == jnp.float32 and db.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out), a16 @ b32, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(da), g32 @ b32.T, rtol=1e-6, atol=1e-6)
+  # Rounded to bfloat16, the float32 gradient would be off by up to 2^-9.
+  assert np.abs(np.asarray(da) - np.asarray(
+      jnp.asarray(g32 @ b32.T).astype(jnp.bfloat16), np.float32)).max() > 0
+
+
 def test_bf16_patches_convolution_matches_xla():
   """conv2d on bfloat16 inputs through matmul_bf16 against XLA's bfloat16
   convolution with float32 accumulation, forward and gradients (bfloat16
