@@ -24,7 +24,6 @@ time ratio per part.
 import json
 import pathlib
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -34,8 +33,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+import timing  # benchmarks/timing.py, beside this script
 from capsnet_jax import conv
 from capsnet_jax import decoders
 from capsnet_jax import layers
@@ -54,23 +53,13 @@ flags.DEFINE_enum("pass", "train", ["train", "infer"],
                   "evaluation).")
 
 
-def _median_seconds(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
 def _module_grad(module, x, train_input_grad: bool = True):
   """jit(grad) of sum(module(x) * cotangent) w.r.t. params (and x); with
   --pass=infer, jit(module.apply) instead."""
   params = module.init(jax.random.key(0), x)
   if FLAGS["pass"].value == "infer":
     return jax.jit(module.apply), (params, x)
-  out = jax.eval_shape(lambda p, x: module.apply(p, x), params, x)
+  out = jax.eval_shape(module.apply, params, x)
   out = out[0] if isinstance(out, tuple) else out
   cot = jax.random.normal(jax.random.key(1), out.shape, jnp.float32)
 
@@ -92,8 +81,8 @@ def parts(batch: int, dtype) -> dict:
   masked = jax.random.normal(rng, (batch, 160)) * 0.1
   impl = "rows" if FLAGS["pass"].value == "infer" else "auto"
   out = {
-      "conv1": _module_grad(layers.ConvStem(256, 9, impl=impl, dtype=dtype), images,
-                            train_input_grad=False),
+      "conv1": _module_grad(layers.ConvStem(256, 9, impl=impl, dtype=dtype),
+                            images, train_input_grad=False),
       "primary": _module_grad(layers.PrimaryCapsules(32, 8, 9, 2, impl=impl,
                                                      dtype=dtype),
                               hidden),
@@ -131,7 +120,9 @@ def main(argv):
     for name in names:
       for d in dtypes:
         fn, args = built[d][name]
-        seconds[(name, d.name)].append(_median_seconds(fn, args, FLAGS.repeats))
+        jax.block_until_ready(fn(*args))  # compile and warm up
+        seconds[(name, d.name)].append(timing.median_seconds(
+            lambda fn=fn, args=args: fn(*args), FLAGS.repeats))
   summary = {}
   for name in names:
     row = {d.name: min(seconds[(name, d.name)]) for d in dtypes}

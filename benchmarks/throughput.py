@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import timing  # benchmarks/timing.py, beside this script
 from capsnet_jax import datasets
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
@@ -55,15 +56,6 @@ flags.DEFINE_integer("repeats", 7, "Timed steps (the median is reported).")
 flags.mark_flags_as_required(["config"])
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
-
-
 def peak_gemm_gflops(n: int = 4096, repeats: int = 5,
                      dtype=jnp.float32) -> float:
   """GFLOP/s of an n x n x n matrix product on the default device, operands
@@ -73,7 +65,7 @@ def peak_gemm_gflops(n: int = 4096, repeats: int = 5,
   matmul = jax.jit(lambda x, y: jnp.matmul(
       x, y, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, b))
-  return 2 * n ** 3 / _median_seconds(lambda: matmul(a, b), repeats) / 1e9
+  return 2 * n ** 3 / timing.median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
 
 def peak_memory_mb() -> float:
@@ -136,7 +128,7 @@ def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
   compile_seconds = time.perf_counter() - t
   for _ in range(warmup):
     jax.block_until_ready(step())
-  seconds = _median_seconds(step, repeats)
+  seconds = timing.median_seconds(step, repeats)
   return dict(step_seconds_median=seconds, flops_per_step=flops,
               compile_and_first_step_seconds=compile_seconds)
 

@@ -40,8 +40,8 @@ def _subprocess_cache() -> str:
   return _SUBPROCESS_CACHE
 
 
-def subprocess_env(devices: int | None = None, pythonpath=ROOT,
-                   **extra: str) -> dict[str, str]:
+def subprocess_env(devices: int | None = None,
+                   pythonpath=ROOT) -> dict[str, str]:
   """Environment of a test's python subprocess (main.py, a script): this
   checkout importable, JAX on the CPU, TensorFlow quiet, the session's
   compilation cache, and with ``devices`` that many forced host devices."""
@@ -50,7 +50,6 @@ def subprocess_env(devices: int | None = None, pythonpath=ROOT,
   env.setdefault("JAX_COMPILATION_CACHE_DIR", _subprocess_cache())
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env.update(extra)
   return env
 
 
