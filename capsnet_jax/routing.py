@@ -19,58 +19,83 @@ import jax.numpy as jnp
 from capsnet_jax.layers import squash
 
 
-def routing_softmax(logits: jax.Array, leaky: bool = False) -> jax.Array:
+def routing_softmax(logits: jax.Array, leaky: bool = False,
+                    axis: int = -1) -> jax.Array:
   """Coupling coefficients from routing logits.
 
   Args:
-    logits: [num_in, num_out].
-    leaky: add an all-zero "orphan" logit column to the softmax and drop it
-      afterwards (the authors' leaky routing), so an input capsule may route
-      to none of the outputs.
+    logits: [num_in, num_out] (or any layout; see ``axis``).
+    leaky: add an all-zero "orphan" logit to the softmax along ``axis`` and
+      drop it afterwards (the authors' leaky routing), so an input capsule
+      may route to none of the outputs.
+    axis: the output-capsule axis, over which the coefficients sum to 1.
 
   Returns:
-    [num_in, num_out]; each row sums to 1 (to less than 1 when leaky).
+    Coefficients shaped like ``logits``; they sum to 1 along ``axis`` (to
+    less than 1 when leaky).
   """
   if not leaky:
-    return jax.nn.softmax(logits, axis=-1)
-  padded = jnp.concatenate([logits, jnp.zeros_like(logits[:, :1])], axis=-1)
-  return jax.nn.softmax(padded, axis=-1)[:, :-1]
+    return jax.nn.softmax(logits, axis=axis)
+  axis = axis % logits.ndim
+  orphan = jnp.zeros_like(jax.lax.slice_in_dim(logits, 0, 1, axis=axis))
+  padded = jnp.concatenate([logits, orphan], axis=axis)
+  return jax.lax.slice_in_dim(jax.nn.softmax(padded, axis=axis), 0,
+                              logits.shape[axis], axis=axis)
 
 
 def dynamic_routing(u_hat: jax.Array, bias: jax.Array, iterations: int = 3,
-                    leaky: bool = False,
-                    stop_gradient: bool = False) -> tuple[jax.Array, jax.Array]:
+                    leaky: bool = False, stop_gradient: bool = False,
+                    layout: str = "ijd") -> tuple[jax.Array, jax.Array]:
   """Routing-by-agreement for ONE example (Sabour et al. 2017, Procedure 1).
 
   b = 0; repeat r times: c = softmax(b) over the output capsules;
   s_j = sum_i c_ij u_hat_ij + bias_j; v_j = squash(s_j); b_ij += <u_hat_ij, v_j>
-  (the last update is skipped since its logits are never used).
+  (the last update is skipped since its logits are never used). The first
+  iteration's coefficients are the uniform 1 / num_out (1 / (num_out + 1)
+  when leaky) that softmax(0) gives, without computing it.
 
   Args:
-    u_hat: [num_in, num_out, dim] prediction vectors.
+    u_hat: prediction vectors, [num_in, num_out, dim] (layout "ijd") or
+      [num_out, num_in, dim] (layout "jid").
     bias: [num_out, dim].
     iterations: r >= 1. r = 1 is uniform coupling.
     leaky: see ``routing_softmax``.
     stop_gradient: stop gradients through u_hat in all but the final
       iteration (the coefficients then act as constants for backprop).
+    layout: "jid" is what ``ClassCapsules`` uses: with the input capsules
+      next to the capsule dimension, every sum over them reads contiguous
+      memory (batch 128 of MNIST on 2 CPU cores: the forward pass 1.9x and
+      forward + backward 1.3x faster than "ijd"; benchmarks/step_parts.py).
 
   Returns:
     v: [num_out, dim] output capsules; c: [num_in, num_out] the coupling
-    coefficients used for the final iteration.
+    coefficients used for the final iteration (in either layout).
   """
   if iterations < 1:
     raise ValueError(f"routing iterations must be >= 1, got {iterations}")
+  if layout == "ijd":
+    u_hat = jnp.swapaxes(u_hat, 0, 1)
+  elif layout != "jid":
+    raise ValueError(f"layout must be 'ijd' or 'jid', got {layout!r}")
+  num_out, num_in = u_hat.shape[:2]
+  uniform = 1.0 / (num_out + 1 if leaky else num_out)
   u_hat_inner = jax.lax.stop_gradient(u_hat) if stop_gradient else u_hat
-  logits = jnp.zeros(u_hat.shape[:2], u_hat.dtype)
+  c = logits = None  # c, logits: [num_out, num_in]
   for r in range(iterations):
     last = r == iterations - 1
     u = u_hat if last else u_hat_inner
-    c = routing_softmax(logits, leaky)
-    s = jnp.einsum("ij,ijd->jd", c, u) + bias
+    if r == 0:
+      s = uniform * u.sum(axis=1) + bias
+    else:
+      c = routing_softmax(logits, leaky, axis=0)
+      s = jnp.einsum("ji,jid->jd", c, u) + bias
     v = squash(s)
     if not last:
-      logits = logits + jnp.einsum("ijd,jd->ij", u, v)
-  return v, c
+      agreement = jnp.einsum("jid,jd->ji", u, v)
+      logits = agreement if r == 0 else logits + agreement
+  if c is None:
+    c = jnp.full((num_out, num_in), uniform, u_hat.dtype)
+  return v, c.T
 
 
 class ClassCapsules(nn.Module):
@@ -94,9 +119,10 @@ class ClassCapsules(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.num_out, self.dim),
                       jnp.float32)
     # One einsum over the batch: the weights are shared, never copied per
-    # example. u_hat: [B, num_in, num_out, dim].
-    u_hat = jnp.einsum("ijdk,bik->bijd", w, u.astype(jnp.float32))
+    # example. u_hat: [B, num_out, num_in, dim] (see dynamic_routing's
+    # layout).
+    u_hat = jnp.einsum("ijdk,bik->bjid", w, u.astype(jnp.float32))
     route = functools.partial(dynamic_routing, iterations=self.iterations,
                               leaky=self.leaky,
-                              stop_gradient=self.stop_gradient)
+                              stop_gradient=self.stop_gradient, layout="jid")
     return jax.vmap(route, in_axes=(0, None))(u_hat, bias)

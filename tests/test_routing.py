@@ -23,6 +23,39 @@ def fixture_bias():
   return jax.random.normal(jax.random.key(2), (NUM_OUT, DIM)) * 0.1
 
 
+def _numpy_routing(u_hat, bias, iterations, leaky=False):
+  """Procedure 1 of Sabour et al. written out in numpy, float64, softmax
+  included in every iteration: u_hat [num_in, num_out, dim]."""
+  u_hat, bias = np.asarray(u_hat, np.float64), np.asarray(bias, np.float64)
+  logits = np.zeros(u_hat.shape[:2])
+  for r in range(iterations):
+    padded = np.concatenate([logits, np.zeros_like(logits[:, :1])], 1) \
+        if leaky else logits
+    e = np.exp(padded - padded.max(axis=1, keepdims=True))
+    c = (e / e.sum(axis=1, keepdims=True))[:, :logits.shape[1]]
+    s = (c[:, :, None] * u_hat).sum(axis=0) + bias
+    n2 = (s ** 2).sum(axis=-1, keepdims=True)
+    v = n2 / (1 + n2) * s / np.sqrt(n2 + 1e-7)
+    if r < iterations - 1:
+      logits = logits + (u_hat * v[None]).sum(axis=-1)
+  return v, c
+
+
+@pytest.mark.parametrize("iterations,leaky", [(1, False), (2, False),
+                                              (3, False), (3, True)])
+@pytest.mark.parametrize("layout", ["ijd", "jid"])
+def test_routing_matches_procedure_1_in_numpy(u_hat, bias, iterations, leaky,
+                                              layout):
+  u = u_hat[0] if layout == "ijd" else jnp.swapaxes(u_hat[0], 0, 1)
+  v, c = routing.dynamic_routing(u, bias, iterations, leaky=leaky,
+                                 layout=layout)
+  v_np, c_np = _numpy_routing(u_hat[0], bias, iterations, leaky)
+  assert c.shape == (NUM_IN, NUM_OUT)
+  # Capsule lengths here are about 0.1-0.6.
+  np.testing.assert_allclose(np.asarray(v), v_np, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(c), c_np, rtol=1e-5, atol=1e-7)
+
+
 def test_coupling_sums_to_one_over_output_capsules(u_hat, bias):
   _, c = routing.dynamic_routing(u_hat[0], bias, iterations=3)
   assert c.shape == (NUM_IN, NUM_OUT)
@@ -92,6 +125,9 @@ def test_class_capsules_shapes_and_parameter_count():
   np.testing.assert_allclose(np.asarray(v[0]), np.asarray(v0), atol=1e-6)
 
 
-def test_invalid_iterations():
+def test_invalid_iterations_and_layout():
   with pytest.raises(ValueError, match="iterations"):
     routing.dynamic_routing(jnp.zeros((2, 2, 2)), jnp.zeros((2, 2)), 0)
+  with pytest.raises(ValueError, match="layout"):
+    routing.dynamic_routing(jnp.zeros((2, 2, 2)), jnp.zeros((2, 2)), 1,
+                            layout="dij")
