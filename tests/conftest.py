@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # same tiny model's steps (test_reliability's kill/resume tests: 331 s
 # without, 170 s with it from cold, on the 2-core AMD EPYC). The pytest
 # process itself uses none: with one, a late compilation in the full suite
-# segfaulted once (jax 0.10.2, CPU; it did so once without one too).
+# segfaulted once (jax 0.10.2, CPU; it did so once without one too, most
+# likely at the memory-mapping limit that _release_compiled_code avoids).
 # Set JAX_COMPILATION_CACHE_DIR to choose the subprocesses' cache yourself.
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
