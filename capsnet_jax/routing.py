@@ -64,8 +64,7 @@ def dynamic_routing(u_hat: jax.Array, bias: jax.Array, iterations: int = 3,
       iteration (the coefficients then act as constants for backprop).
     layout: "jid" is what ``ClassCapsules`` uses: with the input capsules
       next to the capsule dimension, every sum over them reads contiguous
-      memory (batch 128 of MNIST on 2 CPU cores: the forward pass 1.9x and
-      forward + backward 1.3x faster than "ijd"; benchmarks/step_parts.py).
+      memory (README, Performance: "Routing layout").
 
   Returns:
     v: [num_out, dim] output capsules; c: [num_in, num_out] the coupling
@@ -121,9 +120,9 @@ class ClassCapsules(nn.Module):
     # One product per input capsule over the whole batch: the weights are
     # shared, never copied per example. u_hat[b, j, i] = W[i, j] @ u[b, i],
     # laid out [B, num_out, num_in, dim] for the routing (see its layout).
-    # As a product batched over i ([i, B, k] x [i, j*d, k]) its backward
-    # pass runs 1.4-1.8x faster than einsum("ijdk,bik->bjid")'s on 2 CPU
-    # cores (the forward pass equally fast).
+    # As a product batched over i ([i, B, k] x [i, j*d, k]) the routing's
+    # backward pass ran 1.4-1.8x faster than with einsum("ijdk,bik->bjid")
+    # on 2 CPU cores under load (the forward pass equally fast).
     batch = u.shape[0]
     u_hat = jax.lax.dot_general(
         jnp.swapaxes(u.astype(jnp.float32), 0, 1),
