@@ -96,7 +96,7 @@ def _release_compiled_code():
 
   Every executable XLA compiles keeps its code mapped in the process (about
   two memory mappings each), and one pytest process compiles thousands over
-  the suite: 29,500 mappings after the first eight modules. Linux refuses
+  the suite: 29,510 mappings by the eighth module. Linux refuses
   mappings past vm.max_map_count (65,530 by default), and XLA then aborts
   mid-compilation, which killed the suite late in its run ("Fatal Python
   error: Aborted" in backend_compile_and_load). After jax.clear_caches()
