@@ -16,31 +16,29 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The subprocesses the tests start (main.py runs, scripts) share one
-# persistent XLA compilation cache for the session: most of them compile the
-# same tiny model's steps (test_reliability's kill/resume tests: 331 s
-# without, 170 s with it from cold, on the 2-core AMD EPYC). The pytest
-# process itself uses none: with one, a late compilation in the full suite
-# segfaulted once (jax 0.10.2, CPU; it did so once without one too, most
-# likely at the memory-mapping limit that _release_compiled_code avoids).
-# Set JAX_COMPILATION_CACHE_DIR to choose the subprocesses' cache yourself.
+# One persistent XLA compilation cache for the session, shared by this
+# process and the python subprocesses the tests start (main.py runs,
+# scripts). Most tests build the same tiny model's steps under a fresh
+# jax.jit (a new training run, a restored model), which the in-memory cache
+# cannot reuse, and _release_compiled_code below empties that cache after
+# every module; the persistent cache is keyed by the program itself. On the
+# 2-core AMD EPYC without AVX-512: tests/test_history.py 415 s without it,
+# 181 s with it from cold; test_reliability's kill/resume tests (subprocesses
+# only) 331 s -> 170 s. Set JAX_COMPILATION_CACHE_DIR to choose the folder
+# yourself (it is then kept).
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
-_SUBPROCESS_CACHE = None
-
-
-def _subprocess_cache() -> str:
-  """The session's compilation cache folder, made on first use, removed at
-  exit."""
-  global _SUBPROCESS_CACHE
-  if _SUBPROCESS_CACHE is None:
-    _SUBPROCESS_CACHE = tempfile.mkdtemp(prefix="capsnet-test-xla-cache-")
-    atexit.register(shutil.rmtree, _SUBPROCESS_CACHE, ignore_errors=True)
-  return _SUBPROCESS_CACHE
+_CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+if not _CACHE_DIR:
+  _CACHE_DIR = tempfile.mkdtemp(prefix="capsnet-test-xla-cache-")
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# Every program, however quick to compile: the tiny model's are all quick.
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def subprocess_env(devices: int | None = None,
@@ -50,7 +48,8 @@ def subprocess_env(devices: int | None = None,
   compilation cache, and with ``devices`` that many forced host devices."""
   env = dict(os.environ, PYTHONPATH=str(pythonpath), JAX_PLATFORMS="cpu",
              TF_CPP_MIN_LOG_LEVEL="2")
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", _subprocess_cache())
+  env.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
