@@ -1,7 +1,8 @@
 """Where a CapsNet training step spends its time, per part and compute dtype.
 
   python benchmarks/step_parts.py [--batch_size=128] [--dtypes=float32,bfloat16]
-      [--pass=train|infer] [--parts=primary,decoder]
+      [--pass=train|infer] [--conv_impl=auto|rows|dft|...]
+      [--parts=primary,decoder]
 
 Times the forward and backward pass (jax.grad with respect to parameters and
 input, as inside the training step) of each part of the MNIST CapsNet on its
@@ -48,9 +49,12 @@ flags.DEFINE_list("parts", [], "Parts to time (default: all).")
 flags.DEFINE_integer("repeats", 7, "Timed calls (the median is reported).")
 flags.DEFINE_integer("rounds", 2, "Alternations of the dtypes.")
 flags.DEFINE_enum("pass", "train", ["train", "infer"],
-                  "train: forward and backward (patches convolutions, as the "
-                  "train step); infer: forward only (rows convolutions, as "
-                  "evaluation).")
+                  "train: forward and backward (the convolutions as the train "
+                  "step runs them); infer: forward only (as evaluation runs "
+                  "them).")
+flags.DEFINE_enum("conv_impl", "auto", conv.IMPLS,
+                  "Convolution implementation; auto: the one the train step "
+                  "(--pass=train) or evaluation (--pass=infer) uses.")
 
 
 def _module_grad(module, x, train_input_grad: bool = True):
@@ -79,7 +83,9 @@ def parts(batch: int, dtype) -> dict:
   hidden = jax.nn.relu(jax.random.normal(rng, (batch, 20, 20, 256)))
   u = jax.random.normal(rng, (batch, 1152, 8)) * 0.1
   masked = jax.random.normal(rng, (batch, 160)) * 0.1
-  impl = "rows" if FLAGS["pass"].value == "infer" else "auto"
+  impl = FLAGS.conv_impl
+  if FLAGS["pass"].value == "infer":
+    impl = conv.inference_impl(impl)
   out = {
       "conv1": _module_grad(layers.ConvStem(256, 9, impl=impl, dtype=dtype),
                             images, train_input_grad=False),

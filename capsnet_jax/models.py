@@ -82,7 +82,8 @@ class CapsNet(nn.Module):
     decoder_hidden: widths of the FC decoder's hidden layers.
     batch_norm: BN after conv1, after the primary conv and in the decoder.
     conv_impl: implementation of the convolutions and the deconv decoder's
-      transposed convolutions ("auto", "xla", "patches", "rows").
+      transposed convolutions (one of conv.IMPLS: "auto", "xla",
+      "patches", "rows", "dft").
     init_scheme: a name in INITS.
     conv_padding: "valid" (the paper's MNIST model) or "same" (conv1 and
       the primary capsules of the authors' CIFAR10 model).

@@ -11,11 +11,12 @@ from capsnet_jax import models
 from configs import default
 
 
-@pytest.mark.parametrize("impl", ["patches", "rows"])
+@pytest.mark.parametrize("impl", ["patches", "rows", "dft"])
 @pytest.mark.parametrize("shape,kernel,stride", [
     ((2, 11, 11, 3), (9, 9, 3, 5), 1),
     ((2, 20, 20, 4), (9, 9, 4, 6), 2),
     ((1, 13, 10, 2), (3, 5, 2, 3), 2),  # odd, non-square, ragged stride
+    ((2, 14, 13, 2), (4, 3, 2, 3), 3),  # 9 phases, odd transform sizes
 ])
 def test_conv_equals_xla_forward_and_gradients(impl, shape, kernel, stride):
   x = jax.random.normal(jax.random.key(0), shape)
@@ -66,9 +67,32 @@ def test_conv_transpose_equals_flax_forward_and_gradients(impl, shape, kernel,
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU's choice")
-def test_auto_on_cpu_trains_with_patches_and_infers_with_rows():
+def test_auto_on_cpu_trains_with_patches_and_infers_with_infer():
   assert conv.resolve("auto") == "patches"
-  assert conv.inference_impl("auto") == "rows"
+  assert conv.inference_impl("auto") == "infer"
+
+
+def test_infer_uses_the_fourier_form_for_batches_of_primary_capsules():
+  """The documented choice: the primary capsules' convolution (20 x 20 x 256
+  -> 6 x 6 x 256) from a batch of 64 on; conv1, small batches, the deconv
+  decoder's and Efficient-CapsNet's convolutions stay direct."""
+  primary = (9, 9, 256, 256)
+  assert conv._dft_pays((64, 20, 20, 256), primary, 2)  # pylint: disable=protected-access
+  assert conv._dft_pays((128, 20, 20, 256), primary, 2)  # pylint: disable=protected-access
+  for x, k, s in [((32, 20, 20, 256), primary, 2),
+                  ((128, 28, 28, 1), (9, 9, 1, 256), 1),  # conv1
+                  ((128, 22, 22, 16), (9, 9, 16, 32), 1),  # a deconv layer
+                  ((128, 24, 24, 32), (3, 3, 32, 64), 1)]:  # Efficient stem
+    assert not conv._dft_pays(x, k, s), (x, k, s)  # pylint: disable=protected-access
+
+
+def test_infer_equals_xla_on_both_sides_of_its_choice():
+  k = jax.random.normal(jax.random.key(1), (9, 9, 256, 256)) * 0.01
+  for batch in (64, 2):  # dft, rows
+    x = jax.random.normal(jax.random.key(0), (batch, 20, 20, 256))
+    np.testing.assert_allclose(conv.conv2d(x, k, 2, "infer"),
+                               conv.conv2d(x, k, 2, "xla"), rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.skipif(jax.default_backend() == "cpu", reason="GPU/TPU's choice")
@@ -78,7 +102,7 @@ def test_auto_on_accelerators_is_xla():
 
 
 def test_explicit_impls_are_kept_and_unknown_ones_refused():
-  for impl in ("xla", "patches", "rows"):
+  for impl in ("xla", "patches", "rows", "dft"):
     assert conv.resolve(impl) == impl
     assert conv.inference_impl(impl) == impl
   with pytest.raises(ValueError, match="valid"):
@@ -96,7 +120,7 @@ def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
   images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
   labels = jnp.array([3, 7])
   results = {}
-  for impl in ("xla", "patches", "rows"):
+  for impl in ("xla", "patches", "rows", "dft"):
     config.conv_impl = impl
     model = models.create_model(config, (28, 28, 1), 10)
     params = model.init(jax.random.key(1), images)["params"]
@@ -106,7 +130,7 @@ def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
       return jnp.sum(out["lengths"]) + jnp.sum(out["reconstructions"])
 
     results[impl] = (loss(params), jax.grad(loss)(params))
-  for impl in ("patches", "rows"):
+  for impl in ("patches", "rows", "dft"):
     np.testing.assert_allclose(results[impl][0], results["xla"][0], rtol=1e-5)
     for g, h in zip(jax.tree.leaves(results[impl][1]),
                     jax.tree.leaves(results["xla"][1])):
