@@ -41,7 +41,7 @@ def test_defaults_and_every_mode_are_valid(tmp_path):
     ("model", "caps", "capsnet, tiny, efficient_capsnet, efficient_tiny"),
     ("decoder", "conv", "fc, deconv"),
     ("init", "glorot", "default, reference"),
-    ("conv_impl", "fft", "auto, xla, patches, rows"),
+    ("conv_impl", "fft", "auto, xla, patches, rows, dft"),
     ("compute_dtype", "float16", "float32, bfloat16, auto"),
     ("lr_schedule", "cosine", "auto, constant, exponential, staircase"),
     ("conv_padding", "full", "valid, same"),
