@@ -292,9 +292,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1,
     impl: "xla" (lax.conv_general_dilated), "patches" (patches times a
       matrix), "rows" (the same, one output row at a time), "dft" (by the
       discrete Fourier transform, float32), "auto" (XLA on GPU/TPU; on CPU
-      "dft" where it should beat the direct sum for this batch (see
-      _dft_pays: the primary capsules from a batch of 64 on), float32 only,
-      and
+      "dft" where it should beat the direct sum for this batch, float32
+      only, see _dft_pays: the primary capsules from a batch of 64 on; and
       "patches" elsewhere) or "infer" (forward-only, what
       inference_impl("auto") gives on CPU: "dft" where it pays as for
       "auto", "rows" elsewhere).
