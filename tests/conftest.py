@@ -89,6 +89,31 @@ def make_idx_dir(directory, n_train: int = 256, n_test: int = 100,
   return directory
 
 
+# Modules in the order the suite starts them, longest first (their wall
+# time in one process, 2-core AMD EPYC without AVX-512); the rest follow in
+# file order. With `-n 2 --dist loadfile` (the README's command) each module
+# runs whole on one worker, and a long module started last leaves the other
+# core idle. pytest-xdist would otherwise start modules with the most tests
+# first, which puts the few long end-to-end tests last.
+LONGEST_MODULES_FIRST = (
+    "test_history", "test_reliability", "test_visualize", "test_tricks",
+    "test_conv", "test_datasets", "test_train", "test_multidevice",
+    "test_models", "test_ensemble", "test_efficient", "test_trained",
+)
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):  # pytest-xdist
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1]
+                                       if item.module else "",
+                                       len(rank)))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_code():
   """Drops JAX's compiled executables after each test module.
