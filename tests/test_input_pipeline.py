@@ -1,4 +1,4 @@
-"""Datasets: IDX reading and validation, tfds loading under mock data, batch
+"""Datasets: the real IDX folder, tfds loading under mock data, batch
 order, sharding and complete evaluation."""
 
 import hashlib
@@ -6,11 +6,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from capsnet_jax import idx
 from capsnet_jax import input_pipeline
 from capsnet_jax.errors import DataError
 from configs import default
-from conftest import SHARED_MNIST, make_idx_dir, write_idx
+from conftest import SHARED_MNIST
 
 
 def _config(**overrides):
@@ -39,45 +38,6 @@ def test_real_mnist_idx_folder():
   splits = input_pipeline.load_splits(_config(idx_dir=str(SHARED_MNIST)), 0, 1)
   assert (len(splits.train), len(splits.validation)) == (54000, 6000)
   assert (splits.info.num_train, splits.info.num_validation) == (54000, 6000)
-
-
-def test_idx_raw_and_gzip_agree(tmp_path):
-  images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
-  write_idx(tmp_path / "a", images, compress=False)
-  write_idx(tmp_path / "b", images, compress=True)
-  np.testing.assert_array_equal(idx.read_idx(str(tmp_path / "a")),
-                                idx.read_idx(str(tmp_path / "b.gz")))
-
-
-@pytest.mark.parametrize("damage,message", [
-    ("magic", "magic number"),
-    ("truncate", "truncated"),
-    ("count", "labels"),
-    ("size", "28x28"),
-    ("missing", "has no t10k-labels-idx1-ubyte"),
-])
-def test_idx_errors_name_the_problem(tmp_path, damage, message):
-  d = make_idx_dir(tmp_path / "d", n_train=8, n_test=6)
-  images = np.zeros((6, 28, 28), np.uint8)
-  if damage == "magic":
-    (d / "t10k-images-idx3-ubyte.gz").unlink()
-    write_idx(d / "t10k-images-idx3-ubyte", images, compress=False)
-    data = bytearray((d / "t10k-images-idx3-ubyte").read_bytes())
-    data[2] = 0x09
-    (d / "t10k-images-idx3-ubyte").write_bytes(bytes(data))
-  elif damage == "truncate":
-    (d / "t10k-images-idx3-ubyte.gz").unlink()
-    write_idx(d / "t10k-images-idx3-ubyte", images, compress=False)
-    data = (d / "t10k-images-idx3-ubyte").read_bytes()
-    (d / "t10k-images-idx3-ubyte").write_bytes(data[:-10])
-  elif damage == "count":
-    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((5, 28, 28)))
-  elif damage == "size":
-    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((6, 32, 32)))
-  else:
-    (d / "t10k-labels-idx1-ubyte.gz").unlink()
-  with pytest.raises(DataError, match=message):
-    idx.check_mnist_idx_dir(str(d))
 
 
 @pytest.mark.parametrize("dataset,setup,stored,num_train", [
