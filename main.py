@@ -12,7 +12,9 @@ lists them). The flags and modes live in capsnet_jax/cli.py, which is also the
 installed `capsnet-jax` command. See README.md.
 """
 
-from capsnet_jax import cli
+from capsnet_jax import hostmem
 
 if __name__ == "__main__":
+  hostmem.use_huge_pages()  # before JAX is imported: may restart the process
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
   cli.entry_point()

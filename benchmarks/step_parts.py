@@ -32,6 +32,10 @@ from absl import flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from capsnet_jax import hostmem
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # as main.py does, before JAX is imported
+
 import jax
 import jax.numpy as jnp
 

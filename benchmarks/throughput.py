@@ -16,7 +16,9 @@ The last line printed is one JSON object: mode, batch_size, images_per_sec,
 gflops_per_sec (XLA's flop count of the compiled step / median time),
 peak_gemm_gflops (a 4096^3 float32 matrix product timed in the same run on
 the same device), device, step_seconds_median, peak_memory_mb (host RSS on
-CPU; device peak bytes in use on GPU/TPU), and the configuration.
+CPU; device peak bytes in use on GPU/TPU), huge_pages (whether malloc's
+memory is in transparent huge pages: capsnet_jax.hostmem, as main.py runs),
+and the configuration.
 """
 
 import json
@@ -33,6 +35,10 @@ from ml_collections import config_flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from capsnet_jax import hostmem
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # as main.py does, before JAX is imported
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -192,6 +198,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
       conv_impl=config.conv_impl, compute_dtype=config.compute_dtype,
       compute_dtype_resolved=dtype, compute_dtype_reason=why,
       cpu_bf16_units=models.cpu_bf16_units(),
+      huge_pages=hostmem.enabled(),
       jax_version=jax.__version__, cpu_count=os.cpu_count())
 
 

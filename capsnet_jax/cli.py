@@ -27,6 +27,7 @@ import jax
 from ml_collections import config_flags
 
 from capsnet_jax import errors
+from capsnet_jax import hostmem
 from capsnet_jax import validation
 
 FLAGS = flags.FLAGS
@@ -181,6 +182,7 @@ def main(argv):
 
 def entry_point():
   """The ``capsnet-jax`` command (and main.py, python -m capsnet_jax[.cli])."""
+  hostmem.use_huge_pages()  # a no-op where main.py did it already
   # --help lists the flags of the main module: make ours its key flags, and
   # this docstring its usage where the main module has none.
   main_module = sys.modules.get("__main__")
