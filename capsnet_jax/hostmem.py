@@ -14,8 +14,8 @@ kernel. Where the kernel's transparent huge pages are in ``madvise`` mode
 (the common default), glibc >= 2.35 advises its mappings as huge pages when
 that tunable is set, so the same memory faults in 2 MB at a time. Measured on
 a 2-core AMD EPYC without AVX-512 (README, Performance): CapsNet inference
-225 -> 293 images/s, CapsNet training 87 -> 113, Efficient-CapsNet training
-at batch 16 164 -> 250. The tunable is read only when a process starts,
+227-237 -> 301-309 images/s, CapsNet training 81-87 -> 105-113,
+Efficient-CapsNet training at batch 16 144-154 -> 214-217. The tunable is read only when a process starts,
 hence the restart; it is inherited by subprocesses.
 
 Set ``CAPSNET_JAX_HUGE_PAGES=0`` to leave the process as it is.
