@@ -77,13 +77,17 @@ def _libc() -> tuple[str, str]:
 
 def use_huge_pages() -> None:
   """Restarts this process with the tunable where it helps (see module doc);
-  returns where it does not. Call it only from a program's entry point."""
+  returns where it does not, or where the restart fails (with a line on
+  stderr). Call it only from a program's entry point."""
   env = tunables_env(os.environ, platform.system(), _libc(), thp_mode())
   if env is None or not sys.executable:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  try:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+  except OSError as e:  # e.g. the interpreter cannot be executed again
+    print(f"capsnet_jax: running without huge pages ({e})", file=sys.stderr)
 
 
 def enabled() -> bool:

@@ -106,3 +106,17 @@ def test_the_command_restarts_once_and_keeps_its_flags(tmp_path, command):
   assert '"total_params": 234896' in result.stdout.splitlines()[-1]
   assert (tmp_path / "starts").read_text().splitlines() == [
       "None", "glibc.malloc.hugetlb=1"]
+
+
+def test_a_failed_restart_leaves_the_process_running(monkeypatch, capsys):
+  calls = []
+
+  def failing_execve(*args):
+    calls.append(args)
+    raise PermissionError("not executable")
+
+  monkeypatch.setattr(hostmem, "tunables_env", lambda *a: {"X": "1"})
+  monkeypatch.setattr(os, "execve", failing_execve)
+  hostmem.use_huge_pages()
+  assert len(calls) == 1 and calls[0][2] == {"X": "1"}
+  assert "running without huge pages (not executable)" in capsys.readouterr().err
