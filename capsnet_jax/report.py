@@ -5,10 +5,15 @@
   python -m capsnet_jax.report --table=decoders fc=runs/dec_fc ...        # vs reference
   python -m capsnet_jax.report --table=multimnist runs/multimnist         # vs the paper
   python -m capsnet_jax.report runs/a runs/b --curves=curves.png          # PNG
+  python -m capsnet_jax.report --table=rotation caps=runs/a/figures/summary.json \
+      --curves=rotation.png                                               # rotation
   python -m capsnet_jax.report --update=README.md                         # regenerate
+  python -m capsnet_jax.report --check=README.md                          # up to date?
 
-Every number comes from WORKDIR/eval_history.jsonl (capsnet_jax.history), so
-the README's result tables are never typed by hand. ``--update=FILE``
+Every number comes from WORKDIR/eval_history.jsonl (capsnet_jax.history), or
+for ``--table=rotation`` from the summary.json that ``--mode=visualize``
+writes (a file, or a workdir or figures folder holding it), so the README's
+result tables are never typed by hand. ``--update=FILE``
 rewrites each block of FILE between a line ``<!-- report: ARGS -->`` and the
 next ``<!-- /report -->`` with the output of ``report ARGS`` (paths relative
 to FILE's folder), so each table carries the command that made it.
@@ -146,6 +151,71 @@ def decoders_table(runs: dict[str, str]) -> str:
 PAPER_MULTIMNIST_ERROR = {"CapsNet": 5.2, "baseline CNN": 8.1}
 
 
+# Angles shown by the rotation table (the sweep's other angles are in the curves).
+ROTATION_COLUMNS = (-90, -45, -30, -15, 0, 15, 30, 45, 90, 180)
+
+
+def load_rotation(path: str) -> dict:
+  """A --mode=visualize summary with a rotation sweep: a summary.json file,
+  or a workdir or figures folder that holds one."""
+  for candidate in (path, os.path.join(path, "summary.json"),
+                    os.path.join(path, "figures", "summary.json")):
+    if os.path.isfile(candidate):
+      with open(candidate) as f:
+        summary = json.load(f)
+      if "rotation_accuracy" not in summary:
+        raise WorkdirError(f"{candidate} has no rotation sweep "
+                           "(rotation_accuracy)")
+      return summary
+  raise WorkdirError(f"no visualize summary.json at {path} (run --mode=visualize)")
+
+
+def rotation_table(runs: dict[str, str]) -> str:
+  """Test accuracy at a few rotation angles, one row per visualize summary."""
+  head = ["run", "checkpoint step", "test images"] + [
+      f"{a:+d}°" if a not in (0, 180) else f"{a}°" for a in ROTATION_COLUMNS]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for label, path in runs.items():
+    s = load_rotation(path)
+    by_angle = {round(float(a)): acc for a, acc in
+                zip(s["rotation_angles"], s["rotation_accuracy"])}
+    cells = [label, f"{s['checkpoint_step']:,}", f"{s['rotation_examples']:,}"]
+    for a in ROTATION_COLUMNS:
+      acc = by_angle.get(a)
+      cells.append("-" if acc is None else
+                   _pct(acc) if a == 0 else f"{100 * acc:.1f}%")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _pyplot():
+  """matplotlib.pyplot without a display (imported only when plotting)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_rotation(runs: dict[str, str], path: str) -> None:
+  """Test accuracy against the rotation angle, one curve per summary."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(9.5, 3.2))
+  for label, p in runs.items():
+    s = load_rotation(p)
+    ax.plot(s["rotation_angles"], s["rotation_accuracy"], marker="o", ms=3,
+            lw=1.2, label=f"{label}, {s['rotation_examples']:,} test images")
+  ax.set_xticks(range(-180, 181, 45))
+  ax.set_xlabel("rotation angle (degrees)", fontsize=8)
+  ax.set_ylabel("test accuracy", fontsize=8)
+  ax.set_ylim(0, 1.0)
+  ax.tick_params(labelsize=7)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def multimnist_table(workdir: str, batch_size: int | None = None) -> str:
   """A MultiMNIST run per evaluation: its classification error by the
   paper's rule beside the paper's, the share with at least one label right,
@@ -174,9 +244,7 @@ def multimnist_table(workdir: str, batch_size: int | None = None) -> str:
 
 def plot(runs: dict[str, str], path: str) -> None:
   """Test accuracy, margin and reconstruction loss against the epoch."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
   panels = (("test_accuracy", "test accuracy", False),
             ("test_margin_loss", "test margin loss", True),
             ("test_reconstruction_loss", "test reconstruction SSE", False))
@@ -210,12 +278,16 @@ def _runs(items: Sequence[str], base: str = "") -> dict[str, str]:
   return runs
 
 
-def render(argv: Sequence[str], base: str = "") -> str:
-  """The text that `report ARGV` prints (tables only), paths under base."""
+def render(argv: Sequence[str], base: str = "", plots: bool = True) -> str:
+  """The text that `report ARGV` prints (tables only), paths under base;
+  plots=False leaves out --curves."""
   args = _parser().parse_args(argv)
   runs = _runs(args.workdirs, base)
-  if args.curves:
-    plot(runs, os.path.join(base, args.curves) if base else args.curves)
+  if args.curves and plots:
+    curves = os.path.join(base, args.curves) if base else args.curves
+    (plot_rotation if args.table == "rotation" else plot)(runs, curves)
+  if args.table == "rotation":
+    return rotation_table(runs)
   if args.table == "summary":
     return summary_table(runs)
   if args.table == "decoders":
@@ -247,19 +319,35 @@ def update_file(path: str) -> int:
   return count
 
 
+def stale_blocks(path: str) -> list[str]:
+  """The report blocks of ``path`` whose text differs from what their ARGS
+  generate now (curves are not redrawn); empty when the file is current."""
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path) as f:
+    text = f.read()
+  return [m.group(2) for m in _BLOCK.finditer(text)
+          if m.group(3) != render(shlex.split(m.group(2)), base, plots=False) + "\n"]
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m capsnet_jax.report",
       description="Tables and curves from eval_history.jsonl of workdirs.")
-  p.add_argument("workdirs", nargs="*", help="WORKDIR or LABEL=WORKDIR")
+  p.add_argument("workdirs", nargs="*",
+                 help="WORKDIR or LABEL=WORKDIR (rotation: a visualize "
+                 "summary.json, or the workdir that holds figures/summary.json)")
   p.add_argument("--table", choices=("summary", "epochs", "decoders",
-                                     "multimnist"),
+                                     "multimnist", "rotation"),
                  default="summary")
   p.add_argument("--every", type=int, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")
-  p.add_argument("--curves", default="", help="also plot to this PNG")
+  p.add_argument("--curves", default="",
+                 help="also plot to this PNG (rotation: accuracy per angle)")
   p.add_argument("--update", default="",
                  help="regenerate the report blocks of this Markdown file")
+  p.add_argument("--check", default="",
+                 help="exit 1 naming each report block of this Markdown file "
+                 "that differs from what its ARGS generate")
   return p
 
 
@@ -270,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       n = update_file(args.update)
       print(f"updated {n} report block(s) in {args.update}")
       return 0
+    if args.check:
+      stale = stale_blocks(args.check)
+      for block in stale:
+        print(f"stale report block in {args.check}: {block}", file=sys.stderr)
+      return 1 if stale else 0
     if not args.workdirs:
       print("error: give workdirs or --update=FILE", file=sys.stderr)
       return 1

@@ -1,6 +1,7 @@
 """Tables and curves generated from evaluation histories."""
 
 import json
+import os
 
 import pytest
 
@@ -58,7 +59,7 @@ def test_epochs_and_decoder_tables(runs):
   assert rows[2].startswith("| deconv_bn | 3 | 10.00 | 0.0300 | 99.00% | 99.50% (2) |")
 
 
-def test_update_regenerates_marked_blocks_only(runs, tmp_path):
+def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
   a, _ = runs
   readme = tmp_path / "README.md"
   readme.write_text("intro\n<!-- report: --table=summary fc=a -->\nstale\n"
@@ -69,6 +70,17 @@ def test_update_regenerates_marked_blocks_only(runs, tmp_path):
   assert "| fc | 3 | 99.50% (2) |" in text
   report.main([f"--update={readme}"])  # idempotent
   assert readme.read_text() == text
+  assert report.main([f"--check={readme}"]) == 0
+  readme.write_text(text.replace("99.50% (2)", "99.60% (2)"))  # edited by hand
+  assert report.main([f"--check={readme}"]) == 1
+  assert "stale report block" in capsys.readouterr().err
+
+
+def test_readme_tables_match_the_committed_histories():
+  """Every generated table of README.md is what its ARGS give from the files
+  committed under docs/ (no table edited by hand, none left stale)."""
+  readme = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+  assert report.stale_blocks(readme) == []
 
 
 def test_curves_png_and_errors(runs, tmp_path, capsys):
@@ -78,3 +90,46 @@ def test_curves_png_and_errors(runs, tmp_path, capsys):
   assert out.stat().st_size > 1000
   assert report.main([str(tmp_path / "missing")]) == 1
   assert "no evaluation history" in capsys.readouterr().err
+
+
+def _visualize_summary(path, step, accuracies, examples=2000):
+  """A --mode=visualize summary.json with a 45-degree rotation sweep."""
+  angles = [-180.0, -135.0, -90.0, -45.0, 0.0, 45.0, 90.0, 135.0, 180.0]
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({
+      "checkpoint_step": step, "test_accuracy": accuracies[4],
+      "rotation_angles": angles, "rotation_accuracy": accuracies,
+      "rotation_examples": examples}))
+  return str(path)
+
+
+def test_rotation_table_and_curves(tmp_path, capsys):
+  a = _visualize_summary(tmp_path / "a" / "figures" / "summary.json", 936,
+                         [0.4, 0.3, 0.15, 0.5, 0.991, 0.52, 0.16, 0.31, 0.4],
+                         examples=10000)
+  b = _visualize_summary(tmp_path / "b.json", 150000,
+                         [0.45, 0.4, 0.17, 0.8152, 0.9966, 0.8626, 0.1916, 0.4,
+                          0.45])
+  # A workdir holding figures/summary.json, or the file itself.
+  table = report.rotation_table({"caps": str(tmp_path / "a"), "eff": b})
+  rows = table.splitlines()
+  assert rows[0] == ("| run | checkpoint step | test images | -90° | -45° | "
+                     "-30° | -15° | 0° | +15° | +30° | +45° | +90° | 180° |")
+  # Angles the sweep skipped are "-"; 0° has two decimals like the others.
+  assert rows[2] == ("| caps | 936 | 10,000 | 15.0% | 50.0% | - | - | 99.10% "
+                     "| - | - | 52.0% | 16.0% | 40.0% |")
+  assert rows[3] == ("| eff | 150,000 | 2,000 | 17.0% | 81.5% | - | - | "
+                     "99.66% | - | - | 86.3% | 19.2% | 45.0% |")
+  out = tmp_path / "rot.png"
+  assert report.main(["--table=rotation", f"caps={a}", f"eff={b}",
+                      f"--curves={out}"]) == 0
+  assert capsys.readouterr().out.splitlines()[3] == rows[3]
+  assert out.stat().st_size > 1000
+
+
+def test_rotation_errors(tmp_path, capsys):
+  assert report.main(["--table=rotation", str(tmp_path)]) == 1
+  assert "no visualize summary.json" in capsys.readouterr().err
+  (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_step": 1}))
+  assert report.main(["--table=rotation", str(tmp_path)]) == 1
+  assert "has no rotation sweep" in capsys.readouterr().err
