@@ -72,14 +72,20 @@ def rotation_sweep(model: trained.TrainedModel, images: np.ndarray,
 def rotation_strip(model: trained.TrainedModel, image: np.ndarray, angles
                    ) -> dict[str, np.ndarray]:
   """One stored uint8 image [H, W, C] rotated through ``angles``: inputs,
-  reconstructions, predictions and confidences (predicted capsule length)."""
+  reconstructions (if the model has a decoder), predictions and confidences
+  (predicted capsule length)."""
   rotated = np.stack([rotate(image[None], a)[0] for a in angles])
-  out = model.predict_stored(rotated, ("lengths", "predictions", "reconstructions"))
-  return dict(angles=np.asarray(angles),
-              inputs=model.display(model.preprocess(rotated)),
-              reconstructions=out["reconstructions"],
-              predictions=out["predictions"],
-              confidence=out["lengths"][np.arange(len(angles)), out["predictions"]])
+  keys = ("lengths", "predictions") + (
+      ("reconstructions",) if model.has_decoder else ())
+  out = model.predict_stored(rotated, keys)
+  strip = dict(angles=np.asarray(angles),
+               inputs=model.display(model.preprocess(rotated)),
+               predictions=out["predictions"],
+               confidence=out["lengths"][np.arange(len(angles)),
+                                         out["predictions"]])
+  if model.has_decoder:
+    strip["reconstructions"] = out["reconstructions"]
+  return strip
 
 
 def perturbation_grid(model: trained.TrainedModel, class_caps: np.ndarray,

@@ -177,6 +177,11 @@ def rotate(images: jax.Array, degrees: jax.Array) -> jax.Array:
   return jax.vmap(one)(images, degrees.astype(jnp.float32))
 
 
+# The largest |angle| each data_setup rotates training images by (the others:
+# none): int(30 * clip(., +-0.9999)) truncates to at most 29 degrees.
+TRAINING_ROTATION_DEGREES = {"efficient": 29}
+
+
 def random_rotate_efficient(images: jax.Array, rng: jax.Array,
                             max_degrees: float = 30.0) -> jax.Array:
   """Their image_rotate_random: with probability 1/2, a rotation by

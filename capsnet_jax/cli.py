@@ -42,7 +42,9 @@ flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.DEFINE_list("images", None, "--mode=predict: image files, folders or "
                   "globs, comma-separated (PNG/JPEG, any size).")
 flags.DEFINE_string("out", None, "--mode=predict: folder for one PNG per image "
-                    "(the model's input beside its reconstruction).")
+                    "(the model's input beside its reconstruction); "
+                    "--mode=visualize: folder for the figures (default "
+                    "WORKDIR/figures; needed for bundled weights).")
 flags.DEFINE_enum("invert", "auto", ("auto", "always", "never"),
                   "--mode=predict, MNIST: invert light backgrounds (auto: "
                   "judged by the border pixels), always or never.")
@@ -142,6 +144,14 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
     return summary.print_summary(config)
   if not workdir:
     raise errors.ConfigError(f"--mode={mode} needs --workdir")
+  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  if mode in ("train", "eval", "ensemble") and bundled.is_bundle(workdir):
+    raise errors.ConfigError(
+        f"--workdir={workdir} is bundled weights (inference variables only, "
+        f"no optimiser state or decoder, read-only): --mode={mode} needs a "
+        "training workdir of your own; the bundle works with --mode=predict "
+        "and --mode=visualize --out=DIR (its summary.json has the test "
+        "accuracy)")
   if mode == "predict":
     if not images:
       raise errors.ConfigError("--mode=predict needs --images=PATH[,PATH...] "
@@ -159,7 +169,7 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
     from capsnet_jax import ensemble  # pylint: disable=g-import-not-at-top
     return ensemble.evaluate_ensemble(config, workdir)
   from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
-  return visualize.visualize(config, workdir)
+  return visualize.visualize(config, workdir, out)
 
 
 def main(argv):

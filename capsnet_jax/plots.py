@@ -60,12 +60,18 @@ def plot_reconstructions(inputs, recons, predictions, labels, class_names, path)
   _save(fig, path)
 
 
-def plot_rotation(sweep, strip, class_names, true_label, path):
+def plot_rotation(sweep, strip, class_names, true_label, path,
+                  trained_rotation: int = 0):
   """analysis.rotation_sweep's curves above analysis.rotation_strip's
-  inputs and reconstructions."""
+  inputs and reconstructions (the inputs alone, titled with the prediction,
+  for a strip without reconstructions). trained_rotation: the largest
+  rotation of the training augmentation, in degrees (0: none), for the title."""
   cols = len(strip["angles"])
-  fig = plt.figure(figsize=(max(8, 0.75 * cols), 6.2))
-  grid = fig.add_gridspec(3, cols, height_ratios=[2.4, 1, 1], hspace=0.5)
+  recons = strip.get("reconstructions")
+  rows = 3 if recons is not None else 2
+  fig = plt.figure(figsize=(max(8, 0.75 * cols), 6.2 if rows == 3 else 4.9))
+  grid = fig.add_gridspec(rows, cols, height_ratios=[2.4] + [1] * (rows - 1),
+                          hspace=0.5)
   ax = fig.add_subplot(grid[0, :])
   ax.plot(sweep["angles"], sweep["accuracy"], "o-", label="test accuracy")
   ax.plot(sweep["angles"], sweep["mean_true_length"], "s--",
@@ -75,28 +81,34 @@ def plot_rotation(sweep, strip, class_names, true_label, path):
   ax.set_xticks(np.arange(-180, 181, 45))
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8, loc="lower center")
+  trained = (f"trained with rotations up to {trained_rotation}°"
+             if trained_rotation else "trained without rotations")
   ax.set_title(f"Robustness to rotation ({sweep['num_examples']} test images, "
-               "trained without rotations)", fontsize=9)
+               f"{trained})", fontsize=9)
   for j in range(cols):
-    pred = strip["predictions"][j]
+    pred = f"{class_names[strip['predictions'][j]]} {strip['confidence'][j]:.2f}"
+    angle = f"{strip['angles'][j]:+.0f}°"
     top = fig.add_subplot(grid[1, j])
-    bottom = fig.add_subplot(grid[2, j])
-    _show(top, strip["inputs"][j], f"{strip['angles'][j]:+.0f}°")
-    _show(bottom, strip["reconstructions"][j],
-          f"{class_names[pred]} {strip['confidence'][j]:.2f}")
+    _show(top, strip["inputs"][j], angle if rows == 3 else f"{angle}\n{pred}")
     if j == 0:
-      top.set_ylabel(f"input\n(true {class_names[true_label]})", fontsize=7)
-      bottom.set_ylabel("recon.\n(pred, |v|)", fontsize=7)
+      top.set_ylabel(f"input\n(true {class_names[true_label]})"
+                     + ("" if rows == 3 else "\n(pred, |v|)"), fontsize=7)
+    if rows == 3:
+      bottom = fig.add_subplot(grid[2, j])
+      _show(bottom, recons[j], pred)
+      if j == 0:
+        bottom.set_ylabel("recon.\n(pred, |v|)", fontsize=7)
   _save(fig, path)
 
 
 def save_rotation_gif(strip, path):
-  """The strip's input beside its reconstruction, one frame per angle, 4x
-  enlarged (nearest neighbour), 150 ms a frame."""
+  """The strip's input beside its reconstruction (the input alone without
+  one), one frame per angle, 4x enlarged (nearest neighbour), 150 ms a frame."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   frames = []
-  for inp, rec in zip(strip["inputs"], strip["reconstructions"]):
-    pair = np.concatenate([inp, rec], axis=1)
+  recons = strip.get("reconstructions")
+  for j, inp in enumerate(strip["inputs"]):
+    pair = inp if recons is None else np.concatenate([inp, recons[j]], axis=1)
     if pair.shape[-1] != 3:
       pair = np.repeat(pair[..., :1], 3, axis=-1)
     pair = (np.clip(pair, 0, 1) * 255).astype(np.uint8)

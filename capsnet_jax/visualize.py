@@ -20,6 +20,12 @@ reads the latest checkpoint of WORKDIR and writes into WORKDIR/figures/:
   confusion_matrix.png  test-set confusion matrix (counts in confusion_matrix.json)
   summary.json          the numbers behind the figures
 
+``--out=DIR`` writes them into DIR instead. Bundled weights
+(``--workdir=bundled:NAME``) are read-only and have no reconstruction decoder:
+they need ``--out``, and reconstructions.png and perturbation.png are skipped
+(the rotation strip shows the inputs alone; primary_caps.png trains its own
+decoder), with the reasons in the log and in summary.json's ``skipped``.
+
 For MultiMNIST workdirs (two digits per image) it writes multimnist.png
 instead (the paper's Figure 5: each input, the reconstructions from the two
 longest capsules in red and green, and those from the true labels' capsules;
@@ -48,6 +54,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from capsnet_jax import analysis
+from capsnet_jax import augment
+from capsnet_jax import bundled
+from capsnet_jax import errors
 from capsnet_jax import input_pipeline
 from capsnet_jax import metric_logging
 from capsnet_jax import plots
@@ -67,6 +76,11 @@ MULTIMNIST_SKIPPED = {
     "primary_caps": "its decoder reconstructs one digit per image from one "
                     "class's coupling",
     "confusion_matrix": "it counts one label per image",
+}
+NO_DECODER_SKIPPED = {
+    "reconstructions": "the weights have no reconstruction decoder (bundled)",
+    "perturbation": "it decodes perturbed capsules, and the weights have no "
+                    "reconstruction decoder (bundled)",
 }
 # MultiMNIST figure: pairs searched for failures (the paper's 10M test set
 # need not be predicted whole for a picture).
@@ -134,8 +148,9 @@ def rotation_figure(ctx: Context, path: str | None) -> dict[str, Any]:
                                   test.labels[:limit], angles)
   strip = analysis.rotation_strip(ctx.model, test.images[pick], STRIP_ANGLES)
   if path:
-    plots.plot_rotation(sweep, strip, ctx.class_names, int(test.labels[pick]),
-                        path)
+    plots.plot_rotation(
+        sweep, strip, ctx.class_names, int(test.labels[pick]), path,
+        augment.TRAINING_ROTATION_DEGREES.get(config.data_setup, 0))
     plots.save_rotation_gif(strip, os.path.splitext(path)[0] + ".gif")
   return dict(sweep=sweep, strip=strip)
 
@@ -272,15 +287,21 @@ def _tensorboard_image(path) -> np.ndarray:
   return np.asarray(Image.open(path).convert("RGB"), np.float32)[None] / 255.0
 
 
-def make_figures(config, workdir: str
+def make_figures(config, workdir: str, out: str | None = None
                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-  """--mode=visualize: every figure of the latest checkpoint.
+  """--mode=visualize: every figure of the latest checkpoint, written into
+  ``out`` (default WORKDIR/figures; bundled weights need one).
 
   Returns:
     (summary, arrays): summary.json's numbers, and each figure's arrays by
     figure name. Every process returns the same; process 0 writes the files.
   """
   validation.validate_config(config, "visualize", jax.device_count())
+  is_bundle = bundled.is_bundle(workdir)
+  if is_bundle and not out:
+    raise errors.ConfigError(
+        f"--workdir={workdir} is bundled weights, which are read-only: give "
+        "--out=DIR for the figures")
   workdirs.check_compatible(workdir, config)
   model = trained.load(workdir, config=config)
   # Every process reads the whole data (not its shard): the inputs of the
@@ -289,7 +310,7 @@ def make_figures(config, workdir: str
   train_split, test, _ = input_pipeline.load_datasets(config, 0, 1)
   lead = jax.process_index() == 0
   ctx = Context(config=config, model=model, train=train_split, test=test,
-                out_dir=os.path.join(workdir, "figures"))
+                out_dir=out or os.path.join(workdir, "figures"))
   if lead:
     os.makedirs(ctx.out_dir, exist_ok=True)
   t0 = time.time()
@@ -299,16 +320,28 @@ def make_figures(config, workdir: str
       logging.info("visualize: %s.png skipped for %s: %s", name,
                    model.info.name, why)
   figures = TWO_DIGIT_FIGURES if two_digits else SINGLE_DIGIT_FIGURES
+  skipped = {} if model.has_decoder else {
+      k: v for k, v in NO_DECODER_SKIPPED.items() if k in dict(figures)}
+  for name, why in skipped.items():
+    logging.info("visualize: %s.png skipped for %s: %s", name,
+                 model.info.name, why)
+  figures = tuple((n, f) for n, f in figures if n not in skipped)
   paths = {name: os.path.join(ctx.out_dir, f"{name}.png") for name, _ in figures}
   arrays = {name: figure(ctx, paths[name] if lead else None)
             for name, figure in figures}
   summary = dict(checkpoint_step=model.step, **(
       _two_digit_summary if two_digits else _single_digit_summary)(ctx, arrays),
                  seconds=time.time() - t0)
+  if skipped:
+    summary.setdefault("skipped", {}).update(
+        {k + ".png": v for k, v in skipped.items()})
   if lead:
     with open(os.path.join(ctx.out_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
-    writer = metric_logging.create_writer(workdir, lead=True)
+    # The figures also go to TensorBoard: the workdir's, or beside the
+    # figures for read-only bundled weights.
+    writer = metric_logging.create_writer(ctx.out_dir if is_bundle else workdir,
+                                          lead=True)
     writer.write_images(model.step, {f"figures/{k}": _tensorboard_image(p)
                                      for k, p in paths.items()})
     writer.flush()
@@ -317,6 +350,6 @@ def make_figures(config, workdir: str
   return summary, arrays
 
 
-def visualize(config, workdir: str) -> dict[str, Any]:
+def visualize(config, workdir: str, out: str | None = None) -> dict[str, Any]:
   """--mode=visualize: make_figures; returns the summary."""
-  return make_figures(config, workdir)[0]
+  return make_figures(config, workdir, out)[0]

@@ -162,6 +162,26 @@ def test_random_rotate_rotates_about_half_the_images():
   assert 16 < kept < 48  # unrotated half (and truncation of |angle| < 1 to 0)
 
 
+def test_largest_training_rotation_is_29_degrees(monkeypatch):
+  # The clipped normal at its bound: 30 x 0.9999 truncates to 29 degrees, the
+  # figure that rotation.png's title gives for data_setup=efficient.
+  monkeypatch.setattr(augment, "_clipped_normal",
+                      lambda rng, shape, std=0.33, bound=0.9999:
+                      jnp.full(shape, bound))
+  x = np.zeros((16, 28, 28, 1), np.float32)
+  x[:, 4:24, 13:15] = 1.0  # a long vertical bar
+  y = np.asarray(augment.random_rotate_efficient(jnp.asarray(x), jax.random.key(0)))
+  most = augment.TRAINING_ROTATION_DEGREES["efficient"]
+  assert most == 29
+  expected = np.asarray(augment.rotate(jnp.asarray(x[:1]), jnp.array([29.0])))[0]
+  beyond = np.asarray(augment.rotate(jnp.asarray(x[:1]), jnp.array([30.0])))[0]
+  assert not np.array_equal(expected, beyond)
+  rotated = [i for i in range(16) if not np.array_equal(y[i], x[i])]
+  assert rotated  # about half
+  for i in rotated:
+    np.testing.assert_array_equal(y[i], expected)
+
+
 def test_shift_within_margins_by_hand():
   x = np.zeros((2, 28, 28, 1), np.float32)
   x[:, 10:14, 5:10] = 1.0  # margins: top 10, bottom 14, left 5, right 18

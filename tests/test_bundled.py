@@ -130,3 +130,45 @@ def test_command_line_predicts_digit_files_without_training(model, tmp_path):
     with Image.open(r["figure"]) as im:  # the input alone: no decoder
       assert im.size == (4 * 28, 4 * 28)
 
+
+
+def test_visualize_the_bundle_into_out(model, tmp_path):
+  """--mode=visualize on bundled weights: the figures that need no decoder,
+  written into --out; the confusion matrix over the 10,000 real test images
+  gives the accuracy the training run recorded."""
+  del model  # compiled once for the module; make_figures loads its own
+  _real_test_set()
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from configs import mnist_efficient  # pylint: disable=g-import-not-at-top
+  config = mnist_efficient.get_config()
+  config.idx_dir = str(SHARED_MNIST)
+  config.visualize_rotation_examples = 200
+  config.visualize_rotation_step = 90
+  config.visualize_primary_examples = 64
+  config.visualize_primary_steps = 2
+  with pytest.raises(errors.ConfigError, match="read-only: give --out=DIR"):
+    cli.run("visualize", config, "bundled:mnist_efficient")
+  out = tmp_path / "figures"
+  summary = cli.run("visualize", config, "bundled:mnist_efficient", out=str(out))
+  meta = _meta()
+  assert summary["checkpoint_step"] == meta["step"]
+  assert summary["confusion_trace"] == round(meta["test_accuracy"] * 10000)
+  assert summary["rotation_angles"] == [-180.0, -90.0, 0.0, 90.0, 180.0]
+  assert set(summary["skipped"]) == {"reconstructions.png", "perturbation.png"}
+  for name in ("rotation.png", "rotation.gif", "primary_caps.png",
+               "confusion_matrix.png", "summary.json"):
+    assert (out / name).is_file(), name
+  assert not (out / "reconstructions.png").exists()
+  assert not (out / "perturbation.png").exists()
+  assert not (BUNDLE / "figures").exists()  # nothing written into the package
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "ensemble"])
+def test_training_modes_refuse_the_bundle(mode, tmp_path, monkeypatch):
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from configs import mnist_efficient  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(errors.ConfigError,
+                     match=f"bundled weights .* --mode={mode} needs a training"):
+    cli.run(mode, mnist_efficient.get_config(), "bundled:mnist_efficient")
+  assert not os.listdir(tmp_path)  # no folder called "bundled:mnist_efficient"

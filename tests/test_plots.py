@@ -76,6 +76,14 @@ def test_figures_are_pngs(tmp_path):
                reconstructions=images[:3], predictions=labels[:3],
                confidence=np.array([0.5, 0.9, 0.4]))
   plots.plot_rotation(sweep, strip, NAMES, 1, tmp_path / "rot.png")
+  # Without reconstructions (bundled weights): the inputs row alone, shorter.
+  no_recon = {k: v for k, v in strip.items() if k != "reconstructions"}
+  plots.plot_rotation(sweep, no_recon, NAMES, 1, tmp_path / "rot2.png",
+                      trained_rotation=29)
+  plots.save_rotation_gif(no_recon, tmp_path / "rot2.gif")
+  with Image.open(tmp_path / "rot2.gif") as im:  # the input alone, 4x
+    assert im.size == (4 * 28, 4 * 28) and im.n_frames == 3
+  assert _png_size(tmp_path / "rot2.png")[1] < _png_size(tmp_path / "rot.png")[1]
   rows = dict(capsules=np.array([5, 17]), coupling=np.array([0.3, 0.1]),
               prediction=3, full=images[0],
               images=rng.uniform(size=(2, 4, 28, 28, 1)))
