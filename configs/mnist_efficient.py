@@ -44,11 +44,15 @@ host), 2026-11-25:
   At about 150 images/s the full 150 epochs (9M images) take about 17 hours
   on this CPU.
 
-The run (README.md, "Efficient-CapsNet", generated from its
-eval_history.jsonl): 98.76% after epoch 1, 99.21% after 2, 99.35% after 3,
-99.53% after 9 (first >= 99.5%), on the same CPU with about 3.5 minutes an
-epoch when alone. The paper's 99.84% is an ensemble; its single model is
-about 99.74%. The epoch-9 checkpoint ships as capsnet_jax/weights/mnist_efficient.
+The runs (README.md, "Efficient-CapsNet", tables generated from their
+eval_history.jsonl, kept in docs/results/cpu/mnist_efficient*): run 1 98.76%
+after epoch 1, 99.53% after 9 (first >= 99.5%), then lost; run 2 (same
+command and seed, later code) 98.84% after 1, 99.50% after 10, 99.60% after
+20, 99.66% best by epoch 40. Alone, an epoch takes 3-4.5 minutes on the same
+CPU with huge pages (about 14 steps/s, capsnet_jax/hostmem.py), so the 150
+epochs take 8-11 hours. The paper's 99.84% is an ensemble; its single model is
+about 99.74%. The bundled weights (capsnet_jax/weights/mnist_efficient) come
+from these runs' best checkpoint; their weights.json names it.
 """
 
 from configs import default
