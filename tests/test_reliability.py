@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from capsnet_jax import checkpoints
+from capsnet_jax import park
 from capsnet_jax import train
 from conftest import make_idx_dir, subprocess_env, write_idx
 from configs import default
@@ -94,15 +95,25 @@ def test_sigkill_then_resume_equals_uninterrupted_run(idx_dir, tmp_path):
   assert proc.returncode == -signal.SIGKILL
   at_kill = max(_steps(killed))
   assert at_kill < 120
+  # The same run parked and brought back in another workdir (as on another
+  # machine) resumes to the same parameters too.
+  moved = tmp_path / "moved"
+  assert park.save(str(killed), str(tmp_path / "parked"))["step"] == at_kill
+  park.restore(str(tmp_path / "parked"), str(moved))
+  resumed = _run(_args(idx_dir, moved, *LONG))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"Resumed from the checkpoint at step {at_kill}" in resumed.stderr
   resumed = _run(_args(idx_dir, killed, *LONG))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from the checkpoint at step" in resumed.stderr
   full = _run(_args(idx_dir, straight, *LONG))
   assert full.returncode == 0, full.stderr[-3000:]
-  a, b = _params(killed), _params(straight)
-  assert int(a.step) == int(b.step) == 120
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  b = _params(straight)
+  for a in (_params(killed), _params(moved)):
+    assert int(a.step) == int(b.step) == 120
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5,
+                                 atol=1e-6)
   with open(killed / "results.json") as f:
     assert json.load(f)["step"] == 120
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The Efficient-CapsNet MNIST reproduction run (README, "Efficient-CapsNet").
+# Brings back the run parked in the repository when the workdir is behind it
+# (a new machine), then resumes from the workdir's latest checkpoint. Start
+# it in the background with
+#   nohup scripts/run_efficient.sh > /dev/null 2>&1 &
+# and park it before leaving the machine:
+#   .venv/bin/python -m capsnet_jax.park save --workdir=runs/mnist_efficient \
+#       --to=docs/results/cpu/mnist_efficient_run3/parked
+# WORKDIR, IDX_DIR and PARKED can be overridden from the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORKDIR=${WORKDIR:-runs/mnist_efficient}
+IDX_DIR=${IDX_DIR:-../shared/data/mnist}
+PARKED=${PARKED:-docs/results/cpu/mnist_efficient_run3/parked}
+mkdir -p "$WORKDIR"
+if [ -e "$PARKED/park.json" ]; then
+  .venv/bin/python -m capsnet_jax.park restore --from="$PARKED" \
+      --workdir="$WORKDIR" --only_if_newer >> "$WORKDIR/train.log" 2>&1
+fi
+exec nice -n 19 .venv/bin/python main.py --config=configs/mnist_efficient.py \
+    --workdir="$WORKDIR" --config.idx_dir="$IDX_DIR" \
+    --config.checkpoint_every_steps=750 >> "$WORKDIR/train.log" 2>&1

@@ -1,0 +1,112 @@
+"""capsnet_jax.park on a workdir of tiny checkpoints: what travels, the
+checksums, and the refusals that keep a newer run from being overwritten.
+(tests/test_reliability.py resumes a parked real run and compares it with
+an uninterrupted one.)"""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from capsnet_jax import checkpoints
+from capsnet_jax import history
+from capsnet_jax import park
+from capsnet_jax.errors import WorkdirError
+
+CONFIG = {"model": "tiny", "seed": 0}
+
+
+def _tree(step):
+  return {"w": jnp.full((2, 3), float(step)), "step": jnp.array(step, jnp.int32)}
+
+
+def _workdir(path, steps=(5, 10), evaluated=(5, 10, 15)):
+  """A workdir with checkpoints at ``steps`` and evaluations at ``evaluated``
+  (test accuracies 0.90, 0.95, 0.97)."""
+  path.mkdir()
+  ckpt = checkpoints.Checkpointer(str(path), keep=3)
+  for step in steps:
+    assert ckpt.save(step, _tree(step), {"test_accuracy": 0.5})
+    ckpt.wait()
+  ckpt.close()
+  with open(path / "config.json", "w") as f:
+    json.dump(CONFIG, f)
+  for i, step in enumerate(evaluated):
+    history.append(str(path), {"step": step, "epoch": float(i + 1),
+                               "test_accuracy": (0.90, 0.95, 0.97)[i],
+                               "source": "train"})
+  return path
+
+
+def test_save_then_restore_brings_back_the_latest_checkpoint(tmp_path):
+  src = _workdir(tmp_path / "run")
+  meta = park.save(str(src), str(tmp_path / "parked"))
+  assert meta["step"] == 10
+  # The evaluation at step 15 has no checkpoint: resuming would redo it.
+  assert [r["step"] for r in history.read(str(tmp_path / "parked"))] == [5, 10]
+  assert meta["best_test_accuracy"] == pytest.approx(0.95)
+  assert meta["best_step"] == 10 and meta["epoch"] == 2.0
+  assert sorted(os.listdir(tmp_path / "parked" / "checkpoints")) == ["10"]
+  assert "config.json" in meta["files"]
+
+  dst = tmp_path / "moved"
+  park.restore(str(tmp_path / "parked"), str(dst))
+  ckpt = checkpoints.Checkpointer(str(dst), create=False)
+  assert ckpt.all_steps() == [10]
+  restored = ckpt.restore(_tree(0))
+  ckpt.close()
+  np.testing.assert_array_equal(restored["w"], np.full((2, 3), 10.0))
+  assert int(restored["step"]) == 10
+  with open(dst / "config.json") as f:
+    assert json.load(f) == CONFIG
+  assert [r["step"] for r in history.read(str(dst))] == [5, 10]
+
+
+def test_a_second_save_replaces_the_first(tmp_path):
+  src = _workdir(tmp_path / "run", steps=(5,), evaluated=(5,))
+  park.save(str(src), str(tmp_path / "parked"))
+  ckpt = checkpoints.Checkpointer(str(src), keep=3)
+  assert ckpt.save(20, _tree(20))
+  ckpt.close()
+  assert park.save(str(src), str(tmp_path / "parked"))["step"] == 20
+  assert os.listdir(tmp_path / "parked" / "checkpoints") == ["20"]
+  assert not (tmp_path / "parked.partial").exists()
+
+
+def test_a_changed_file_is_named(tmp_path):
+  park.save(str(_workdir(tmp_path / "run")), str(tmp_path / "parked"))
+  with open(tmp_path / "parked" / "config.json", "a") as f:
+    f.write(" ")
+  with pytest.raises(WorkdirError, match="config.json has sha256"):
+    park.restore(str(tmp_path / "parked"), str(tmp_path / "moved"))
+  assert not (tmp_path / "moved").exists()
+
+
+def test_restore_refuses_a_workdir_that_is_not_behind(tmp_path):
+  src = _workdir(tmp_path / "run")
+  park.save(str(src), str(tmp_path / "parked"))
+  with pytest.raises(WorkdirError, match="already has a checkpoint at step 10"):
+    park.restore(str(tmp_path / "parked"), str(src))
+  assert park.restore(str(tmp_path / "parked"), str(src),
+                      only_if_newer=True) is None
+  assert checkpoints.Checkpointer(str(src), create=False).all_steps() == [5, 10]
+  other = tmp_path / "other"
+  other.mkdir()
+  with open(other / "config.json", "w") as f:
+    json.dump({"model": "tiny", "seed": 1}, f)
+  with pytest.raises(WorkdirError, match="differs from the parked run's config"):
+    park.restore(str(tmp_path / "parked"), str(other))
+  assert os.listdir(other) == ["config.json"]
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+  (tmp_path / "empty").mkdir()
+  assert park.main(["save", f"--workdir={tmp_path / 'empty'}",
+                    f"--to={tmp_path / 'p'}"]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "no finished checkpoint" in err
+  assert park.main(["restore", f"--from={tmp_path / 'empty'}",
+                    f"--workdir={tmp_path / 'w'}"]) == 1
+  assert "holds no parked run" in capsys.readouterr().err
