@@ -4,6 +4,7 @@
   python -m capsnet_jax.report --table=epochs --every=5 runs/mnist        # per epoch
   python -m capsnet_jax.report --table=decoders fc=runs/dec_fc ...        # vs reference
   python -m capsnet_jax.report --table=multimnist runs/multimnist         # vs the paper
+  python -m capsnet_jax.report --table=agreement a=runs/a b=runs/b        # same run?
   python -m capsnet_jax.report runs/a runs/b --curves=curves.png          # PNG
   python -m capsnet_jax.report --table=rotation caps=runs/a/figures/summary.json \
       --curves=rotation.png                                               # rotation
@@ -121,6 +122,50 @@ def epochs_table(workdir: str, every: int = 1) -> str:
                  f"{r['test_reconstruction_loss']:.2f} | "
                  f"{r.get('learning_rate', float('nan')):.3g} | "
                  f"{_duration(r.get('wall_seconds'))} |")
+  return "\n".join(lines)
+
+
+# What agreement_table compares, evaluation by evaluation.
+AGREEMENT_KEYS = ("test_accuracy", "test_loss", "test_margin_loss",
+                  "test_reconstruction_loss", "learning_rate")
+
+
+def agreement_table(runs: dict[str, str]) -> str:
+  """Each run after the first against the first, at the steps both
+  evaluated: whether every value of AGREEMENT_KEYS is the same to the last
+  digit, and where they first differ. Runs with the same config and seed on
+  the same code and CPU kind should agree at every step."""
+  labels = list(runs)
+  if len(labels) < 2:
+    raise WorkdirError("--table=agreement compares two or more runs")
+  first = {int(r["step"]): r for r in load(runs[labels[0]])}
+  lines = [f"| run | evaluations in common with {labels[0]} | identical "
+           "(test accuracy, losses, learning rate) | first difference | "
+           "largest accuracy difference |",
+           "|---|---|---|---|---|"]
+  for label in labels[1:]:
+    other = {int(r["step"]): r for r in load(runs[label])}
+    common = sorted(set(first) & set(other))
+    differ = [s for s in common
+              if any(first[s].get(k) != other[s].get(k) for k in AGREEMENT_KEYS)]
+    if not common:
+      span = "none"
+    elif len(common) == 1:
+      span = f"1 (epoch {_epoch(first[common[0]])})"
+    else:
+      span = (f"{len(common)} (epochs {_epoch(first[common[0]])}-"
+              f"{_epoch(first[common[-1]])})")
+    if differ:
+      s = differ[0]
+      key = next(k for k in AGREEMENT_KEYS if first[s].get(k) != other[s].get(k))
+      where = (f"epoch {_epoch(first[s])}: {key} {first[s].get(key):.6g} vs "
+               f"{other[s].get(key):.6g}")
+    else:
+      where = "-"
+    gap = max((abs(first[s]["test_accuracy"] - other[s]["test_accuracy"])
+               for s in common), default=0.0)
+    lines.append(f"| {label} | {span} | {len(common) - len(differ)} of "
+                 f"{len(common)} | {where} | {100 * gap:.2f} points |")
   return "\n".join(lines)
 
 
@@ -292,6 +337,8 @@ def render(argv: Sequence[str], base: str = "", plots: bool = True) -> str:
     return summary_table(runs)
   if args.table == "decoders":
     return decoders_table(runs)
+  if args.table == "agreement":
+    return agreement_table(runs)
   if args.table == "multimnist":
     return "\n\n".join(multimnist_table(w) for w in runs.values())
   return "\n\n".join(epochs_table(w, args.every) for w in runs.values())
@@ -337,7 +384,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="WORKDIR or LABEL=WORKDIR (rotation: a visualize "
                  "summary.json, or the workdir that holds figures/summary.json)")
   p.add_argument("--table", choices=("summary", "epochs", "decoders",
-                                     "multimnist", "rotation"),
+                                     "multimnist", "rotation", "agreement"),
                  default="summary")
   p.add_argument("--every", type=int, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")

@@ -59,6 +59,23 @@ def test_epochs_and_decoder_tables(runs):
   assert rows[2].startswith("| deconv_bn | 3 | 10.00 | 0.0300 | 99.00% | 99.50% (2) |")
 
 
+def test_agreement_table_finds_the_first_difference(runs, tmp_path):
+  a, b = runs
+  same = _workdir(tmp_path / "same", [_record(1, 0.98, 1.0), _record(2, 0.995, 2.0)])
+  late = _workdir(tmp_path / "late", [
+      _record(1, 0.98, 1.0), dict(_record(2, 0.995, 2.0), test_margin_loss=0.03),
+      _record(3, 0.9925, 3.0)])
+  rows = report.agreement_table({"a": a, "same": same, "late": late,
+                                 "b": b}).splitlines()
+  assert rows[2] == "| same | 2 (epochs 1-2) | 2 of 2 | - | 0.00 points |"
+  assert rows[3] == ("| late | 3 (epochs 1-3) | 1 of 3 | epoch 2: "
+                     "test_margin_loss 0.02 vs 0.03 | 0.25 points |")
+  assert rows[4] == ("| b | 1 (epoch 1) | 0 of 1 | epoch 1: test_accuracy "
+                     "0.98 vs 0.97 | 1.00 points |")
+  with pytest.raises(report.WorkdirError, match="two or more runs"):
+    report.agreement_table({"a": a})
+
+
 def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
   a, _ = runs
   readme = tmp_path / "README.md"
