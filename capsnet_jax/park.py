@@ -10,7 +10,7 @@ Synopsis::
 ``save`` copies what resuming needs: the latest complete checkpoint (the
 whole training state: parameters, optimiser moments, batch statistics, step),
 ``config.json``, ``eval_history.jsonl`` and ``results.json`` when present,
-and writes ``park.json`` with the step and the sha256 of every file. It
+and the TensorBoard event files, and writes ``park.json`` with the step and the sha256 of every file. It
 replaces an earlier park in the same folder. The run may keep training while
 it is saved: finished checkpoints do not change.
 
@@ -22,9 +22,10 @@ holds a checkpoint at or after the parked step (nothing to bring back;
 history or config that differs from the parked one, so it cannot overwrite
 a newer run.
 
-Only the latest checkpoint travels: the best one by test accuracy (if older)
-and the TensorBoard events stay behind; ``eval_history.jsonl`` keeps every
-evaluation, so best accuracy and the tables are unchanged.
+Only the latest checkpoint travels: the best one by test accuracy, if older,
+stays behind; ``eval_history.jsonl`` keeps every evaluation, so the best
+accuracy and the tables are unchanged. Figures, summaries and logs stay
+behind too.
 """
 
 import datetime
@@ -40,8 +41,15 @@ from capsnet_jax.errors import WorkdirError
 
 PARK_FILE = "park.json"
 CHECKPOINTS = "checkpoints"
-# Files of a workdir that travel with the checkpoint (when present).
+# Files of a workdir that travel with the checkpoint (when present), and
+# the TensorBoard event files (the training curves; a resumed run adds one).
 WORKDIR_FILES = ("config.json", history.HISTORY_FILE, "results.json")
+EVENTS_PREFIX = "events.out.tfevents."
+
+
+def _workdir_files(folder: str) -> list[str]:
+  return ([n for n in WORKDIR_FILES if os.path.exists(os.path.join(folder, n))]
+          + sorted(n for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX)))
 
 
 def _sha256(path: str) -> str:
@@ -91,9 +99,8 @@ def save(workdir: str, to: str) -> dict[str, Any]:
     shutil.rmtree(staging, ignore_errors=True)
     raise WorkdirError(f"checkpoint {step} disappeared while it was copied "
                        f"({e}); park again") from e
-  for name in WORKDIR_FILES:
-    if os.path.exists(os.path.join(workdir, name)):
-      shutil.copy2(os.path.join(workdir, name), staging)
+  for name in _workdir_files(workdir):
+    shutil.copy2(os.path.join(workdir, name), staging)
   # The history may hold an evaluation after the checkpoint (written just
   # before the next checkpoint): resuming would drop it, so drop it here.
   if os.path.exists(os.path.join(staging, history.HISTORY_FILE)):
@@ -176,8 +183,8 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   shutil.rmtree(staging, ignore_errors=True)
   shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)), staging)
   os.replace(staging, target)
-  for name in WORKDIR_FILES:
-    if os.path.exists(os.path.join(folder, name)):
+  for name in _workdir_files(folder):
+    if name != PARK_FILE:
       shutil.copy2(os.path.join(folder, name), workdir)
   return meta
 

@@ -33,6 +33,8 @@ def _workdir(path, steps=(5, 10), evaluated=(5, 10, 15)):
   ckpt.close()
   with open(path / "config.json", "w") as f:
     json.dump(CONFIG, f)
+  (path / "events.out.tfevents.123.host.1.v2").write_bytes(b"curves")
+  (path / "train.log").write_text("stays behind")
   for i, step in enumerate(evaluated):
     history.append(str(path), {"step": step, "epoch": float(i + 1),
                                "test_accuracy": (0.90, 0.95, 0.97)[i],
@@ -62,6 +64,10 @@ def test_save_then_restore_brings_back_the_latest_checkpoint(tmp_path):
   with open(dst / "config.json") as f:
     assert json.load(f) == CONFIG
   assert [r["step"] for r in history.read(str(dst))] == [5, 10]
+  assert sorted(os.listdir(dst)) == ["checkpoints", "config.json",
+                                     "eval_history.jsonl",
+                                     "events.out.tfevents.123.host.1.v2"]
+  assert (dst / "events.out.tfevents.123.host.1.v2").read_bytes() == b"curves"
 
 
 def test_a_second_save_replaces_the_first(tmp_path):
