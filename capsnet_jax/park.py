@@ -29,7 +29,6 @@ behind too.
 """
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import sys
 from typing import Any
 
 from capsnet_jax import history
+from capsnet_jax.bundled import sha256
 from capsnet_jax.errors import WorkdirError
 
 PARK_FILE = "park.json"
@@ -52,21 +52,13 @@ def _workdir_files(folder: str) -> list[str]:
           + sorted(n for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX)))
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _files(root: str) -> dict[str, str]:
   """{path relative to root: sha256} of every file under root."""
   out = {}
   for dirpath, _, filenames in os.walk(root):
     for name in filenames:
       full = os.path.join(dirpath, name)
-      out[os.path.relpath(full, root)] = _sha256(full)
+      out[os.path.relpath(full, root)] = sha256(full)
   return out
 
 
