@@ -48,9 +48,12 @@ The runs (README.md, "Efficient-CapsNet", tables generated from their
 eval_history.jsonl, kept in docs/results/cpu/mnist_efficient*): run 1 98.76%
 after epoch 1, 99.53% after 9 (first >= 99.5%), then lost; run 2 (same
 command and seed, later code) 98.84% after 1, 99.50% after 10, 99.60% after
-20, 99.66% at 40, 99.69% best by epoch 58 (of 150, still running). Alone, an
-epoch takes 3-4.5 minutes on the same CPU with huge pages (about 14 steps/s,
-capsnet_jax/hostmem.py), so the 150 epochs take 8-11 hours. The paper's
+20, 99.66% at 40, 99.69% best by epoch 58, then lost with its machine; run 3
+(scripts/run_efficient.sh, the same command on the same code) repeats run 2
+bit for bit and is parked in the repository between sessions
+(docs/results/cpu/mnist_efficient_run3/parked, capsnet_jax/park.py). Alone,
+an epoch takes 4-4.5 minutes on the same CPU with huge pages (14-16 steps/s,
+capsnet_jax/hostmem.py), so the 150 epochs take 10-11 hours. The paper's
 99.84% is an ensemble; its single model is about 99.74%. The bundled weights
 (capsnet_jax/weights/mnist_efficient) are run 2's epoch-40 checkpoint
 (99.66%), then its best; their weights.json names it.
