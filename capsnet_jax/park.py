@@ -81,6 +81,11 @@ def save(workdir: str, to: str) -> dict[str, Any]:
   step = steps[-1]
   if os.path.abspath(to) == os.path.abspath(workdir):
     raise WorkdirError("park into another folder than the workdir")
+  if (os.path.isdir(to) and os.listdir(to)
+      and not os.path.exists(os.path.join(to, PARK_FILE))):
+    raise WorkdirError(f"{to!r} is not empty and holds no parked run: park "
+                       "into a new or empty folder (an earlier park is "
+                       "replaced)")
   staging = to.rstrip(os.sep) + ".partial"
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(os.path.join(staging, CHECKPOINTS))

@@ -81,6 +81,17 @@ def test_a_second_save_replaces_the_first(tmp_path):
   assert not (tmp_path / "parked.partial").exists()
 
 
+def test_save_never_replaces_a_folder_that_is_not_a_park(tmp_path):
+  src = _workdir(tmp_path / "run")
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "keep.txt").write_text("mine")
+  with pytest.raises(WorkdirError, match="holds no parked run"):
+    park.save(str(src), str(tmp_path / "notes"))
+  assert os.listdir(tmp_path / "notes") == ["keep.txt"]
+  (tmp_path / "empty").mkdir()
+  assert park.save(str(src), str(tmp_path / "empty"))["step"] == 10
+
+
 def test_a_changed_file_is_named(tmp_path):
   park.save(str(_workdir(tmp_path / "run")), str(tmp_path / "parked"))
   with open(tmp_path / "parked" / "config.json", "a") as f:
