@@ -179,6 +179,7 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   staging = target + ".restoring"
   shutil.rmtree(staging, ignore_errors=True)
   shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)), staging)
+  shutil.rmtree(target, ignore_errors=True)  # an unfinished one (not in have)
   os.replace(staging, target)
   for name in _workdir_files(folder):
     if name != PARK_FILE:
