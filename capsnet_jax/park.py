@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from typing import Any
 
 from capsnet_jax import history
@@ -62,62 +63,107 @@ def _files(root: str) -> dict[str, str]:
   return out
 
 
-def complete_steps(workdir: str) -> list[int]:
-  """The steps of the workdir's finished checkpoints, ascending."""
+def _step_folders(workdir: str, finished: bool) -> list[int]:
   root = os.path.join(workdir, CHECKPOINTS)
   if not os.path.isdir(root):
     return []
+  return sorted(int(n) for n in os.listdir(root) if n.isdigit() and (
+      not finished or
+      os.path.exists(os.path.join(root, n, "_CHECKPOINT_METADATA"))))
+
+
+def complete_steps(workdir: str) -> list[int]:
+  """The steps of the workdir's finished checkpoints, ascending."""
   # orbax writes a step into a temporary folder and renames it to the bare
   # step number when it is complete; _CHECKPOINT_METADATA is written before.
-  return sorted(int(n) for n in os.listdir(root) if n.isdigit() and
-                os.path.exists(os.path.join(root, n, "_CHECKPOINT_METADATA")))
+  return _step_folders(workdir, finished=True)
+
+
+def _sizes(root: str) -> dict[str, int]:
+  """{path relative to root: size} of every file under root."""
+  return {os.path.relpath(os.path.join(d, n), root):
+          os.path.getsize(os.path.join(d, n))
+          for d, _, names in os.walk(root) for n in names}
+
+
+def _is_park(folder: str) -> bool:
+  """Whether folder holds park.json and exactly the files it lists."""
+  try:
+    with open(os.path.join(folder, PARK_FILE)) as f:
+      listed = set(json.load(f)["files"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return False
+  return set(_sizes(folder)) == listed | {PARK_FILE}
+
+
+def _inside(path: str, folder: str) -> bool:
+  path, folder = os.path.abspath(path), os.path.abspath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def save(workdir: str, to: str) -> dict[str, Any]:
-  """Parks the latest checkpoint of ``workdir`` in ``to``; returns park.json."""
+  """Parks the latest checkpoint of ``workdir`` in ``to``; returns park.json.
+
+  ``to`` must be new, empty or an earlier park (exactly park.json and the
+  files it lists), which is then replaced as a whole."""
   steps = complete_steps(workdir)
   if not steps:
     raise WorkdirError(f"{workdir!r} has no finished checkpoint to park")
   step = steps[-1]
-  if os.path.abspath(to) == os.path.abspath(workdir):
-    raise WorkdirError("park into another folder than the workdir")
-  if (os.path.isdir(to) and os.listdir(to)
-      and not os.path.exists(os.path.join(to, PARK_FILE))):
-    raise WorkdirError(f"{to!r} is not empty and holds no parked run: park "
-                       "into a new or empty folder (an earlier park is "
-                       "replaced)")
-  staging = to.rstrip(os.sep) + ".partial"
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(os.path.join(staging, CHECKPOINTS))
-  src = os.path.join(workdir, CHECKPOINTS, str(step))
+  if _inside(workdir, to) or _inside(to, os.path.join(workdir, CHECKPOINTS)):
+    raise WorkdirError(f"park {workdir!r} into a folder outside it and its "
+                       "checkpoints, not above it")
+  if os.path.exists(to) and not (
+      os.path.isdir(to) and (not os.listdir(to) or _is_park(to))):
+    raise WorkdirError(f"{to!r} is neither empty nor an earlier park (only "
+                       f"{PARK_FILE} and the files it lists): park into a "
+                       "new or empty folder")
+  parent = os.path.dirname(os.path.abspath(to))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".park-", dir=parent)
   try:
-    shutil.copytree(src, os.path.join(staging, CHECKPOINTS, str(step)))
-  except FileNotFoundError as e:  # deleted by the run's retention meanwhile
+    src = os.path.join(workdir, CHECKPOINTS, str(step))
+    dst = os.path.join(staging, CHECKPOINTS, str(step))
+    before = _sizes(src)
+    try:
+      shutil.copytree(src, dst)
+    except OSError as e:  # deleted by the run's retention meanwhile
+      raise WorkdirError(f"checkpoint {step} changed while it was copied "
+                         f"({e}); park again") from e
+    # A step being deleted loses files before its folder: compare.
+    if not before or not before == _sizes(src) == _sizes(dst):
+      raise WorkdirError(f"checkpoint {step} changed while it was copied; "
+                         "park again")
+    for name in _workdir_files(workdir):
+      shutil.copy2(os.path.join(workdir, name), staging)
+    # The history may hold an evaluation after the checkpoint (written just
+    # before the next checkpoint): resuming would drop it, so drop it here.
+    if os.path.exists(os.path.join(staging, history.HISTORY_FILE)):
+      history.truncate_after(staging, step)
+    records = history.read(staging)
+    last = history.last(records)
+    best_acc, best_step = history.best(history.training_records(records))
+    meta = dict(
+        step=step, source_workdir=os.path.abspath(workdir),
+        epoch=last.get("epoch") if last else None,
+        last_test_accuracy=last.get("test_accuracy") if last else None,
+        best_test_accuracy=best_acc, best_step=best_step,
+        parked=datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        files=_files(staging))
+    with open(os.path.join(staging, PARK_FILE), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+      f.write("\n")
+    # Swap: the earlier park aside, the new one in, then the earlier one out.
+    old = None
+    if os.path.exists(to):
+      old = tempfile.mkdtemp(prefix=".park-old-", dir=parent)
+      os.replace(to, os.path.join(old, "park"))
+    os.replace(staging, to)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
     shutil.rmtree(staging, ignore_errors=True)
-    raise WorkdirError(f"checkpoint {step} disappeared while it was copied "
-                       f"({e}); park again") from e
-  for name in _workdir_files(workdir):
-    shutil.copy2(os.path.join(workdir, name), staging)
-  # The history may hold an evaluation after the checkpoint (written just
-  # before the next checkpoint): resuming would drop it, so drop it here.
-  if os.path.exists(os.path.join(staging, history.HISTORY_FILE)):
-    history.truncate_after(staging, step)
-  records = history.read(staging)
-  last = history.last(records)
-  best_acc, best_step = history.best(history.training_records(records))
-  meta = dict(
-      step=step, source_workdir=os.path.abspath(workdir),
-      epoch=last.get("epoch") if last else None,
-      last_test_accuracy=last.get("test_accuracy") if last else None,
-      best_test_accuracy=best_acc, best_step=best_step,
-      parked=datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
-      files=_files(staging))
-  with open(os.path.join(staging, PARK_FILE), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-    f.write("\n")
-  shutil.rmtree(to, ignore_errors=True)
-  os.replace(staging, to)
   return meta
 
 
@@ -126,27 +172,45 @@ def read(folder: str) -> dict[str, Any]:
   meta_path = os.path.join(folder, PARK_FILE)
   if not os.path.exists(meta_path):
     raise WorkdirError(f"{folder!r} holds no parked run (no {PARK_FILE})")
-  with open(meta_path) as f:
-    meta = json.load(f)
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+    int(meta["step"])
+    files = dict(meta["files"])
+  except (ValueError, KeyError, TypeError) as e:
+    raise WorkdirError(f"{meta_path} is damaged ({type(e).__name__}: {e})"
+                       ) from e
   actual = _files(folder)
   actual.pop(PARK_FILE)
-  for name, digest in meta["files"].items():
+  for name, digest in files.items():
     if name not in actual:
       raise WorkdirError(f"parked run {folder!r} lacks {name}")
     if actual[name] != digest:
       raise WorkdirError(f"parked run {folder!r}: {name} has sha256 "
                          f"{actual[name]}, park.json records {digest}; the "
                          "file is damaged or was replaced")
-  extra = sorted(set(actual) - set(meta["files"]))
+  extra = sorted(set(actual) - set(files))
   if extra:
     raise WorkdirError(f"parked run {folder!r} has files park.json does not "
                        f"list: {', '.join(extra[:5])}")
   return meta
 
 
-def _same_prefix(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-  n = min(len(a), len(b))
-  return a[:n] == b[:n]
+# Fields of an evaluation record that differ between two machines running
+# the same evaluation.
+TIMING_FIELDS = ("time", "wall_seconds", "train_seconds")
+
+
+def _evaluations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  return [{k: v for k, v in r.items() if k not in TIMING_FIELDS}
+          for r in records]
+
+
+def _copy_in(src: str, workdir: str) -> None:
+  """Copies a file into workdir under a temporary name, then renames it."""
+  tmp = os.path.join(workdir, "." + os.path.basename(src) + ".restoring")
+  shutil.copy2(src, tmp)
+  os.replace(tmp, os.path.join(workdir, os.path.basename(src)))
 
 
 def restore(folder: str, workdir: str, only_if_newer: bool = False
@@ -154,10 +218,14 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   """Copies the parked run in ``folder`` into ``workdir``; returns park.json.
 
   With ``only_if_newer``, a workdir already at or after the parked step is
-  left as it is and None is returned (instead of an error)."""
+  left as it is and None is returned (instead of an error). The files come
+  first and the checkpoint last, so a restore that stops midway is redone
+  by the next one."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import workdirs  # pylint: disable=g-import-not-at-top
   meta = read(folder)
   step = int(meta["step"])
-  have = complete_steps(workdir)
+  have = _step_folders(workdir, finished=False)  # what orbax would restore
   if have and have[-1] >= step:
     if only_if_newer:
       return None
@@ -165,25 +233,34 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
                        f"{have[-1]} >= the parked step {step}: nothing to "
                        "restore")
   parked_config = os.path.join(folder, "config.json")
-  config = os.path.join(workdir, "config.json")
-  if os.path.exists(config) and os.path.exists(parked_config):
-    with open(config) as f, open(parked_config) as g:
-      if json.load(f) != json.load(g):
-        raise WorkdirError(f"{config} differs from the parked run's "
-                           "config.json: restore into another workdir")
-  if not _same_prefix(history.read(workdir), history.read(folder)):
+  if os.path.exists(parked_config):
+    with open(parked_config) as f:
+      workdirs.check_compatible(workdir, ml_collections.ConfigDict(json.load(f)))
+  # The workdir's evaluations up to its latest checkpoint (a resume drops
+  # the later ones) must be the parked run's first ones.
+  finished = complete_steps(workdir)
+  mine = [r for r in history.read(workdir)
+          if finished and int(r["step"]) <= finished[-1]]
+  parked = history.read(folder)
+  if _evaluations(mine) != _evaluations(parked[:len(mine)]):
     raise WorkdirError(f"{history.path(workdir)} differs from the parked "
                        "run's history: restore into another workdir")
   os.makedirs(os.path.join(workdir, CHECKPOINTS), exist_ok=True)
-  target = os.path.join(workdir, CHECKPOINTS, str(step))
-  staging = target + ".restoring"
-  shutil.rmtree(staging, ignore_errors=True)
-  shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)), staging)
-  shutil.rmtree(target, ignore_errors=True)  # an unfinished one (not in have)
-  os.replace(staging, target)
   for name in _workdir_files(folder):
-    if name != PARK_FILE:
-      shutil.copy2(os.path.join(folder, name), workdir)
+    src, dst = os.path.join(folder, name), os.path.join(workdir, name)
+    if (name.startswith(EVENTS_PREFIX) and os.path.exists(dst)
+        and os.path.getsize(dst) >= os.path.getsize(src)):
+      continue  # this machine's copy ran at least as far
+    _copy_in(src, workdir)
+  target = os.path.join(workdir, CHECKPOINTS, str(step))
+  staging = tempfile.mkdtemp(prefix=".restoring-", dir=os.path.dirname(target))
+  try:
+    shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)),
+                    os.path.join(staging, "step"))
+    shutil.rmtree(target, ignore_errors=True)  # unfinished (not in have)
+    os.replace(os.path.join(staging, "step"), target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return meta
 
 
@@ -215,7 +292,7 @@ def main(argv: list[str]) -> int:
         return 0
       verb = (f"restored step {meta['step']} into {args.workdir}; the "
               "training command resumes from it")
-  except WorkdirError as e:
+  except (WorkdirError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   size = sum(os.path.getsize(os.path.join(dp, n))

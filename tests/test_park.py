@@ -14,8 +14,10 @@ from capsnet_jax import checkpoints
 from capsnet_jax import history
 from capsnet_jax import park
 from capsnet_jax.errors import WorkdirError
+from configs import default
 
-CONFIG = {"model": "tiny", "seed": 0}
+# As training writes it: primary_types holds the number (tiny: 4).
+CONFIG = default.get_config().to_dict() | {"model": "tiny", "primary_types": 4}
 
 
 def _tree(step):
@@ -85,11 +87,22 @@ def test_save_never_replaces_a_folder_that_is_not_a_park(tmp_path):
   src = _workdir(tmp_path / "run")
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "keep.txt").write_text("mine")
-  with pytest.raises(WorkdirError, match="holds no parked run"):
+  with pytest.raises(WorkdirError, match="neither empty nor an earlier park"):
     park.save(str(src), str(tmp_path / "notes"))
   assert os.listdir(tmp_path / "notes") == ["keep.txt"]
   (tmp_path / "empty").mkdir()
   assert park.save(str(src), str(tmp_path / "empty"))["step"] == 10
+  # A file added beside an earlier park makes it not a park any more.
+  (tmp_path / "empty" / "NOTES.md").write_text("mine")
+  with pytest.raises(WorkdirError, match="neither empty nor an earlier park"):
+    park.save(str(src), str(tmp_path / "empty"))
+  assert (tmp_path / "empty" / "NOTES.md").read_text() == "mine"
+  # Nor above the workdir, nor inside its checkpoints.
+  with pytest.raises(WorkdirError, match="outside it"):
+    park.save(str(src), str(tmp_path))
+  with pytest.raises(WorkdirError, match="outside it"):
+    park.save(str(src), str(src / "checkpoints" / "p"))
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".park")]
 
 
 def test_a_changed_file_is_named(tmp_path):
@@ -112,10 +125,57 @@ def test_restore_refuses_a_workdir_that_is_not_behind(tmp_path):
   other = tmp_path / "other"
   other.mkdir()
   with open(other / "config.json", "w") as f:
-    json.dump({"model": "tiny", "seed": 1}, f)
-  with pytest.raises(WorkdirError, match="differs from the parked run's config"):
+    json.dump(CONFIG | {"model": "capsnet"}, f)
+  with pytest.raises(WorkdirError, match="a different configuration"):
     park.restore(str(tmp_path / "parked"), str(other))
   assert os.listdir(other) == ["config.json"]
+  # Training-only fields may differ, as when training resumes.
+  with open(other / "config.json", "w") as f:
+    json.dump(CONFIG | {"idx_dir": "/elsewhere", "num_epochs": 3}, f)
+  assert park.restore(str(tmp_path / "parked"), str(other))["step"] == 10
+
+
+def test_restore_checks_the_history_up_to_the_workdir_checkpoint(tmp_path):
+  park.save(str(_workdir(tmp_path / "run")), str(tmp_path / "parked"))
+  # Behind (checkpoint at 5), the same evaluations at other times, and one
+  # after its checkpoint that a resume drops anyway: restored.
+  behind = _workdir(tmp_path / "behind", steps=(5,), evaluated=(5, 10, 15))
+  records = history.read(str(behind))
+  with open(behind / "eval_history.jsonl", "w") as f:
+    for r in records:
+      f.write(json.dumps(r | {"time": 1.0, "wall_seconds": 2.0}) + "\n")
+  assert park.restore(str(tmp_path / "parked"), str(behind))["step"] == 10
+  assert checkpoints.Checkpointer(str(behind), create=False).all_steps() == [5, 10]
+  # A different evaluation before its checkpoint: another run.
+  other = _workdir(tmp_path / "other", steps=(5,), evaluated=())
+  history.append(str(other), {"step": 5, "epoch": 1.0, "test_accuracy": 0.5,
+                              "source": "train"})
+  with pytest.raises(WorkdirError, match="differs from the parked run's history"):
+    park.restore(str(tmp_path / "parked"), str(other))
+
+
+@pytest.mark.parametrize("failing", ["copytree", "_copy_in"])
+def test_restore_puts_the_checkpoint_in_last(tmp_path, monkeypatch, failing):
+  """A restore stopped while copying the history or the checkpoint is
+  redone in full by the next one (the checkpoint marks it done)."""
+  park.save(str(_workdir(tmp_path / "run")), str(tmp_path / "parked"))
+  dst = tmp_path / "moved"
+  real = getattr(park.shutil if failing == "copytree" else park, failing)
+
+  def fail(src, *args, **kwargs):
+    if failing == "copytree" or src.endswith(history.HISTORY_FILE):
+      raise OSError("disk full")
+    return real(src, *args, **kwargs)
+  monkeypatch.setattr(park.shutil if failing == "copytree" else park,
+                      failing, fail)
+  with pytest.raises(OSError, match="disk full"):
+    park.restore(str(tmp_path / "parked"), str(dst))
+  monkeypatch.undo()
+  assert park.complete_steps(str(dst)) == []
+  assert os.listdir(dst / "checkpoints") == []
+  assert park.restore(str(tmp_path / "parked"), str(dst),
+                      only_if_newer=True)["step"] == 10
+  assert [r["step"] for r in history.read(str(dst))] == [5, 10]
 
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
