@@ -16,7 +16,7 @@ PARKED=${PARKED:-docs/results/cpu/mnist_efficient_run3/parked}
 mkdir -p "$WORKDIR"
 if [ -e "$PARKED/park.json" ]; then
   .venv/bin/python -m capsnet_jax.park restore --from="$PARKED" \
-      --workdir="$WORKDIR" --only_if_newer >> "$WORKDIR/train.log" 2>&1
+      --workdir="$WORKDIR" --only_if_newer 2>&1 | tee -a "$WORKDIR/train.log"
 fi
 exec nice -n 19 .venv/bin/python main.py --config=configs/mnist_efficient.py \
     --workdir="$WORKDIR" --config.idx_dir="$IDX_DIR" \
