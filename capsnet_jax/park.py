@@ -53,14 +53,14 @@ def _workdir_files(folder: str) -> list[str]:
           + sorted(n for n in os.listdir(folder) if n.startswith(EVENTS_PREFIX)))
 
 
+def _each_file(root: str, measure) -> dict[str, Any]:
+  """{path relative to root: measure(full path)} of every file under root."""
+  return {os.path.relpath(os.path.join(d, n), root): measure(os.path.join(d, n))
+          for d, _, names in os.walk(root) for n in names}
+
+
 def _files(root: str) -> dict[str, str]:
-  """{path relative to root: sha256} of every file under root."""
-  out = {}
-  for dirpath, _, filenames in os.walk(root):
-    for name in filenames:
-      full = os.path.join(dirpath, name)
-      out[os.path.relpath(full, root)] = sha256(full)
-  return out
+  return _each_file(root, sha256)
 
 
 def _step_folders(workdir: str, finished: bool) -> list[int]:
@@ -80,10 +80,7 @@ def complete_steps(workdir: str) -> list[int]:
 
 
 def _sizes(root: str) -> dict[str, int]:
-  """{path relative to root: size} of every file under root."""
-  return {os.path.relpath(os.path.join(d, n), root):
-          os.path.getsize(os.path.join(d, n))
-          for d, _, names in os.walk(root) for n in names}
+  return _each_file(root, os.path.getsize)
 
 
 def _is_park(folder: str) -> bool:
@@ -295,9 +292,8 @@ def main(argv: list[str]) -> int:
   except (WorkdirError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  size = sum(os.path.getsize(os.path.join(dp, n))
-             for dp, _, ns in os.walk(args.to if args.command == "save"
-                                      else args.source) for n in ns)
+  size = sum(_sizes(args.to if args.command == "save" else args.source
+                    ).values())
   print(f"{verb} ({size / 1e6:.1f} MB; best test accuracy "
         f"{meta['best_test_accuracy']} at step {meta['best_step']})")
   return 0
