@@ -47,6 +47,10 @@ def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
   config.num_train_steps = 3
   config.log_every_steps = 3
   config.num_summary_images = 2
+  # The pipelines are under test here. "patches" evaluates too (the default
+  # "rows" at these batches compiles one product per output row, about 30 s
+  # of each run here; test_train evaluates with the default).
+  config.conv_impl = "patches"
   with tfds.testing.mock_data(num_examples=20):
     results = train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
