@@ -28,10 +28,14 @@ def _env(devices: int = 1) -> dict[str, str]:
 
 
 def _args(idx_dir, workdir, *extra):
+  # conv_impl=patches: these runs evaluate with the training form. The
+  # default's forward-only "rows" compiles one product per output row, tens
+  # of seconds per evaluation shape here; test_train evaluates with it.
   return [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
           f"--workdir={workdir}", "--config.model=tiny",
           f"--config.idx_dir={idx_dir}", "--config.batch_size=16",
-          "--config.num_summary_images=2", *extra]
+          "--config.num_summary_images=2", "--config.conv_impl=patches",
+          *extra]
 
 
 def _run(args, devices: int = 1, timeout: int = 600):
