@@ -96,9 +96,10 @@ def make_idx_dir(directory, n_train: int = 256, n_test: int = 100,
 # core idle. pytest-xdist would otherwise start modules with the most tests
 # first, which puts the few long end-to-end tests last.
 LONGEST_MODULES_FIRST = (
-    "test_history", "test_reliability", "test_visualize", "test_tricks",
-    "test_conv", "test_datasets", "test_train", "test_multidevice",
-    "test_models", "test_ensemble", "test_efficient", "test_trained",
+    "test_train", "test_reliability", "test_models", "test_conv",
+    "test_multidevice", "test_datasets", "test_gpu_run", "test_efficient",
+    "test_bundled", "test_history", "test_visualize", "test_tricks",
+    "test_multimnist", "test_ensemble", "test_trained",
 )
 
 

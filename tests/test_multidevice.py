@@ -77,7 +77,9 @@ def _main_args(idx_dir, workdir, steps=4):
 
 
 def test_main_logs_two_devices(idx_dir, tmp_path):
-  out = subprocess.run(_main_args(idx_dir, tmp_path / "w"), env=_env(),
+  # Evaluation with the training form (see test_reliability._args).
+  out = subprocess.run(_main_args(idx_dir, tmp_path / "w") +
+                       ["--config.conv_impl=patches"], env=_env(),
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "2 global devices" in out.stderr
