@@ -17,6 +17,7 @@ from capsnet_jax import datasets
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
 from configs import default
+from conftest import EVAL_CONV_IMPL
 
 
 def _checkpoint_shapes(workdir, step):
@@ -47,10 +48,7 @@ def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
   config.num_train_steps = 3
   config.log_every_steps = 3
   config.num_summary_images = 2
-  # The pipelines are under test here. "patches" evaluates too (the default
-  # "rows" at these batches compiles one product per output row, about 30 s
-  # of each run here; test_train evaluates with the default).
-  config.conv_impl = "patches"
+  config.conv_impl = EVAL_CONV_IMPL  # the pipelines are the subject
   with tfds.testing.mock_data(num_examples=20):
     results = train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:

@@ -9,11 +9,9 @@ import pytest
 
 from capsnet_jax import history
 from capsnet_jax import train
+from conftest import EVAL_CONV_IMPL
 from test_reliability import _args, _env, ROOT
 from test_train import tiny_config
-
-# Evaluations with the training form, as test_reliability's runs (_args).
-PATCHES = "patches"
 
 
 def _lines(workdir):
@@ -53,7 +51,7 @@ def test_clock_continues_and_excludes_evaluation():
 
 def test_records_carry_what_the_tables_need(idx_dir, tmp_path):
   config = tiny_config(idx_dir, num_train_steps=16, eval_every_steps=8,
-                       validation_fraction=0.25, conv_impl=PATCHES)
+                       validation_fraction=0.25, conv_impl=EVAL_CONV_IMPL)
   results = train.train_and_evaluate(config, str(tmp_path))
   records = _lines(tmp_path)
   assert [r["step"] for r in records] == [8, 16]
@@ -85,13 +83,13 @@ def test_resume_drops_evaluations_whose_checkpoint_never_completed(idx_dir, tmp_
   """A kill between an evaluation's line and its checkpoint: the resumed run
   redoes that evaluation and the history holds it once."""
   config = tiny_config(idx_dir, num_train_steps=8, eval_every_steps=4,
-                       conv_impl=PATCHES)
+                       conv_impl=EVAL_CONV_IMPL)
   train.train_and_evaluate(config, str(tmp_path))
   history.append(str(tmp_path), {"step": 12, "test_accuracy": 1.0,
                                  "source": "train", "orphan": True})
   results = train.train_and_evaluate(tiny_config(
-      idx_dir, num_train_steps=12, eval_every_steps=4, conv_impl=PATCHES),
-                                         str(tmp_path))
+      idx_dir, num_train_steps=12, eval_every_steps=4,
+      conv_impl=EVAL_CONV_IMPL), str(tmp_path))
   records = _lines(tmp_path)
   assert [r["step"] for r in records] == [4, 8, 12]
   assert not any(r.get("orphan") for r in records)

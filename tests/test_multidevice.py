@@ -25,7 +25,7 @@ from capsnet_jax import train
 from capsnet_jax import trained
 from capsnet_jax import visualize
 from configs import mnist
-from conftest import subprocess_env
+from conftest import EVAL_CONV_IMPL, subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,9 +77,8 @@ def _main_args(idx_dir, workdir, steps=4):
 
 
 def test_main_logs_two_devices(idx_dir, tmp_path):
-  # Evaluation with the training form (see test_reliability._args).
   out = subprocess.run(_main_args(idx_dir, tmp_path / "w") +
-                       ["--config.conv_impl=patches"], env=_env(),
+                       [f"--config.conv_impl={EVAL_CONV_IMPL}"], env=_env(),
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "2 global devices" in out.stderr

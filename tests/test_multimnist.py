@@ -20,6 +20,7 @@ from capsnet_jax import multimnist
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
 from configs import multimnist as multimnist_config
+from conftest import EVAL_CONV_IMPL
 
 
 # --------------------------------------------------------------------------
@@ -276,10 +277,7 @@ def fixture_trained_mm(idx_dir, tmp_path_factory):
   config.multimnist_test_pairs = 120
   config.eval_batch_size = 50  # 3 batches, the last one padded
   config.visualize_num_images = 4
-  # Evaluation and figures with the training form: the default's "rows"
-  # compiles one product per output row (36 x 36 images here), most of this
-  # module's time; test_train evaluates with the default.
-  config.conv_impl = "patches"
+  config.conv_impl = EVAL_CONV_IMPL
   results = train.train_and_evaluate(config, workdir)
   return workdir, config, results
 

@@ -17,7 +17,7 @@ import pytest
 from capsnet_jax import checkpoints
 from capsnet_jax import park
 from capsnet_jax import train
-from conftest import make_idx_dir, subprocess_env, write_idx
+from conftest import EVAL_CONV_IMPL, make_idx_dir, subprocess_env, write_idx
 from configs import default
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,14 +28,11 @@ def _env(devices: int = 1) -> dict[str, str]:
 
 
 def _args(idx_dir, workdir, *extra):
-  # conv_impl=patches: these runs evaluate with the training form. The
-  # default's forward-only "rows" compiles one product per output row, tens
-  # of seconds per evaluation shape here; test_train evaluates with it.
   return [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
           f"--workdir={workdir}", "--config.model=tiny",
           f"--config.idx_dir={idx_dir}", "--config.batch_size=16",
-          "--config.num_summary_images=2", "--config.conv_impl=patches",
-          *extra]
+          "--config.num_summary_images=2",
+          f"--config.conv_impl={EVAL_CONV_IMPL}", *extra]
 
 
 def _run(args, devices: int = 1, timeout: int = 600):
