@@ -93,9 +93,22 @@ def test_infer_uses_the_fourier_form_for_batches_of_primary_capsules():
     assert not conv._dft_pays(x, k, s), (x, k, s)  # pylint: disable=protected-access
 
 
-def test_infer_equals_xla_on_both_sides_of_its_choice():
-  k = jax.random.normal(jax.random.key(1), (9, 9, 256, 256)) * 0.01
-  for batch in (64, 2):  # dft, rows
+def test_infer_takes_patches_where_the_patch_matrix_is_small_or_short():
+  """The documented choice between the direct forms: "patches" under 16 MiB
+  of patches or with a contraction of at most 128, "rows" elsewhere."""
+  pays = conv._patches_pay  # pylint: disable=protected-access
+  primary = (9, 9, 256, 256)
+  assert pays((4, 20, 20, 256), primary, 2)  # 11.9 MB
+  assert not pays((8, 20, 20, 256), primary, 2)  # 23.9 MB
+  assert not pays((32, 20, 20, 256), primary, 2)
+  assert pays((500, 28, 28, 1), (9, 9, 1, 256), 1)  # conv1: 81 long
+  assert pays((16, 24, 24, 32), (3, 3, 32, 64), 1)  # Efficient stem, 8.9 MB
+  assert not pays((500, 24, 24, 32), (3, 3, 32, 64), 1)  # 279 MB, 288 long
+
+
+def test_infer_equals_xla_on_each_side_of_its_choices():
+  k = jax.random.normal(jax.random.key(1), (9, 9, 256, 64)) * 0.01
+  for batch in (64, 8, 2):  # dft, rows, patches
     x = jax.random.normal(jax.random.key(0), (batch, 20, 20, 256))
     np.testing.assert_allclose(conv.conv2d(x, k, 2, "infer"),
                                conv.conv2d(x, k, 2, "xla"), rtol=1e-4,
