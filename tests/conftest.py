@@ -41,15 +41,6 @@ jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-# The convolution form of the evaluations of tests whose subject is not the
-# evaluation itself (pipelines, reliability, history, tricks, MultiMNIST):
-# the CPU default evaluates with the forward-only "rows", which unrolls one
-# patch product per output row; the tiny model's forward at batch 16 took
-# 17.2 s to compile with it and 3.7 s with "patches" (2-core AMD EPYC).
-# test_train, test_trained, test_predict and test_bundled keep the default.
-EVAL_CONV_IMPL = "patches"
-
-
 def subprocess_env(devices: int | None = None,
                    pythonpath=ROOT) -> dict[str, str]:
   """Environment of a test's python subprocess (main.py, a script): this

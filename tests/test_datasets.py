@@ -17,7 +17,6 @@ from capsnet_jax import datasets
 from capsnet_jax import input_pipeline
 from capsnet_jax import train
 from configs import default
-from conftest import EVAL_CONV_IMPL
 
 
 def _checkpoint_shapes(workdir, step):
@@ -48,7 +47,6 @@ def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
   config.num_train_steps = 3
   config.log_every_steps = 3
   config.num_summary_images = 2
-  config.conv_impl = EVAL_CONV_IMPL  # the pipelines are the subject
   with tfds.testing.mock_data(num_examples=20):
     results = train.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:

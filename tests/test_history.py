@@ -9,7 +9,6 @@ import pytest
 
 from capsnet_jax import history
 from capsnet_jax import train
-from conftest import EVAL_CONV_IMPL
 from test_reliability import _args, _env, ROOT
 from test_train import tiny_config
 
@@ -51,7 +50,7 @@ def test_clock_continues_and_excludes_evaluation():
 
 def test_records_carry_what_the_tables_need(idx_dir, tmp_path):
   config = tiny_config(idx_dir, num_train_steps=16, eval_every_steps=8,
-                       validation_fraction=0.25, conv_impl=EVAL_CONV_IMPL)
+                       validation_fraction=0.25)
   results = train.train_and_evaluate(config, str(tmp_path))
   records = _lines(tmp_path)
   assert [r["step"] for r in records] == [8, 16]
@@ -82,14 +81,13 @@ def test_records_carry_what_the_tables_need(idx_dir, tmp_path):
 def test_resume_drops_evaluations_whose_checkpoint_never_completed(idx_dir, tmp_path):
   """A kill between an evaluation's line and its checkpoint: the resumed run
   redoes that evaluation and the history holds it once."""
-  config = tiny_config(idx_dir, num_train_steps=8, eval_every_steps=4,
-                       conv_impl=EVAL_CONV_IMPL)
+  config = tiny_config(idx_dir, num_train_steps=8, eval_every_steps=4)
   train.train_and_evaluate(config, str(tmp_path))
   history.append(str(tmp_path), {"step": 12, "test_accuracy": 1.0,
                                  "source": "train", "orphan": True})
   results = train.train_and_evaluate(tiny_config(
-      idx_dir, num_train_steps=12, eval_every_steps=4,
-      conv_impl=EVAL_CONV_IMPL), str(tmp_path))
+      idx_dir, num_train_steps=12, eval_every_steps=4),
+      str(tmp_path))
   records = _lines(tmp_path)
   assert [r["step"] for r in records] == [4, 8, 12]
   assert not any(r.get("orphan") for r in records)

@@ -25,7 +25,7 @@ from capsnet_jax import train
 from capsnet_jax import trained
 from capsnet_jax import visualize
 from configs import mnist
-from conftest import EVAL_CONV_IMPL, subprocess_env
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,8 +77,7 @@ def _main_args(idx_dir, workdir, steps=4):
 
 
 def test_main_logs_two_devices(idx_dir, tmp_path):
-  out = subprocess.run(_main_args(idx_dir, tmp_path / "w") +
-                       [f"--config.conv_impl={EVAL_CONV_IMPL}"], env=_env(),
+  out = subprocess.run(_main_args(idx_dir, tmp_path / "w"), env=_env(),
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "2 global devices" in out.stderr

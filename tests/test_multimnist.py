@@ -20,7 +20,6 @@ from capsnet_jax import multimnist
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
 from configs import multimnist as multimnist_config
-from conftest import EVAL_CONV_IMPL
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +276,6 @@ def fixture_trained_mm(idx_dir, tmp_path_factory):
   config.multimnist_test_pairs = 120
   config.eval_batch_size = 50  # 3 batches, the last one padded
   config.visualize_num_images = 4
-  config.conv_impl = EVAL_CONV_IMPL
   results = train.train_and_evaluate(config, workdir)
   return workdir, config, results
 

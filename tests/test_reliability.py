@@ -17,7 +17,7 @@ import pytest
 from capsnet_jax import checkpoints
 from capsnet_jax import park
 from capsnet_jax import train
-from conftest import EVAL_CONV_IMPL, make_idx_dir, subprocess_env, write_idx
+from conftest import make_idx_dir, subprocess_env, write_idx
 from configs import default
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,8 +31,7 @@ def _args(idx_dir, workdir, *extra):
   return [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
           f"--workdir={workdir}", "--config.model=tiny",
           f"--config.idx_dir={idx_dir}", "--config.batch_size=16",
-          "--config.num_summary_images=2",
-          f"--config.conv_impl={EVAL_CONV_IMPL}", *extra]
+          "--config.num_summary_images=2", *extra]
 
 
 def _run(args, devices: int = 1, timeout: int = 600):

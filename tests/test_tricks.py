@@ -17,7 +17,7 @@ from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import ConfigError, WorkdirError
 from configs import default
-from conftest import EVAL_CONV_IMPL, ROOT, subprocess_env
+from conftest import ROOT, subprocess_env
 from test_train import _restore_state, tiny_config
 
 # tanh_shifted with T = 0.5 epochs, alpha = 0.05: 0.05 (tanh(2 e - pi) + 1) / 2
@@ -33,7 +33,7 @@ def _config(idx_dir, **overrides):
                 validation_fraction=0.25, alpha=0.05,
                 alpha_schedule="tanh_shifted", alpha_temperature=0.5,
                 reconstruction_loss="l1", leaky_routing=True,
-                leaky_variant="reference", conv_impl=EVAL_CONV_IMPL)
+                leaky_variant="reference")
   fields.update(overrides)
   return tiny_config(idx_dir, **fields)
 
