@@ -41,6 +41,19 @@ jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+# XLA's CPU backend spends most of a tiny model's compile time in LLVM's
+# optimisation passes (one jax.random.bits program: 1.6 s at the default
+# level, 0.2 s at 0), and the tests run tiny models. So the suite compiles
+# at --xla_backend_optimization_level=0 unless XLA_FLAGS already sets a
+# level: run it with XLA_FLAGS=--xla_backend_optimization_level=2 to test
+# the default. Set here, before JAX starts its backend, so that this process
+# and its subprocesses (subprocess_env) see it.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      filter(None, [os.environ.get("XLA_FLAGS"),
+                    "--xla_backend_optimization_level=0"]))
+
+
 def subprocess_env(devices: int | None = None,
                    pythonpath=ROOT) -> dict[str, str]:
   """Environment of a test's python subprocess (main.py, a script): this
@@ -51,7 +64,9 @@ def subprocess_env(devices: int | None = None,
   env.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if devices is not None:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = " ".join(filter(None, [
+        env.get("XLA_FLAGS"),
+        f"--xla_force_host_platform_device_count={devices}"]))
   return env
 
 
@@ -96,10 +111,10 @@ def make_idx_dir(directory, n_train: int = 256, n_test: int = 100,
 # core idle. pytest-xdist would otherwise start modules with the most tests
 # first, which puts the few long end-to-end tests last.
 LONGEST_MODULES_FIRST = (
-    "test_train", "test_reliability", "test_models", "test_conv",
-    "test_multidevice", "test_datasets", "test_gpu_run", "test_efficient",
-    "test_bundled", "test_history", "test_visualize", "test_tricks",
-    "test_multimnist", "test_ensemble", "test_trained",
+    "test_reliability", "test_multidevice", "test_models", "test_bundled",
+    "test_datasets", "test_conv", "test_train", "test_gpu_run",
+    "test_efficient", "test_history", "test_visualize", "test_multimnist",
+    "test_tricks", "test_ensemble", "test_predict", "test_trained",
 )
 
 
