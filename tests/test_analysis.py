@@ -26,7 +26,7 @@ from conftest import ROOT, synthetic_digits
 @pytest.fixture(name="model", scope="module")
 def fixture_model():
   config = default.get_config()
-  config.update(model="tiny", conv_impl="xla", batch_size=8)
+  config.update(model="tiny", batch_size=8)
   info = input_pipeline.dataset_info(config.dataset, config.data_setup)
   mesh = mesh_lib.make_mesh()
   net = models.create_model(config, info.image_shape, info.num_classes)

@@ -19,11 +19,9 @@ from test_train import tiny_config
 
 @pytest.fixture(name="run", scope="module")
 def fixture_run(idx_dir, tmp_path_factory):
-  """8 steps, evaluated and checkpointed at steps 4 and 8. XLA's
-  convolutions compile in seconds on CPU (the default forward-only "rows"
-  formulation in some 25 s; test_train and test_visualize cover it)."""
+  """8 steps, evaluated and checkpointed at steps 4 and 8."""
   workdir = str(tmp_path_factory.mktemp("trained"))
-  config = tiny_config(idx_dir, eval_every_steps=4, conv_impl="xla")
+  config = tiny_config(idx_dir, eval_every_steps=4)
   results = train.train_and_evaluate(config, workdir)
   _, test, _ = input_pipeline.load_datasets(config, 0, 1)
   return workdir, config, results, test
