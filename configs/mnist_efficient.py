@@ -52,9 +52,9 @@ command and seed, later code) 98.84% after 1, 99.50% after 10, 99.60% after
 (scripts/run_efficient.sh, the same command on the same code) repeats run 2
 bit for bit through epoch 58, reached 99.70% at epoch 66, and is parked in
 the repository between sessions (docs/results/cpu/mnist_efficient_run3/parked,
-capsnet_jax/park.py). Alone, an epoch takes 4-5.5 minutes on the same CPU
+capsnet_jax/park.py). Alone, an epoch takes 4.4-5.4 minutes on the same CPU
 with huge pages (14-16 steps/s at best, capsnet_jax/hostmem.py), so the 150
-epochs take 10-13 hours. The paper's
+epochs take 11-13.5 hours. The paper's
 99.84% is an ensemble; its single model is about 99.74%. The bundled weights
 (capsnet_jax/weights/mnist_efficient) are run 2's epoch-40 checkpoint
 (99.66%), then its best; their weights.json names it.

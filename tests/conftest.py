@@ -48,10 +48,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # level: run it with XLA_FLAGS=--xla_backend_optimization_level=2 to test
 # the default. Set here, before JAX starts its backend, so that this process
 # and its subprocesses (subprocess_env) see it.
+def _with_xla_flag(flags: str | None, flag: str) -> str:
+  return " ".join(filter(None, [flags, flag]))
+
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = " ".join(
-      filter(None, [os.environ.get("XLA_FLAGS"),
-                    "--xla_backend_optimization_level=0"]))
+  os.environ["XLA_FLAGS"] = _with_xla_flag(
+      os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0")
 
 
 def subprocess_env(devices: int | None = None,
@@ -64,9 +67,9 @@ def subprocess_env(devices: int | None = None,
   env.update(JAX_COMPILATION_CACHE_DIR=_CACHE_DIR,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   if devices is not None:
-    env["XLA_FLAGS"] = " ".join(filter(None, [
+    env["XLA_FLAGS"] = _with_xla_flag(
         env.get("XLA_FLAGS"),
-        f"--xla_force_host_platform_device_count={devices}"]))
+        f"--xla_force_host_platform_device_count={devices}")
   return env
 
 
