@@ -4,9 +4,8 @@
 # (a new machine), then resumes from the workdir's latest checkpoint. Start
 # it in the background with
 #   nohup scripts/run_efficient.sh > /dev/null 2>&1 &
-# and park it before leaving the machine:
-#   .venv/bin/python -m capsnet_jax.park save --workdir=runs/mnist_efficient \
-#       --to=docs/results/cpu/mnist_efficient_run3/parked
+# and park it before leaving the machine, right after an epoch's evaluation:
+#   scripts/park_efficient.sh
 # WORKDIR, IDX_DIR and PARKED can be overridden from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -155,3 +155,32 @@ def test_bundle_made_from_the_workdir_predicts_the_same(run, tmp_path):
   np.testing.assert_allclose(
       bundle.predict_stored(images, ("lengths",))["lengths"],
       best.predict_stored(images, ("lengths",))["lengths"], atol=1e-6)
+
+
+def test_bundle_only_if_better(run, tmp_path):
+  """--only_if_better keeps a bundle whose recorded accuracy is at least the
+  checkpoint's, and replaces one that is worse."""
+  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  workdir, _, results, _ = run
+  best = results["best_test_accuracy"]
+  out = str(tmp_path)
+  args = ["--workdir", workdir, "--name", "tiny", "--out_root", out,
+          "--only_if_better"]
+  assert bundled.main(args) == 0  # no bundle yet: written
+  meta_file = tmp_path / "tiny" / "weights.json"
+  weights_file = tmp_path / "tiny" / "weights.msgpack"
+  written = json.loads(meta_file.read_text())
+  assert written["test_accuracy"] == pytest.approx(best)
+  for recorded, kept in ((best, True), (best + 0.01, True),
+                         (best - 0.01, False)):
+    meta = dict(written, test_accuracy=recorded)
+    meta_file.write_text(json.dumps(meta))
+    weights_file.write_bytes(b"older weights")
+    assert bundled.main(args) == 0
+    now = json.loads(meta_file.read_text())
+    if kept:
+      assert now == meta and weights_file.read_bytes() == b"older weights"
+    else:
+      assert now["test_accuracy"] == pytest.approx(best)
+      assert now["sha256"] == bundled.sha256(str(weights_file))
+      assert now["sha256"] == written["sha256"]
