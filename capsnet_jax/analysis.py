@@ -117,6 +117,58 @@ def confusion_matrix(predictions: np.ndarray, labels: np.ndarray,
   return matrix
 
 
+def misclassified(lengths: np.ndarray, labels: np.ndarray
+                  ) -> dict[str, np.ndarray]:
+  """The misclassified images, the most confident mistakes first.
+
+  Args:
+    lengths: capsule lengths [N, K]; the longest capsule is the prediction.
+    labels: [N] true classes.
+
+  Returns:
+    index [E] (into the N images), label [E], prediction [E],
+    predicted_length and true_length [E] (the lengths of the predicted and of
+    the true class's capsule), ordered by predicted_length - true_length,
+    largest first (ties: lower index first).
+  """
+  lengths, labels = np.asarray(lengths), np.asarray(labels)
+  predictions = np.argmax(lengths, axis=1)
+  index = np.flatnonzero(predictions != labels)
+  predicted_length = lengths[index, predictions[index]]
+  true_length = lengths[index, labels[index]]
+  order = np.argsort(true_length - predicted_length, kind="stable")
+  return dict(index=index[order], label=labels[index][order],
+              prediction=predictions[index][order],
+              predicted_length=predicted_length[order],
+              true_length=true_length[order])
+
+
+def misclassified_examples(model: trained.TrainedModel, images: np.ndarray,
+                           errors: dict[str, np.ndarray]
+                           ) -> dict[str, np.ndarray]:
+  """What the misclassified figure shows of some of ``errors``' images.
+
+  Args:
+    model: the trained model.
+    images: the stored uint8 [E, H, W, C] images of ``errors["index"]``.
+    errors: ``misclassified``'s arrays, cut to those images.
+
+  Returns:
+    ``errors`` with inputs [E, H, W, C] and, when the model has a decoder,
+    predicted_recons and true_recons [E, H, W, C]: the decodings of the
+    predicted and of the true class's capsule.
+  """
+  if not len(images):
+    shape = (0, *model.info.image_shape)
+    return dict(errors, inputs=np.zeros(shape, np.float32))
+  out = dict(errors, inputs=model.display(model.preprocess(images)))
+  if model.has_decoder:
+    caps = model.predict_stored(images, ("class_caps",))["class_caps"]
+    out["predicted_recons"] = model.decode(caps, errors["prediction"])
+    out["true_recons"] = model.decode(caps, errors["label"])
+  return out
+
+
 # --------------------------------------------------------------------------
 # Primary capsules: a decoder of the frozen network's primary capsules.
 

@@ -158,7 +158,8 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
                                "(files, folders or globs)")
     from capsnet_jax import predict, trained  # pylint: disable=g-import-not-at-top
     # The workdir's record defines the model; the command line the rest.
-    model = trained.load(workdir, config=trained.with_workdir_model(config, workdir))
+    model = trained.load(workdir, which=trained.which_checkpoint(config),
+                         config=trained.with_workdir_model(config, workdir))
     return predict.run(model, images, out, invert)
   from capsnet_jax import train  # pylint: disable=g-import-not-at-top
   if mode == "train":

@@ -202,6 +202,51 @@ def plot_confusion(matrix, class_names, path):
   _save(fig, path)
 
 
+def plot_misclassified(shown, num_errors, num_test, class_names, path):
+  """Misclassified images (the first of ``num_errors``) in rows of ten: each
+  input titled "true > predicted" with the two capsule lengths, above the
+  reconstructions from the predicted and from the true class's capsule (when
+  ``shown`` has them)."""
+  n = len(shown["inputs"])
+  if not n:
+    fig, ax = plt.subplots(figsize=(4.5, 1.5))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, f"No misclassified images among {num_test} test images",
+            ha="center", va="center", fontsize=9)
+    _save(fig, path)
+    return
+  recons = [k for k in ("predicted_recons", "true_recons") if k in shown]
+  cols = min(n, 10)
+  blocks = -(-n // cols)
+  per = 1 + len(recons)
+  height = 1.2 * per * blocks + 0.5
+  fig, axes = plt.subplots(per * blocks, cols, figsize=(1.1 * cols, height),
+                           squeeze=False)
+  fig.subplots_adjust(top=1 - 0.8 / height, hspace=0.3)
+  for ax in axes.flat:
+    ax.axis("off")
+  for i in range(n):
+    b, j = divmod(i, cols)
+    top = axes[per * b, j]
+    top.axis("on")
+    _show(top, shown["inputs"][i],
+          f"{class_names[shown['label'][i]]} > "
+          f"{class_names[shown['prediction'][i]]}\n"
+          f"{shown['predicted_length'][i]:.2f} vs {shown['true_length'][i]:.2f}")
+    for r, key in enumerate(recons, 1):
+      axes[per * b + r, j].axis("on")
+      _show(axes[per * b + r, j], shown[key][i])
+  for b in range(blocks):
+    axes[per * b, 0].set_ylabel("input", fontsize=7)
+    for r, label in enumerate(("from predicted", "from true")[:len(recons)], 1):
+      axes[per * b + r, 0].set_ylabel(label, fontsize=7)
+  fig.suptitle(f"Misclassified: {n} of {num_errors} errors in {num_test} test "
+               "images, most confident first (true > predicted; capsule "
+               "lengths predicted vs true)", fontsize=8, y=1 - 0.2 / height)
+  _save(fig, path)
+
+
 def plot_two_digits(shown, failures, accuracy, num_test, path):
   """The paper's Figure 5: per column the input with its labels (L), the
   reconstructions from the two longest capsules (R, red = longest, green =

@@ -94,6 +94,13 @@ def with_workdir_model(config, workdir: str) -> ml_collections.ConfigDict:
   return merged
 
 
+def which_checkpoint(config) -> str | int:
+  """``config.checkpoint`` as ``load``'s ``which``: "latest", "best" or a
+  step number (validation.validate_config checks the value)."""
+  which = config.get("checkpoint", "latest")
+  return int(which) if str(which).isdigit() else which
+
+
 def _select_step(ckpt: checkpoints.Checkpointer, which, workdir: str) -> int:
   if which == "latest":
     return ckpt.latest_step()
@@ -141,7 +148,7 @@ def load(workdir: str, which="latest", config=None,
       match the model; bundled weights that are damaged or do not match.
   """
   if bundled.is_bundle(workdir):
-    return _load_bundle(bundled.resolve(workdir), config, batch_size)
+    return _load_bundle(bundled.resolve(workdir), which, config, batch_size)
   ckpt = open_checkpoints(workdir)
   try:
     step = _select_step(ckpt, which, workdir)
@@ -157,7 +164,7 @@ def load(workdir: str, which="latest", config=None,
     for key in _DATA_LOCATION_FIELDS:
       if key in checked:
         checked[key] = ""
-    validation.validate_config(checked, "eval")
+    validation.validate_config(checked, "predict")
     info = input_pipeline.dataset_info(config.dataset, config.data_setup)
     mesh = mesh_lib.make_mesh()
     model = models.create_model(config, image_shape=info.image_shape,
@@ -184,16 +191,20 @@ def _inference_batch(config, batch_size: int | None) -> int:
   return -(-int(batch) // jax.device_count()) * jax.device_count()
 
 
-def _load_bundle(folder: str, config, batch_size: int | None
+def _load_bundle(folder: str, which, config, batch_size: int | None
                  ) -> "TrainedModel":
   """load() for a bundle: its variables on the model's structure (the
-  decoder and optimiser state zero and unused)."""
+  decoder and optimiser state zero and unused). A bundle holds one state:
+  ``which`` may be "latest", "best" or its step."""
   meta, variables = bundled.read(folder)
+  if which not in WHICH and which != meta["step"]:
+    raise WorkdirError(f"the bundled weights {folder!r} hold one state, of "
+                       f"step {meta['step']}: no checkpoint {which!r}")
   if config is None:
     config = read_config(folder)
   else:
     workdirs.check_compatible(folder, config)
-  validation.validate_config(config, "eval")
+  validation.validate_config(config, "predict")
   info = input_pipeline.dataset_info(config.dataset, config.data_setup)
   mesh = mesh_lib.make_mesh()
   model = models.create_model(config, image_shape=info.image_shape,

@@ -110,6 +110,15 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
                         f"{config.dataset!r}")
     if not os.path.isdir(config.idx_dir):
       raise ConfigError(f"idx_dir {config.idx_dir!r} is not a directory")
+  which = config.get("checkpoint", "latest")
+  if not (which in ("latest", "best") or
+          (isinstance(which, str) and which.isdigit())):
+    raise ConfigError(f"Unknown checkpoint {which!r}; valid: latest, best or "
+                      "a step number")
+  if which != "latest" and mode in ("train", "eval", "ensemble"):
+    raise ConfigError(f"checkpoint {which!r} is for --mode=visualize and "
+                      f"--mode=predict; --mode={mode} uses the latest "
+                      "checkpoint")
   if mode == "ensemble" and not config.ensemble_workdirs:
     raise ConfigError("--mode=ensemble needs --config.ensemble_workdirs="
                       "DIR1,DIR2,... (trained workdirs)")

@@ -4,7 +4,8 @@ Synopsis::
 
   python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=visualize
 
-reads the latest checkpoint of WORKDIR and writes into WORKDIR/figures/:
+reads the latest checkpoint of WORKDIR (``--config.checkpoint=best`` or a
+step for another) and writes into WORKDIR/figures/:
 
   reconstructions.png   test inputs beside their reconstructions (predicted class)
   rotation.png          accuracy and mean true-class capsule length against the
@@ -18,6 +19,10 @@ reads the latest checkpoint of WORKDIR and writes into WORKDIR/figures/:
                         trained on the frozen network's primary capsules
                         (cached in figures/primary_decoder.msgpack)
   confusion_matrix.png  test-set confusion matrix (counts in confusion_matrix.json)
+  misclassified.png     the misclassified test images, the most confident
+                        mistakes first, with the reconstructions from the
+                        predicted and from the true class's capsule (every
+                        one listed in misclassified.json)
   summary.json          the numbers behind the figures
 
 ``--out=DIR`` writes them into DIR instead. Bundled weights
@@ -31,7 +36,7 @@ instead (the paper's Figure 5: each input, the reconstructions from the two
 longest capsules in red and green, and those from the true labels' capsules;
 the first test pairs, then failures) and perturbation.png, and logs why the
 single-digit figures (reconstructions, rotation, primary_caps,
-confusion_matrix) are skipped. The same images go to TensorBoard.
+confusion_matrix, misclassified) are skipped. The same images go to TensorBoard.
 
 Each figure is one function here: it computes its arrays with
 capsnet_jax.analysis, draws them with capsnet_jax.plots (process 0 only)
@@ -76,12 +81,15 @@ MULTIMNIST_SKIPPED = {
     "primary_caps": "its decoder reconstructs one digit per image from one "
                     "class's coupling",
     "confusion_matrix": "it counts one label per image",
+    "misclassified": "multimnist.png shows failures",
 }
 NO_DECODER_SKIPPED = {
     "reconstructions": "the weights have no reconstruction decoder (bundled)",
     "perturbation": "it decodes perturbed capsules, and the weights have no "
                     "reconstruction decoder (bundled)",
 }
+# The misclassified figure's most: ten columns a row.
+MISCLASSIFIED_SHOWN = 40
 # MultiMNIST figure: pairs searched for failures (the paper's 10M test set
 # need not be predicted whole for a picture).
 MAX_FIGURE_PAIRS = 10000
@@ -104,6 +112,12 @@ class Context:
   @property
   def num_shown(self) -> int:
     return self.config.visualize_num_images
+
+  @functools.cached_property
+  def test_outputs(self) -> dict[str, np.ndarray]:
+    """Predictions and capsule lengths of the whole test set."""
+    return self.model.predict_stored(self.test.images,
+                                     ("predictions", "lengths"))
 
   @functools.cached_property
   def shown(self) -> dict[str, np.ndarray]:
@@ -211,8 +225,7 @@ def _primary_decoder(ctx: Context) -> tuple[Any, bool]:
 
 def confusion_matrix_figure(ctx: Context, path: str | None) -> dict[str, Any]:
   """The test set's confusion matrix; also confusion_matrix.json."""
-  predictions = ctx.model.predict_stored(ctx.test.images,
-                                         ("predictions",))["predictions"]
+  predictions = ctx.test_outputs["predictions"]
   matrix = analysis.confusion_matrix(predictions, ctx.test.labels,
                                      ctx.model.info.num_classes)
   if path:
@@ -222,6 +235,25 @@ def confusion_matrix_figure(ctx: Context, path: str | None) -> dict[str, Any]:
       json.dump({"class_names": list(ctx.class_names),
                  "rows_true_columns_predicted": matrix.tolist()}, f, indent=1)
   return dict(matrix=matrix, predictions=predictions)
+
+
+def misclassified_figure(ctx: Context, path: str | None) -> dict[str, Any]:
+  """The misclassified test images, most confident mistakes first (the first
+  MISCLASSIFIED_SHOWN drawn); also misclassified.json with every one."""
+  errors = analysis.misclassified(ctx.test_outputs["lengths"], ctx.test.labels)
+  shown = {k: v[:MISCLASSIFIED_SHOWN] for k, v in errors.items()}
+  shown = analysis.misclassified_examples(
+      ctx.model, ctx.test.images[shown["index"]], shown)
+  if path:
+    plots.plot_misclassified(shown, len(errors["index"]), len(ctx.test),
+                             ctx.class_names, path)
+    keys = ("index", "label", "prediction", "predicted_length", "true_length")
+    with open(os.path.join(os.path.dirname(path), "misclassified.json"),
+              "w") as f:
+      json.dump({"num_test": len(ctx.test), "order": "most confident first",
+                 "errors": [{k: errors[k][i].item() for k in keys}
+                            for i in range(len(errors["index"]))]}, f, indent=1)
+  return dict(errors=errors, shown=shown)
 
 
 def multimnist_figure(ctx: Context, path: str | None) -> dict[str, Any]:
@@ -249,6 +281,7 @@ SINGLE_DIGIT_FIGURES: tuple[tuple[str, FigureFn], ...] = (
     ("perturbation", perturbation_figure),
     ("primary_caps", primary_caps_figure),
     ("confusion_matrix", confusion_matrix_figure),
+    ("misclassified", misclassified_figure),
 )
 TWO_DIGIT_FIGURES: tuple[tuple[str, FigureFn], ...] = (
     ("multimnist", multimnist_figure),
@@ -270,6 +303,7 @@ def _single_digit_summary(ctx: Context, arrays) -> dict[str, Any]:
       rotation_mean_true_length=sweep["mean_true_length"].tolist(),
       rotation_examples=sweep["num_examples"],
       confusion_trace=int(np.trace(matrix)),
+      num_misclassified=len(arrays["misclassified"]["errors"]["index"]),
       primary_decoder_trained_now=arrays["primary_caps"]["trained_now"])
 
 
@@ -289,8 +323,9 @@ def _tensorboard_image(path) -> np.ndarray:
 
 def make_figures(config, workdir: str, out: str | None = None
                  ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-  """--mode=visualize: every figure of the latest checkpoint, written into
-  ``out`` (default WORKDIR/figures; bundled weights need one).
+  """--mode=visualize: every figure of config.checkpoint (default the
+  latest), written into ``out`` (default WORKDIR/figures; bundled weights
+  need one).
 
   Returns:
     (summary, arrays): summary.json's numbers, and each figure's arrays by
@@ -303,7 +338,8 @@ def make_figures(config, workdir: str, out: str | None = None
         f"--workdir={workdir} is bundled weights, which are read-only: give "
         "--out=DIR for the figures")
   workdirs.check_compatible(workdir, config)
-  model = trained.load(workdir, config=config)
+  model = trained.load(workdir, which=trained.which_checkpoint(config),
+                       config=config)
   # Every process reads the whole data (not its shard): the inputs of the
   # sharded inference must agree across processes, and the figures are of
   # the whole test set.

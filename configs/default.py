@@ -89,6 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.num_summary_images = 16  # reconstructions logged per evaluation
 
+  # The checkpoint --mode=visualize and --mode=predict read: "latest",
+  # "best" (highest test accuracy) or a step number (training, eval and
+  # ensemble always use the latest).
+  config.checkpoint = "latest"
+
   # --mode=visualize (figures in WORKDIR/figures).
   config.visualize_num_images = 8  # reconstructions shown
   config.visualize_example = 0  # test image of the rotation strip etc.

@@ -67,6 +67,42 @@ def test_confusion_matrix_by_hand():
       [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
 
 
+def test_misclassified_by_hand():
+  lengths = np.array([[0.9, 0.1, 0.0],    # label 0: right
+                      [0.2, 0.7, 0.1],    # label 2: wrong by 0.7 - 0.1
+                      [0.5, 0.4, 0.3],    # label 1: wrong by 0.5 - 0.4
+                      [0.1, 0.2, 0.95],   # label 0: wrong by 0.95 - 0.1
+                      [0.3, 0.6, 0.2],    # label 1: right
+                      [0.6, 0.1, 0.0]])   # label 1: wrong by 0.6 - 0.1, as #1
+  labels = np.array([0, 2, 1, 0, 1, 1])
+  errors = analysis.misclassified(lengths, labels)
+  np.testing.assert_array_equal(errors["index"], [3, 1, 5, 2])
+  np.testing.assert_array_equal(errors["label"], [0, 2, 1, 1])
+  np.testing.assert_array_equal(errors["prediction"], [2, 1, 0, 0])
+  np.testing.assert_allclose(errors["predicted_length"], [0.95, 0.7, 0.6, 0.5])
+  np.testing.assert_allclose(errors["true_length"], [0.1, 0.1, 0.1, 0.4])
+  right = analysis.misclassified(lengths[[0, 4]], labels[[0, 4]])
+  assert all(len(v) == 0 for v in right.values()) and len(right) == 5
+
+
+def test_misclassified_examples(model, images):
+  lengths = model.predict_stored(images, ("lengths",))["lengths"]
+  labels = (np.argmax(lengths, 1) + 1) % 10  # every image wrong
+  errors = {k: v[:3] for k, v in analysis.misclassified(lengths, labels).items()}
+  shown = analysis.misclassified_examples(model, images[errors["index"]], errors)
+  assert shown["inputs"].shape == (3, 28, 28, 1)
+  out = model.predict_stored(images[errors["index"]], ("class_caps",))
+  np.testing.assert_allclose(
+      shown["predicted_recons"],
+      model.decode(out["class_caps"], errors["prediction"]), atol=1e-6)
+  np.testing.assert_allclose(
+      shown["true_recons"], model.decode(out["class_caps"], errors["label"]),
+      atol=1e-6)
+  # Initial parameters decode every capsule to about 0.5, yet differently:
+  # more than the tolerance above tells apart.
+  assert np.abs(shown["predicted_recons"] - shown["true_recons"]).max() > 1e-5
+
+
 def test_two_digit_rules_by_hand():
   lengths = np.array([[0.9, 0.8, 0.1], [0.5, 0.5, 0.9], [0.2, 0.7, 0.6]])
   # Longest first; the tie in row 1 goes to the lower class.

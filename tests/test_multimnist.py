@@ -324,7 +324,8 @@ def test_visualize(trained_mm):
     assert json.load(f)["num_test"] == 120
   assert not os.path.exists(os.path.join(figures, "rotation.png"))
   assert set(summary["skipped"]) == {"reconstructions.png", "rotation.png",
-                                     "primary_caps.png", "confusion_matrix.png"}
+                                     "primary_caps.png", "confusion_matrix.png",
+                                     "misclassified.png"}
   assert summary["num_test"] == 120
   with open(os.path.join(workdir, "results.json")) as f:
     assert summary["test_accuracy"] == pytest.approx(json.load(f)["test_accuracy"])

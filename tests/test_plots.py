@@ -103,6 +103,26 @@ def test_perturbation_figure_widens_with_examples(tmp_path):
   assert w3 > 2 * w1 and abs(h3 - h1) < 0.1 * h1
 
 
+def test_misclassified_figure_rows_and_reconstructions(tmp_path):
+  rng = np.random.default_rng(1)
+  def shown(n, recons=True):
+    out = dict(inputs=rng.uniform(size=(n, 28, 28, 1)),
+               label=np.arange(n) % 10, prediction=(np.arange(n) + 1) % 10,
+               predicted_length=np.full(n, 0.8), true_length=np.full(n, 0.3))
+    if recons:
+      out["predicted_recons"] = out["true_recons"] = out["inputs"]
+    return out
+  plots.plot_misclassified(shown(4), 4, 100, NAMES, tmp_path / "4.png")
+  plots.plot_misclassified(shown(13), 29, 100, NAMES, tmp_path / "13.png")
+  plots.plot_misclassified(shown(13, False), 29, 100, NAMES, tmp_path / "n.png")
+  plots.plot_misclassified(shown(0), 0, 100, NAMES, tmp_path / "0.png")
+  (w4, h4), (w13, h13), (wn, hn), (w0, h0) = (
+      _png_size(tmp_path / f"{n}.png") for n in ("4", "13", "n", "0"))
+  assert w13 > 1.2 * w4 and h13 > 1.7 * h4  # ten columns, two blocks of rows
+  assert hn < 0.5 * h13  # without reconstructions: one row a block
+  assert h0 < h4 and w0 > 100  # the "no misclassified images" note
+
+
 def test_two_digit_figure_with_and_without_failures(tmp_path):
   rng = np.random.default_rng(0)
 

@@ -93,6 +93,35 @@ def test_latest_best_and_step(run, tmp_path):
   np.testing.assert_allclose(outputs["lengths"], 0.0, atol=1e-3)  # zero weights
 
 
+def test_predict_and_visualize_read_config_checkpoint(run, tmp_path, capsys):
+  """--config.checkpoint picks the checkpoint of --mode=predict and
+  --mode=visualize; the other modes refuse anything but the latest."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  workdir, config, _, test = run
+  image = str(tmp_path / "digit.png")
+  Image.fromarray(test.images[0][..., 0]).save(image)
+  lengths = {step: trained.load(workdir, which=step).predict_files(
+      [image])[0]["capsule_lengths"] for step in (4, 8)}
+  assert lengths[4] != lengths[8]
+  for which, step in (("4", 4), ("latest", 8)):
+    chosen = tiny_config(config.idx_dir, checkpoint=which)
+    assert cli.run("predict", chosen, workdir, images=[image]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["capsule_lengths"] == lengths[step]
+  chosen = tiny_config(config.idx_dir, checkpoint="4",
+                       visualize_rotation_step=180, visualize_num_images=2,
+                       visualize_primary_steps=1, visualize_primary_examples=8)
+  summary = cli.run("visualize", chosen, workdir, out=str(tmp_path / "fig"))
+  assert summary["checkpoint_step"] == 4
+  for mode in ("train", "eval"):
+    with pytest.raises(errors.ConfigError, match=f"--mode={mode} uses the latest"):
+      cli.run(mode, chosen, workdir)
+  with pytest.raises(errors.ConfigError, match="Unknown checkpoint 'newest'"):
+    cli.run("predict", tiny_config(config.idx_dir, checkpoint="newest"),
+            workdir, images=[image])
+
+
 def test_errors_are_one_line_workdir_errors(run, tmp_path):
   workdir, config, _, test = run
   empty = tmp_path / "empty"

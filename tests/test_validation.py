@@ -134,3 +134,20 @@ def test_ensemble_needs_workdirs():
   assert _message("ensemble") == ("--mode=ensemble needs "
                                   "--config.ensemble_workdirs=DIR1,DIR2,... "
                                   "(trained workdirs)")
+
+
+def test_checkpoint_is_latest_best_or_a_step():
+  for which in ("latest", "best", "262500"):
+    validation.validate_config(_config(checkpoint=which), "visualize")
+    validation.validate_config(_config(checkpoint=which), "predict")
+  for which in ("newest", "-5", "1e3", ""):
+    assert _message("predict", checkpoint=which) == (
+        f"Unknown checkpoint {which!r}; valid: latest, best or a step number")
+  for mode in ("train", "eval", "ensemble"):
+    assert _message(mode, checkpoint="best", ensemble_workdirs="a,b") == (
+        f"checkpoint 'best' is for --mode=visualize and --mode=predict; "
+        f"--mode={mode} uses the latest checkpoint")
+  # A workdir recorded before the field existed: the latest.
+  config = _config()
+  del config["checkpoint"]
+  validation.validate_config(config, "train")

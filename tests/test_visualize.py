@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from capsnet_jax import input_pipeline
 from capsnet_jax import train
+from capsnet_jax import trained
 from capsnet_jax import visualize
 from test_train import tiny_config
 
 FIGURES = ("reconstructions", "rotation", "perturbation", "primary_caps",
-           "confusion_matrix")
+           "confusion_matrix", "misclassified")
 
 
 def _config(idx_dir):
@@ -56,6 +58,41 @@ def test_confusion_matrix_counts_every_test_image(visualized):
     matrix = np.array(json.load(f)["rows_true_columns_predicted"])
   assert matrix.shape == (10, 10) and matrix.sum() == summary["num_test"] == 100
   assert np.trace(matrix) / matrix.sum() == pytest.approx(results["test_accuracy"])
+
+
+def test_misclassified_lists_every_error(visualized, tmp_path):
+  workdir, config, _, summary = visualized
+  with open(os.path.join(workdir, "figures", "misclassified.json")) as f:
+    listed = json.load(f)
+  assert listed["num_test"] == summary["num_test"] == 100
+  assert len(listed["errors"]) == summary["num_misclassified"] == (
+      100 - summary["confusion_trace"])
+  # This tiny run classifies most of its test digits right: with every third
+  # label moved on by one, those 34 are misclassified too, as predicted.
+  model = trained.load(workdir, config=config)
+  _, test, _ = input_pipeline.load_datasets(config, 0, 1)
+  predictions = model.predict_stored(test.images, ("predictions",))["predictions"]
+  labels = test.labels.copy()
+  labels[::3] = (labels[::3] + 1) % 10
+  wrong = set(np.flatnonzero(predictions != labels).tolist())
+  assert wrong >= set(range(0, 100, 3))
+  ctx = visualize.Context(config=config, model=model, train=test,
+                          test=input_pipeline.Split(test.images, labels),
+                          out_dir=str(tmp_path))
+  arrays = visualize.misclassified_figure(ctx, str(tmp_path / "m.png"))
+  with open(tmp_path / "misclassified.json") as f:
+    errors = json.load(f)["errors"]
+  assert {e["index"] for e in errors} == wrong and len(errors) == len(wrong)
+  for e in errors:
+    assert (e["label"], e["prediction"]) == (labels[e["index"]],
+                                              predictions[e["index"]])
+  margins = [e["predicted_length"] - e["true_length"] for e in errors]
+  assert min(margins) > 0 and margins == sorted(margins, reverse=True)
+  shown = arrays["shown"]
+  assert len(shown["index"]) == min(len(wrong), visualize.MISCLASSIFIED_SHOWN)
+  assert shown["predicted_recons"].shape == (len(shown["index"]), 28, 28, 1)
+  with Image.open(tmp_path / "m.png") as im:
+    assert im.size[0] > 800 and im.size[1] > 3 * 28 * (len(wrong) // 10)
 
 
 def test_primary_decoder_is_cached(visualized):
