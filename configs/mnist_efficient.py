@@ -50,14 +50,14 @@ after epoch 1, 99.53% after 9 (first >= 99.5%), then lost; run 2 (same
 command and seed, later code) 98.84% after 1, 99.50% after 10, 99.60% after
 20, 99.66% at 40, 99.69% best by epoch 58, then lost with its machine; run 3
 (scripts/run_efficient.sh, the same command on the same code) repeats run 2
-bit for bit through epoch 58, reached 99.71% at epoch 70, and is parked in
+bit for bit through epoch 58, reached 99.73% at epoch 74, and is parked in
 the repository between sessions (docs/results/cpu/mnist_efficient_run3/parked,
-capsnet_jax/park.py). Alone, an epoch takes 4.4-5.4 minutes on the same CPU
+capsnet_jax/park.py). Alone, an epoch takes 4.4-5.8 minutes on the same CPU
 with huge pages (14-16 steps/s at best, capsnet_jax/hostmem.py), so the 150
-epochs take 11-13.5 hours. The paper's
+epochs take 11-14.5 hours. The paper's
 99.84% is an ensemble; its single model is about 99.74%. The bundled weights
 (capsnet_jax/weights/mnist_efficient) are run 3's best checkpoint so far,
-epoch 70 (99.71%); their weights.json names it.
+epoch 74 (99.73%); their weights.json names it.
 """
 
 from configs import default
