@@ -88,7 +88,7 @@ NO_DECODER_SKIPPED = {
     "perturbation": "it decodes perturbed capsules, and the weights have no "
                     "reconstruction decoder (bundled)",
 }
-# The misclassified figure's most: ten columns a row.
+# Misclassified images drawn at most (in rows of ten); the JSON lists all.
 MISCLASSIFIED_SHOWN = 40
 # MultiMNIST figure: pairs searched for failures (the paper's 10M test set
 # need not be predicted whole for a picture).
