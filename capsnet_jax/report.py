@@ -5,6 +5,7 @@
   python -m capsnet_jax.report --table=decoders fc=runs/dec_fc ...        # vs reference
   python -m capsnet_jax.report --table=multimnist runs/multimnist         # vs the paper
   python -m capsnet_jax.report --table=agreement a=runs/a b=runs/b        # same run?
+  python -m capsnet_jax.report --table=plateau runs/a [--from_epoch=76]   # how noisy?
   python -m capsnet_jax.report runs/a runs/b --curves=curves.png          # PNG
   python -m capsnet_jax.report --table=rotation caps=runs/a/figures/summary.json \
       --curves=rotation.png                                               # rotation
@@ -122,6 +123,58 @@ def epochs_table(workdir: str, every: int = 1) -> str:
                  f"{r['test_reconstruction_loss']:.2f} | "
                  f"{r.get('learning_rate', float('nan')):.3g} | "
                  f"{_duration(r.get('wall_seconds'))} |")
+  return "\n".join(lines)
+
+
+def plateau_start(records: list[dict]) -> int:
+  """The index of the first record of the trailing stretch at the last
+  record's learning rate (where a schedule reached its floor)."""
+  last = records[-1].get("learning_rate")
+  if last is None:
+    raise WorkdirError("the history records no learning rate: give "
+                       "--from_epoch")
+  i = len(records) - 1
+  while i > 0 and abs(records[i - 1].get("learning_rate", -1.0) - last) <= (
+      1e-6 * abs(last)):
+    i -= 1
+  return i
+
+
+def plateau_table(runs: dict[str, str], from_epoch: float | None = None) -> str:
+  """How test accuracy and losses spread over a run's late evaluations: those
+  from ``from_epoch`` on, by default those at the last learning rate (a
+  decayed schedule's floor), beside the best of the whole run. The spread is
+  what picking the best epoch by test accuracy can gain by chance."""
+  lines = ["| run | epochs | evaluations | learning rate | test accuracy "
+           "min / mean / max | sd | best of the run (epoch) | test MLoss | "
+           "test RLoss (SSE), first / last |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for label, workdir in runs.items():
+    records = load(workdir)
+    if from_epoch is None:
+      tail = records[plateau_start(records):]
+    else:
+      tail = [r for r in records if float(r["epoch"]) >= from_epoch - 1e-3]
+      if not tail:
+        raise WorkdirError(f"{workdir} has no evaluation from epoch "
+                           f"{from_epoch:g} on")
+    accs = [r["test_accuracy"] for r in tail]
+    mean = sum(accs) / len(accs)
+    sd = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+    rates = sorted({r.get("learning_rate", float("nan")) for r in tail})
+    rate = (f"{rates[0]:.3g}" if len(rates) == 1
+            else f"{rates[0]:.3g}-{rates[-1]:.3g}")
+    margins = [r["test_margin_loss"] for r in tail]
+    acc, step = history.best(records)
+    best = next(r for r in records if int(r["step"]) == step)
+    epochs = (_epoch(tail[0]) if len(tail) == 1
+              else f"{_epoch(tail[0])}-{_epoch(tail[-1])}")
+    lines.append(
+        f"| {label} | {epochs} | {len(tail)} | {rate} | {_pct(min(accs))} / "
+        f"{_pct(mean)} / {_pct(max(accs))} | {100 * sd:.3f} points | "
+        f"{_pct(acc)} ({_epoch(best)}) | "
+        f"{min(margins):.4f}-{max(margins):.4f} | "
+        f"{_sse(tail[0]):.2f} / {_sse(tail[-1]):.2f} |")
   return "\n".join(lines)
 
 
@@ -339,6 +392,8 @@ def render(argv: Sequence[str], base: str = "", plots: bool = True) -> str:
     return decoders_table(runs)
   if args.table == "agreement":
     return agreement_table(runs)
+  if args.table == "plateau":
+    return plateau_table(runs, args.from_epoch)
   if args.table == "multimnist":
     return "\n\n".join(multimnist_table(w) for w in runs.values())
   return "\n\n".join(epochs_table(w, args.every) for w in runs.values())
@@ -384,10 +439,14 @@ def _parser() -> argparse.ArgumentParser:
                  help="WORKDIR or LABEL=WORKDIR (rotation: a visualize "
                  "summary.json, or the workdir that holds figures/summary.json)")
   p.add_argument("--table", choices=("summary", "epochs", "decoders",
-                                     "multimnist", "rotation", "agreement"),
+                                     "multimnist", "rotation", "agreement",
+                                     "plateau"),
                  default="summary")
   p.add_argument("--every", type=int, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")
+  p.add_argument("--from_epoch", type=float, default=None,
+                 help="plateau table: evaluations from this epoch on "
+                 "(default: those at the last learning rate)")
   p.add_argument("--curves", default="",
                  help="also plot to this PNG (rotation: accuracy per angle)")
   p.add_argument("--update", default="",

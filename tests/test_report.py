@@ -150,3 +150,29 @@ def test_rotation_errors(tmp_path, capsys):
   (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_step": 1}))
   assert report.main(["--table=rotation", str(tmp_path)]) == 1
   assert "has no rotation sweep" in capsys.readouterr().err
+
+
+def test_plateau_table_spreads_over_the_floor(tmp_path, capsys):
+  """By default the evaluations at the last learning rate (a schedule's
+  floor); --from_epoch chooses where the stretch starts."""
+  rates = [4e-4, 2e-4, 1e-4, 1e-4, 1e-4, 1e-4]
+  accs = [0.9900, 0.9975, 0.9960, 0.9970, 0.9965, 0.9965]
+  records = [dict(_record(s, a, float(s)), learning_rate=r)
+             for s, (a, r) in enumerate(zip(accs, rates), start=1)]
+  run = _workdir(tmp_path / "run", records)
+  rows = report.plateau_table({"r": run}).splitlines()
+  # Epochs 3-6: mean 0.9965, sd sqrt((25 + 25 + 0 + 0) / 4) = 3.536e-4.
+  assert rows[2] == ("| r | 3-6 | 4 | 0.0001 | 99.60% / 99.65% / 99.70% | "
+                     "0.035 points | 99.75% (2) | 0.0300-0.0600 | "
+                     "10.00 / 5.00 |")
+  # Epochs 2-6: mean 0.9967, deviations +8 -7 +3 -2 -2 (1e-4): sd sqrt(26)e-4.
+  assert report.main(["--table=plateau", "--from_epoch=2", f"r={run}"]) == 0
+  assert capsys.readouterr().out.splitlines()[2] == (
+      "| r | 2-6 | 5 | 0.0001-0.0002 | 99.60% / 99.67% / 99.75% | 0.051 points "
+      "| 99.75% (2) | 0.0200-0.0600 | 15.00 / 5.00 |")
+  assert report.main(["--table=plateau", "--from_epoch=7", f"r={run}"]) == 1
+  assert "no evaluation from epoch 7 on" in capsys.readouterr().err
+  bare = _workdir(tmp_path / "bare", [
+      {k: v for k, v in r.items() if k != "learning_rate"} for r in records])
+  assert report.main(["--table=plateau", bare]) == 1
+  assert "records no learning rate" in capsys.readouterr().err
