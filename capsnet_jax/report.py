@@ -82,6 +82,12 @@ def _sse(r: dict) -> float:
   return r.get("test_reconstruction_sse", r["test_reconstruction_loss"])
 
 
+def _best(records: list[dict]) -> tuple[float, dict]:
+  """The best test accuracy and the record that has it (the first, on ties)."""
+  acc, step = history.best(records)
+  return acc, next(r for r in records if int(r["step"]) == step)
+
+
 def summary_table(runs: dict[str, str]) -> str:
   """One row per run: how far, best and last accuracy, losses, wall time."""
   lines = ["| run | epochs | best test accuracy (epoch) | last test accuracy | "
@@ -91,8 +97,7 @@ def summary_table(runs: dict[str, str]) -> str:
   for label, workdir in runs.items():
     records = load(workdir)
     last = records[-1]
-    acc, step = history.best(records)
-    best = next(r for r in records if int(r["step"]) == step)
+    acc, best = _best(records)
     lines.append(
         f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
         f"{_pct(last['test_accuracy'])} | {_first_reaching(records, 0.995)} | "
@@ -165,8 +170,7 @@ def plateau_table(runs: dict[str, str], from_epoch: float | None = None) -> str:
     rate = (f"{rates[0]:.3g}" if len(rates) == 1
             else f"{rates[0]:.3g}-{rates[-1]:.3g}")
     margins = [r["test_margin_loss"] for r in tail]
-    acc, step = history.best(records)
-    best = next(r for r in records if int(r["step"]) == step)
+    acc, best = _best(records)
     epochs = (_epoch(tail[0]) if len(tail) == 1
               else f"{_epoch(tail[0])}-{_epoch(tail[-1])}")
     lines.append(
@@ -232,8 +236,7 @@ def decoders_table(runs: dict[str, str]) -> str:
   for label, workdir in runs.items():
     records = load(workdir)
     last = records[-1]
-    acc, step = history.best(records)
-    best = next(r for r in records if int(r["step"]) == step)
+    acc, best = _best(records)
     ref = REFERENCE_DECODER_STUDY.get(label)
     ref_text = (f"{ref[0]:.2f} / {ref[1]:.4f} / {ref[2]:.2f}%" if ref else "-")
     lines.append(
