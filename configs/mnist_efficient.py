@@ -50,14 +50,17 @@ after epoch 1, 99.53% after 9 (first >= 99.5%), then lost; run 2 (same
 command and seed, later code) 98.84% after 1, 99.50% after 10, 99.60% after
 20, 99.66% at 40, 99.69% best by epoch 58, then lost with its machine; run 3
 (scripts/run_efficient.sh, the same command on the same code) repeats run 2
-bit for bit through epoch 58, reached 99.73% at epoch 74, and is parked in
-the repository between sessions (docs/results/cpu/mnist_efficient_run3/parked,
-capsnet_jax/park.py). Alone, an epoch takes 4.4-5.8 minutes on the same CPU
-with huge pages (14-16 steps/s at best, capsnet_jax/hostmem.py), so the 150
-epochs take 11-14.5 hours. The paper's
-99.84% is an ensemble; its single model is about 99.74%. The bundled weights
-(capsnet_jax/weights/mnist_efficient) are run 3's best checkpoint so far,
-epoch 74 (99.73%); their weights.json names it.
+bit for bit through epoch 58 and ran all 150 epochs (finished 2026-12-02):
+best 99.73% at epoch 74, one test image short of the paper's single model
+(about 99.74%; its 99.84% is an ensemble), 99.66% at epoch 150, 99.61-99.72%
+over the 75 epochs at the learning-rate floor (76-150, mean 99.66%). Its
+running time summed over its sessions was 16.48 hours; alone, an epoch
+takes 3.0-5.8 minutes on the same CPU with huge pages (training 2.6-5 min
+plus about 25 s of evaluation; capsnet_jax/hostmem.py), so the 150 epochs
+take 7.5-14.5 hours. Its final checkpoint (step 562,500) is parked in the
+repository (docs/results/cpu/mnist_efficient_run3/parked, capsnet_jax/park.py).
+The bundled weights (capsnet_jax/weights/mnist_efficient) are run 3's best
+checkpoint, epoch 74 (99.73%); their weights.json names it.
 """
 
 from configs import default
