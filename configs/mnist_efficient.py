@@ -55,9 +55,9 @@ best 99.73% at epoch 74, one test image short of the paper's single model
 (about 99.74%; its 99.84% is an ensemble), 99.66% at epoch 150, 99.61-99.72%
 over the 75 epochs at the learning-rate floor (76-150, mean 99.66%). Its
 running time summed over its sessions was 16.48 hours; alone, an epoch
-takes 3.0-5.8 minutes on the same CPU with huge pages (training 2.6-5 min
-plus about 25 s of evaluation; capsnet_jax/hostmem.py), so the 150 epochs
-take 7.5-14.5 hours. Its final checkpoint (step 562,500) is parked in the
+with its evaluation took 2.8-4.5 minutes on the same CPU kind with huge
+pages on 2026-12-02 (epochs 122-150; capsnet_jax/hostmem.py) and 4.4-5.8 on
+earlier sessions' hosts, so the 150 epochs take 7-14.5 hours. Its final checkpoint (step 562,500) is parked in the
 repository (docs/results/cpu/mnist_efficient_run3/parked, capsnet_jax/park.py).
 The bundled weights (capsnet_jax/weights/mnist_efficient) are run 3's best
 checkpoint, epoch 74 (99.73%); their weights.json names it.
