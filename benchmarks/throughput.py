@@ -63,13 +63,17 @@ flags.mark_flags_as_required(["config"])
 
 
 def peak_gemm_gflops(n: int = 4096, repeats: int = 5,
-                     dtype=jnp.float32) -> float:
+                     compute_dtype: str = "float32") -> float:
   """GFLOP/s of an n x n x n matrix product on the default device, operands
-  in ``dtype``, accumulated and returned in float32."""
+  in the resolved ``compute_dtype`` (float32, tf32 or bfloat16) at its
+  precision, accumulated and returned in float32."""
+  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
+  dtype = models.array_dtype(compute_dtype)
+  precision = models.matmul_precision(compute_dtype)
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
   matmul = jax.jit(lambda x, y: jnp.matmul(
-      x, y, preferred_element_type=jnp.float32))
+      x, y, precision=precision, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, b))
   return 2 * n ** 3 / timing.median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
@@ -180,7 +184,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
   device = jax.devices()[0]
   dtype, why = models.resolve_compute_dtype(config.compute_dtype)
   if dtype not in peaks:
-    peaks[dtype] = peak_gemm_gflops(dtype=jnp.dtype(dtype))
+    peaks[dtype] = peak_gemm_gflops(compute_dtype=dtype)
   if "float32" not in peaks:
     peaks["float32"] = peak_gemm_gflops()
   return dict(
@@ -197,6 +201,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
       decoder=config.decoder, batch_norm=bool(config.batch_norm),
       conv_impl=config.conv_impl, compute_dtype=config.compute_dtype,
       compute_dtype_resolved=dtype, compute_dtype_reason=why,
+      matmul_precision=jax.config.jax_default_matmul_precision,
       cpu_bf16_units=models.cpu_bf16_units(),
       huge_pages=hostmem.enabled(),
       jax_version=jax.__version__, cpu_count=os.cpu_count())

@@ -81,6 +81,9 @@ class Spec:
   num_targets: objects per example. 1: a batch has label [B]; 2
     (MultiMNIST): label [B, 2] and targets [B, 2, H, W, C], each object's
     own image, which the decoder reconstructs from that object's capsule.
+  target_mean: the mean pixel of the reconstruction target over the
+    training set, where known: the deconv decoder starts its output there
+    (decoders.DeconvDecoder); None: unknown (its scheme's output bias).
   """
   info: DatasetInfo
   train_fn: PreprocessFn
@@ -92,6 +95,7 @@ class Spec:
   tfds_name: str
   tfds_keys: tuple[str, ...] = ("image", "label")
   num_targets: int = 1
+  target_mean: float | None = None
 
   def target(self, images: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """What the sigmoid decoder reconstructs from model inputs [B, H, W, C].
@@ -130,6 +134,10 @@ def _normalize(mean: float, std: float):
 
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision Normalize in the reference
+# The mean of MNIST's 60,000 training images in [0, 1] is 0.13066; a
+# MultiMNIST target is one digit on a 36 x 36 canvas: 0.13066 x 784 / 1296.
+MNIST_TARGET_MEAN = 0.1307
+MULTIMNIST_TARGET_MEAN = 0.0790
 _F = augment.to_float
 
 
@@ -144,13 +152,13 @@ def _mnist(setup: str) -> Spec:
         eval_fn=lambda x: norm(_F(x)),
         target_rule="batch_minmax", standardized=False,
         validation_fraction=0.1, lr_schedule="constant",
-        tfds_name="mnist")
+        tfds_name="mnist", target_mean=MNIST_TARGET_MEAN)
   return Spec(
       info,
       train_fn=lambda x, rng: augment.random_shift(_F(x), rng, 2),
       eval_fn=_F, target_rule="input", standardized=False,
       validation_fraction=0.0, lr_schedule="exponential",
-      tfds_name="mnist")
+      tfds_name="mnist", target_mean=MNIST_TARGET_MEAN)
 
 
 def _mnist_efficient() -> Spec:
@@ -163,7 +171,7 @@ def _mnist_efficient() -> Spec:
               eval_fn=lambda x: x.astype(jnp.float32) / 256.0,
               target_rule="input", standardized=False,
               validation_fraction=0.0, lr_schedule="staircase",
-              tfds_name="mnist")
+              tfds_name="mnist", target_mean=MNIST_TARGET_MEAN)
 
 
 _SMALLNORB_CLASSES = ("animal", "human", "airplane", "truck", "car")
@@ -252,7 +260,8 @@ def _multimnist() -> Spec:
   return Spec(info, train_fn=lambda x, rng: _F(x), eval_fn=_F,
               target_rule="input", standardized=False,
               validation_fraction=0.0, lr_schedule="exponential",
-              tfds_name="mnist", num_targets=2)
+              tfds_name="mnist", num_targets=2,
+              target_mean=MULTIMNIST_TARGET_MEAN)
 
 
 _BUILDERS = {"mnist": _mnist, "smallnorb": _smallnorb, "cifar10": _cifar10}

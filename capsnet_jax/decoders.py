@@ -10,6 +10,7 @@ Inputs are the class capsules masked by a one-hot and flattened; outputs are
 images in [0, 1] (sigmoid).
 """
 
+import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -17,9 +18,11 @@ import jax
 import jax.numpy as jnp
 
 from capsnet_jax import conv
+from capsnet_jax import initializers
 from capsnet_jax import layers
 
 Initializer = Callable[..., jax.Array]
+BiasInit = initializers.BiasInit
 DECODERS = ("fc", "deconv")
 
 
@@ -38,18 +41,21 @@ class FCDecoder(nn.Module):
   batch_norm: bool = False
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
+  bias_init: BiasInit = initializers.zero_bias
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, width in enumerate(self.hidden):
-      x = nn.Dense(width, kernel_init=self.kernel_init, dtype=self.dtype,
-                   dot_general=conv.dot_general, name=f"dense{i}")(x)
+      x = initializers.dense(width, x.shape[-1], self.kernel_init,
+                             self.bias_init, f"dense{i}", dtype=self.dtype,
+                             dot_general=conv.dot_general)(x)
       if self.batch_norm:
         x = _bn(train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
     h, w, c = self.image_shape
-    x = nn.Dense(h * w * c, kernel_init=self.kernel_init, dtype=self.dtype,
-                 dot_general=conv.dot_general, name="out")(x)
+    x = initializers.dense(h * w * c, x.shape[-1], self.kernel_init,
+                           self.bias_init, "out", dtype=self.dtype,
+                           dot_general=conv.dot_general)(x)
     return nn.sigmoid(x.astype(jnp.float32)).reshape(-1, h, w, c)
 
 
@@ -66,6 +72,23 @@ class DeconvDecoder(nn.Module):
   (24x24: 4x4xK, ConvT 32, ConvT 64, ConvT C).
 
   [B, K * D] -> [B, H, W, C]; with batch_norm, BN after every hidden layer.
+
+  output_mean: where given, the output layer's bias starts at
+  logit(output_mean), so that the first reconstructions are the target's
+  mean intensity instead of 0.5 (see below); None: the scheme's bias.
+
+  Why: the output layer is a convolution, so each of the last hidden
+  layer's channels brightens or darkens every pixel alike. Starting at 0.5
+  against MNIST's 87% black pixels, every pixel's first error says
+  "darker"; the channels with positive output weights are then switched
+  off (Adam moves each ReLU bias by about the learning rate per step, more
+  than those channels' early pre-activations) and a ReLU that is off for
+  every input gets no gradient again. What is left can only darken, and the
+  decoder settles on a black image (test SSE = the test set's sum of
+  squared pixels, 89.34). The FC decoder's output layer has one bias and
+  weight per pixel and does not fall into it. It happens with our default
+  init, with the reference's, and with PyTorch's own (docs/results.md,
+  "Deconvolution decoder").
   """
   image_shape: tuple[int, int, int]
   num_classes: int
@@ -73,6 +96,8 @@ class DeconvDecoder(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  bias_init: BiasInit = initializers.zero_bias
+  output_mean: float | None = None
 
   def _layout(self) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     """(start map [h, w, c], hidden ConvT widths) for this image size."""
@@ -93,9 +118,9 @@ class DeconvDecoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     start, widths = self._layout()
-    x = nn.Dense(start[0] * start[1] * start[2], kernel_init=self.kernel_init,
-                 dtype=self.dtype, dot_general=conv.dot_general,
-                 name="dense")(x)
+    x = initializers.dense(start[0] * start[1] * start[2], x.shape[-1],
+                           self.kernel_init, self.bias_init, "dense",
+                           dtype=self.dtype, dot_general=conv.dot_general)(x)
     if self.batch_norm:
       x = _bn(train, self.dtype, "bn_dense")(x)
     x = nn.relu(x).reshape(-1, *start)
@@ -103,13 +128,24 @@ class DeconvDecoder(nn.Module):
       stride = 2 if i == 0 else 1
       x = layers.ConvTranspose(width, 9, stride, self.conv_impl,
                                self.kernel_init, self.dtype,
-                               name=f"deconv{i}")(x)
+                               bias_init=self.bias_init, name=f"deconv{i}")(x)
       if self.batch_norm:
         x = _bn(train, self.dtype, f"bn{i}")(x)
       x = nn.relu(x)
+    out_bias = self.bias_init
+    if self.output_mean is not None:
+      out_bias = initializers.constant_bias(logit(self.output_mean))
     x = layers.ConvTranspose(self.image_shape[2], 2, 1, self.conv_impl,
-                             self.kernel_init, self.dtype, name="out")(x)
+                             self.kernel_init, self.dtype,
+                             bias_init=out_bias, name="out")(x)
     return nn.sigmoid(x.astype(jnp.float32))
+
+
+def logit(p: float) -> float:
+  """The sigmoid's inverse, log(p / (1 - p)), for p in (0, 1)."""
+  if not 0.0 < p < 1.0:
+    raise ValueError(f"output_mean must be in (0, 1), got {p!r}")
+  return math.log(p / (1.0 - p))
 
 
 def create_decoder(name: str, image_shape: tuple[int, int, int],
@@ -118,13 +154,18 @@ def create_decoder(name: str, image_shape: tuple[int, int, int],
                    kernel_init: Initializer = nn.initializers.lecun_normal(),
                    dtype: Any = jnp.float32,
                    module_name: str = "decoder",
-                   conv_impl: str = "auto") -> nn.Module:
+                   conv_impl: str = "auto",
+                   bias_init: BiasInit = initializers.zero_bias,
+                   output_mean: float | None = None) -> nn.Module:
   """The decoder called ``name`` (one of DECODERS); ``conv_impl`` picks the
-  transposed convolutions' implementation (see conv.conv_transpose2d)."""
+  transposed convolutions' implementation (see conv.conv_transpose2d);
+  ``output_mean`` is the deconv decoder's (the FC decoder's per-pixel output
+  biases need no help)."""
   if name == "fc":
     return FCDecoder(tuple(image_shape), tuple(hidden), batch_norm,
-                     kernel_init, dtype, name=module_name)
+                     kernel_init, dtype, bias_init, name=module_name)
   if name == "deconv":
     return DeconvDecoder(tuple(image_shape), num_classes, batch_norm,
-                         kernel_init, dtype, conv_impl, name=module_name)
+                         kernel_init, dtype, conv_impl, bias_init,
+                         output_mean, name=module_name)
   raise ValueError(f"Unknown decoder {name!r}; valid: {DECODERS}")

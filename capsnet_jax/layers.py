@@ -16,8 +16,11 @@ import jax
 import jax.numpy as jnp
 
 from capsnet_jax import conv
+from capsnet_jax import initializers
 
 Initializer = Callable[..., jax.Array]
+BiasInit = initializers.BiasInit
+GROUPINGS = ("paper", "reference")
 
 
 def squash(s: jax.Array, axis: int = -1, eps: float = 1e-7) -> jax.Array:
@@ -43,7 +46,9 @@ class Conv(nn.Module):
   implementation is chosen by name.
 
   Parameters are named and shaped exactly as ``flax.linen.Conv`` (kernel HWIO,
-  bias [features]), so checkpoints do not depend on ``impl``.
+  bias [features]), so checkpoints do not depend on ``impl``. ``bias_init``
+  takes the layer's PyTorch fan-in (initializers.torch_fan_in);
+  ``output_scale`` multiplies the convolution before the bias is added.
   """
   features: int
   kernel_size: int
@@ -53,21 +58,26 @@ class Conv(nn.Module):
   dtype: Any = jnp.float32
   transpose: bool = False
   padding: str = "valid"  # valid | same (TensorFlow's; not for transpose)
+  bias_init: BiasInit = initializers.zero_bias
+  output_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: [B, H, W, Cin] -> [B, Ho, Wo, features] (transposed: Ho = (H - 1) *
     stride + kernel_size)."""
     k = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init,
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+    shape = (k, k, x.shape[-1], self.features)
+    kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+    fan_in = initializers.torch_fan_in(shape, self.transpose)
+    bias = self.param("bias", self.bias_init(fan_in), (self.features,),
                       jnp.float32)
     if self.padding == "same" and not self.transpose:
       x = conv.pad_same(x, k, self.stride)
     op = conv.conv_transpose2d if self.transpose else conv.conv2d
     y = op(x.astype(self.dtype), kernel.astype(self.dtype), stride=self.stride,
            impl=self.impl)
+    if self.output_scale != 1.0:
+      y = y * jnp.asarray(self.output_scale, y.dtype)
     return y + bias.astype(self.dtype)
 
 
@@ -88,11 +98,13 @@ class ConvStem(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   padding: str = "valid"
+  bias_init: BiasInit = initializers.zero_bias
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = Conv(self.filters, self.kernel_size, 1, self.impl, self.kernel_init,
-             self.dtype, padding=self.padding, name="conv")(x)
+             self.dtype, padding=self.padding, bias_init=self.bias_init,
+             name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        dtype=self.dtype, name="bn")(x)
@@ -102,11 +114,20 @@ class ConvStem(nn.Module):
 class PrimaryCapsules(nn.Module):
   """Primary capsules: strided convolution to num_types x dim channels, squash.
 
-  A capsule is the ``dim`` channels of one capsule type at one position
-  (channels-last grouping), not ``dim`` spatially consecutive values of one
-  feature map as in the reference implementation.
+  grouping "paper": a capsule is the ``dim`` channels of one capsule type at
+  one position (channels-last), [B, Ho * Wo * num_types, dim] ordered (row,
+  column, type), as in the paper and the authors' code.
+  grouping "reference": the PyTorch reference's ``dim`` convolutions of
+  ``num_types`` channels each (our channels ordered [dim, num_types]),
+  stacked on a new axis 1 and viewed as [B, -1, dim] without a permute
+  (``primary_grouping_reference`` restates it): a capsule is ``dim``
+  consecutive values of one feature map in row-major (type, row, column)
+  order, mostly neighbours along a row.
 
-  [B, H, W, C] -> [B, Ho * Wo * num_types, dim], ordered (row, column, type).
+  vote_scale multiplies the convolution before the bias: the authors'
+  primary capsules are a capsule layer with one routing iteration, whose
+  uniform coupling over the num_types output types scales every vote by
+  1 / num_types (layers.py:110, capsule_model.py:55-65).
   """
   num_types: int = 32
   dim: int = 8
@@ -117,16 +138,37 @@ class PrimaryCapsules(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: Any = jnp.float32
   padding: str = "valid"
+  bias_init: BiasInit = initializers.zero_bias
+  grouping: str = "paper"
+  vote_scale: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = Conv(self.num_types * self.dim, self.kernel_size, self.stride,
              self.impl, self.kernel_init, self.dtype, padding=self.padding,
+             bias_init=self.bias_init, output_scale=self.vote_scale,
              name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        dtype=self.dtype, name="bn")(x)
-    b, h, w, _ = x.shape
-    u = x.reshape(b, h * w * self.num_types, self.dim)
+    u = group_capsules(x, self.num_types, self.dim, self.grouping)
     # Squash in float32: lengths near 1 matter for the margin loss.
     return squash(u.astype(jnp.float32))
+
+
+def group_capsules(x: jax.Array, num_types: int, dim: int,
+                   grouping: str = "paper") -> jax.Array:
+  """Primary-capsule conv output [B, H, W, num_types * dim] -> capsules
+  [B, H * W * num_types, dim] (see PrimaryCapsules for ``grouping``)."""
+  b, h, w, c = x.shape
+  if c != num_types * dim:
+    raise ValueError(f"{c} channels are not {num_types} types x {dim} dims")
+  if grouping == "paper":
+    return x.reshape(b, h * w * num_types, dim)
+  if grouping == "reference":
+    # [B, H, W, dim, types] -> torch.stack([conv_k(x) for k], 1): [B, dim,
+    # types, H, W] -> .view(B, -1, dim).
+    x = x.reshape(b, h, w, dim, num_types).transpose(0, 3, 4, 1, 2)
+    return x.reshape(b, h * w * num_types, dim)
+  raise ValueError(f"Unknown primary_grouping {grouping!r}; valid: "
+                   f"{', '.join(GROUPINGS)}")

@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 
 RECONSTRUCTION_LOSSES = ("l2", "l1")
+# sum: the paper's equation, summed over the classes. authors: the authors'
+# released code (authors_margin_loss), 1 / (2 K) of it.
+MARGIN_REDUCTIONS = ("sum", "authors")
 # The reference's --anneal values "1" and "2" are accepted as aliases.
 ALPHA_SCHEDULES = ("none", "tanh_shifted", "tanh", "1", "2")
 _ALPHA_ALIASES = {"1": "tanh_shifted", "2": "tanh"}
@@ -58,6 +61,54 @@ def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,
     orphan = jnp.maximum(0.0, orphan_lengths.astype(jnp.float32) - m_minus)
     loss = loss + down_weight * jnp.square(orphan)
   return loss
+
+
+def authors_margin_loss(lengths: jax.Array, labels: jax.Array,
+                        orphan_lengths: jax.Array | None = None
+                        ) -> jax.Array:
+  """The margin term of the authors' released code, per example.
+
+  research/capsules models/layers/layers.py:341-362 (``_margin_loss``):
+  with l = |v_k| - 0.5, each class costs 0.5 [l < 0.4] (l - 0.4)^2 if it is
+  present and 0.5 * 0.5 [l > -0.4] (l + 0.4)^2 if not; ``evaluate``
+  (layers.py:396) then takes tf.reduce_mean over the batch AND the classes.
+  Per example that is the mean over the K classes, 1 / (2 K) of the paper's
+  sum (1/20 for 10 classes), while the reconstruction term stays 0.0005 x
+  the per-image SSE: relative to the margin, the reconstruction weighs 2 K
+  times more than with the paper's equation.
+
+  Args:
+    lengths: [B, K]; labels: [B] or [B, T] (T_k = 1 for each present class);
+    orphan_lengths: [B], an extra class that is never present (counted in
+      the mean).
+
+  Returns:
+    [B] float32: the per-class costs averaged over the classes.
+  """
+  t = class_targets(labels, lengths.shape[-1])
+  lengths = lengths.astype(jnp.float32)
+  if orphan_lengths is not None:
+    lengths = jnp.concatenate(
+        [lengths, orphan_lengths.astype(jnp.float32)[:, None]], axis=-1)
+    t = jnp.pad(t, ((0, 0), (0, 1)))
+  logits = lengths - 0.5
+  margin = 0.4
+  positive = t * (logits < margin) * jnp.square(logits - margin)
+  negative = (1.0 - t) * (logits > -margin) * jnp.square(logits + margin)
+  return jnp.mean(0.5 * positive + 0.5 * 0.5 * negative, axis=-1)
+
+
+def margin_objective(lengths: jax.Array, labels: jax.Array,
+                     reduction: str = "sum",
+                     orphan_lengths: jax.Array | None = None) -> jax.Array:
+  """The margin term the optimiser sees, per example: ``margin_loss``
+  (reduction "sum") or ``authors_margin_loss`` ("authors")."""
+  if reduction == "sum":
+    return margin_loss(lengths, labels, orphan_lengths=orphan_lengths)
+  if reduction == "authors":
+    return authors_margin_loss(lengths, labels, orphan_lengths)
+  raise ValueError(f"Unknown margin_reduction {reduction!r}; valid: "
+                   f"{', '.join(MARGIN_REDUCTIONS)}")
 
 
 def reconstruction_sse(reconstructions: jax.Array,

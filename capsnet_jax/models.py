@@ -22,44 +22,15 @@ import jax.numpy as jnp
 
 from capsnet_jax import decoders
 from capsnet_jax import efficient
+from capsnet_jax import initializers
 from capsnet_jax import layers
 from capsnet_jax import losses
+from capsnet_jax import recipes
 from capsnet_jax import routing
 
-INITS = ("default", "reference")
-
-
-def _initializers(init: str) -> tuple[Any, Any]:
-  """(conv/dense kernel init, class-capsule W init) for an init scheme.
-
-  "default": LeCun-normal kernels and W ~ N(0, 0.01^2): trains quickly.
-  "reference": the PyTorch reference's xavier-normal with gain 0.02 for
-  conv/dense kernels and 0.002 for W. Both keep W small, since routing stops
-  training with large W.
-  """
-  if init == "default":
-    return nn.initializers.lecun_normal(), nn.initializers.normal(0.01)
-  if init == "reference":
-    # xavier_normal(gain g): std = g * sqrt(2 / (fan_in + fan_out)). Conv
-    # HWIO and Dense [in, out] kernels have torch's fans.
-    xavier = nn.initializers.variance_scaling(
-        0.02 ** 2, "fan_avg", "normal", in_axis=-2, out_axis=-1)
-    return xavier, reference_w_init
-  raise ValueError(f"Unknown init {init!r}; valid: {INITS}")
-
-
-def reference_w_init(key, shape, dtype=jnp.float32):
-  """The reference's xavier_normal(gain 0.002) of its 5-D W [1, N, K, 16, 8].
-
-  torch takes fan_in = size(1) * receptive field = N * K * 16 * 8 and
-  fan_out = size(0) * receptive field = K * 16 * 8, so for MNIST (N = 1152,
-  K = 10) std = 0.002 * sqrt(2 / (1,474,560 + 1,280)) = 2.33e-6. Our W is
-  [N, K, 16, 8], the same tensor without the leading 1.
-  """
-  n, k, d, i = shape
-  fan_in, fan_out = n * k * d * i, k * d * i
-  std = 0.002 * (2.0 / (fan_in + fan_out)) ** 0.5
-  return std * jax.random.normal(key, shape, dtype)
+INITS = initializers.SCHEMES
+# Where other code imports it from here.
+reference_w_init = initializers.reference_w_init
 
 
 class CapsNet(nn.Module):
@@ -84,7 +55,12 @@ class CapsNet(nn.Module):
     conv_impl: implementation of the convolutions and the deconv decoder's
       transposed convolutions (one of conv.IMPLS: "auto", "xla",
       "patches", "rows", "dft").
-    init_scheme: a name in INITS.
+    init_scheme: a name in INITS (capsnet_jax.initializers).
+    primary_grouping: "paper" or "reference" (layers.PrimaryCapsules).
+    primary_vote_scale: factor on the primary-capsule convolution before
+      its bias (the authors' 1 / primary_types; layers.PrimaryCapsules).
+    decoder_output_mean: the deconv decoder's starting output level, the
+      mean of its target (decoders.DeconvDecoder); None: 0.5.
     conv_padding: "valid" (the paper's MNIST model) or "same" (conv1 and
       the primary capsules of the authors' CIFAR10 model).
     dtype: compute dtype of convolutions and decoder (routing, squash and
@@ -110,24 +86,30 @@ class CapsNet(nn.Module):
   init_scheme: str = "default"
   dtype: Any = jnp.float32
   conv_padding: str = "valid"
+  primary_grouping: str = "paper"
+  primary_vote_scale: float = 1.0
+  decoder_output_mean: float | None = None
 
   def setup(self):
-    kernel_init, w_init = _initializers(self.init_scheme)
+    init = initializers.scheme(self.init_scheme)
     self.stem = layers.ConvStem(self.conv_filters, self.conv_kernel,
-                                self.batch_norm, self.conv_impl, kernel_init,
-                                self.dtype, self.conv_padding)
+                                self.batch_norm, self.conv_impl, init.conv1,
+                                self.dtype, self.conv_padding, init.bias)
     self.primary = layers.PrimaryCapsules(
         self.primary_types, self.primary_dim, self.primary_kernel,
-        self.primary_stride, self.batch_norm, self.conv_impl, kernel_init,
-        self.dtype, self.conv_padding)
+        self.primary_stride, self.batch_norm, self.conv_impl, init.primary,
+        self.dtype, self.conv_padding, init.bias, self.primary_grouping,
+        self.primary_vote_scale)
     num_caps = self.num_classes + int(self.orphan_capsule)
     self.class_caps = routing.ClassCapsules(
         num_caps, self.class_dim, self.routing_iterations,
-        self.leaky_routing, self.routing_stop_gradient, w_init)
+        self.leaky_routing, self.routing_stop_gradient, init.w,
+        init.capsule_bias)
     self.decoder_module = decoders.create_decoder(
         self.decoder, self.image_shape, num_caps, self.batch_norm,
-        self.decoder_hidden, kernel_init, self.dtype, module_name="decoder",
-        conv_impl=self.conv_impl)
+        self.decoder_hidden, init.decoder, self.dtype, module_name="decoder",
+        conv_impl=self.conv_impl, bias_init=init.bias,
+        output_mean=self.decoder_output_mean)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Images to capsules.
@@ -243,12 +225,16 @@ def cpu_bf16_units() -> list[str]:
   return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
+COMPUTE_DTYPES = ("float32", "tf32", "bfloat16", "auto")
+
+
 def resolve_compute_dtype(name: str) -> tuple[str, str]:
-  """(dtype, why) for compute_dtype float32 | bfloat16 | auto.
+  """(float32 | tf32 | bfloat16, why) for compute_dtype float32 | tf32 |
+  bfloat16 | auto.
 
   auto: bfloat16 on GPUs and TPUs (bfloat16 matrix units); float32 on CPUs,
   where our measured bfloat16 train step is not faster yet, even with
-  AVX512-BF16 or AMX (README, "Performance").
+  AVX512-BF16 or AMX (docs/performance.md).
   """
   if name != "auto":
     return name, "set by compute_dtype"
@@ -259,6 +245,32 @@ def resolve_compute_dtype(name: str) -> tuple[str, str]:
   return "float32", ("auto: CPU" + (f" with {', '.join(units)}" if units else
                                     " without bfloat16 units") +
                      "; the bfloat16 step is not faster than float32 on CPU yet")
+
+
+def array_dtype(resolved: str) -> jnp.dtype:
+  """The arrays' dtype of a resolved compute dtype (tf32 computes on float32
+  arrays)."""
+  return jnp.dtype(jnp.bfloat16 if resolved == "bfloat16" else jnp.float32)
+
+
+def matmul_precision(resolved: str) -> str | None:
+  """jax_default_matmul_precision for a resolved compute dtype.
+
+  On NVIDIA GPUs JAX runs float32 matrix products and convolutions as TF32
+  by default (TPUs: bfloat16 passes), so "float32" asks for "highest", full
+  float32; "tf32" for "tensorfloat32"; bfloat16 operands need neither.
+  CPUs compute float32 products in float32 whatever the setting.
+  """
+  return {"float32": "highest", "tf32": "tensorfloat32"}.get(resolved)
+
+
+def use_compute_dtype(name: str) -> str:
+  """Resolves compute_dtype ``name`` and sets JAX's default matmul
+  precision to match (for every computation traced afterwards in this
+  process). Returns the resolved name."""
+  resolved, _ = resolve_compute_dtype(name)
+  jax.config.update("jax_default_matmul_precision", matmul_precision(resolved))
+  return resolved
 
 
 def primary_types(config) -> int:
@@ -283,8 +295,9 @@ def create_model(config, image_shape: Sequence[int] | None = None,
     config: ConfigDict with model (a name in MODELS), decoder, batch_norm,
       routing_iterations, leaky_routing and leaky_variant (authors: the
       routing's orphan logit; reference: an orphan class capsule),
-      routing_stop_gradient,
-      primary_types, conv_impl, init, compute_dtype and optionally
+      routing_stop_gradient, primary_types, conv_impl, init,
+      primary_grouping, primary_vote_scale (the last three "auto": the
+      data setup's, capsnet_jax.recipes), compute_dtype and optionally
       image_shape / num_classes.
     image_shape, num_classes: the dataset's, overriding the config's.
     **overrides: CapsNet attributes.
@@ -302,9 +315,13 @@ def create_model(config, image_shape: Sequence[int] | None = None,
       routing_stop_gradient=config.get("routing_stop_gradient", False),
       orphan_capsule=leaky and variant == "reference",
       conv_impl=config.get("conv_impl", "auto"),
-      init_scheme=config.get("init", "default"),
+      init_scheme=recipes.resolve(config, "init"),
+      primary_grouping=recipes.resolve(config, "primary_grouping"),
+      primary_vote_scale=recipes.vote_scale(config, primary_types(config)),
+      decoder_output_mean=recipes.datasets.get(
+          config.dataset, config.get("data_setup", "reference")).target_mean,
       conv_padding=config.get("conv_padding", "valid"),
-      dtype=jnp.dtype(resolve_compute_dtype(
+      dtype=array_dtype(resolve_compute_dtype(
           config.get("compute_dtype", "float32"))[0]),
   )
   if config.get("primary_types", 0):

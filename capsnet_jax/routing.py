@@ -108,6 +108,7 @@ class ClassCapsules(nn.Module):
   leaky: bool = False
   stop_gradient: bool = False
   w_init: Callable[..., jax.Array] = nn.initializers.normal(0.01)
+  bias_init: Callable[..., jax.Array] = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, u: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -115,7 +116,7 @@ class ClassCapsules(nn.Module):
     _, num_in, in_dim = u.shape
     w = self.param("W", self.w_init, (num_in, self.num_out, self.dim, in_dim),
                    jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (self.num_out, self.dim),
+    bias = self.param("bias", self.bias_init, (self.num_out, self.dim),
                       jnp.float32)
     # One product per input capsule over the whole batch: the weights are
     # shared, never copied per example. u_hat[b, j, i] = W[i, j] @ u[b, i],

@@ -37,6 +37,7 @@ from capsnet_jax import losses
 from capsnet_jax import mesh as mesh_lib
 from capsnet_jax import metric_logging
 from capsnet_jax import models
+from capsnet_jax import recipes
 from capsnet_jax import validation
 from capsnet_jax import workdirs
 from capsnet_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
@@ -64,7 +65,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
   exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps), as
   the authors' tf.train.exponential_decay; staircase: the exponent rounded
   down; constant (also when lr_decay_steps is 0 or the rate 1). Decayed
-  rates stop at lr_min (0: no floor).
+  rates stop at lr_min (0: no floor; < 0: the setup's, capsnet_jax.recipes).
   """
   kind = datasets.resolve(config, "lr_schedule")
   if (kind == "constant" or config.lr_decay_steps <= 0 or
@@ -73,7 +74,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return optax.exponential_decay(config.learning_rate, config.lr_decay_steps,
                                  config.lr_decay_rate,
                                  staircase=kind == "staircase",
-                                 end_value=config.get("lr_min", 0.0) or None)
+                                 end_value=recipes.resolve(config, "lr_min") or None)
 
 
 def create_train_state(config, model: models.CapsNet, rng: jax.Array,
@@ -107,8 +108,8 @@ def model_variables(state: TrainState, params=None) -> dict[str, Any]:
 def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                model: models.CapsNet, preprocess: Callable, target: Callable,
                alpha: float | Callable, seed: int, nan_step: int = -1,
-               margin_scale: float = 1.0, reconstruction_loss: str = "l2"
-               ) -> tuple[TrainState, dict]:
+               margin_scale: float = 1.0, reconstruction_loss: str = "l2",
+               margin_reduction: str = "sum") -> tuple[TrainState, dict]:
   """One optimisation step on a global batch.
 
   Args:
@@ -117,6 +118,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
       several objects per image (MultiMNIST), label [B, T] and targets
       [B, T, H, W, C] uint8, each object's own image.
     model, preprocess, seed, reconstruction_loss: static.
+    margin_reduction: the margin term of the objective
+      (losses.margin_objective); the reported margin loss is always the
+      paper's sum.
     alpha: the reconstruction weight, or step -> weight
       (losses.alpha_schedule), evaluated here at state.step.
     target: images -> what the decoder reconstructs (datasets.Spec.target).
@@ -137,9 +141,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
                                **_decoder_kwargs(labels))
     margin = losses.margin_loss(out["lengths"], labels,
                                 orphan_lengths=out.get("orphan_lengths"))
+    objective = margin if margin_reduction == "sum" else \
+        losses.margin_objective(out["lengths"], labels, margin_reduction,
+                                out.get("orphan_lengths"))
     rec, _ = _reconstruction_loss(out, images, batch, target,
                                   reconstruction_loss, train=True)
-    loss = jnp.mean(margin_scale * margin + alpha * rec)
+    loss = jnp.mean(margin_scale * objective + alpha * rec)
     if nan_step >= 0:
       loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
     return loss, (out, updates, margin, rec)
@@ -185,6 +192,8 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   sums = dict(
       count=jnp.sum(mask),
       correct=jnp.sum(mask * _correct(out, labels)),
+      reconstruction_std=jnp.sum(mask * reconstruction_spread(
+          out["reconstructions"])),
       margin_loss=jnp.sum(mask * margin),
       reconstruction_loss=jnp.sum(mask * rec),
       loss=jnp.sum(mask * (margin + alpha * rec)))
@@ -194,6 +203,19 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
     sums["partly_correct"] = jnp.sum(
         mask * losses.top_k_partly_correct(out["lengths"], labels))
   return sums
+
+
+def reconstruction_spread(reconstructions: jax.Array) -> jax.Array:
+  """[B]: the standard deviation over each reconstruction's pixels (averaged
+  over the objects of [B, T, H, W, C]). A decoder that outputs one constant
+  image has 0; MNIST digits have about 0.3."""
+  std = jnp.std(reconstructions.astype(jnp.float32), axis=(-3, -2, -1))
+  return std.reshape(std.shape[0], -1).mean(axis=1)
+
+
+# A decoder whose test reconstructions spread less than this over their
+# pixels (mean per-image std) is reported as collapsed.
+COLLAPSED_STD = 0.01
 
 
 # Several objects per image (MultiMNIST; datasets.Spec.num_targets > 1): the
@@ -256,6 +278,9 @@ class Steps:
   def __init__(self, config, model: models.CapsNet, mesh,
                steps_per_epoch: int | None = None):
     self.mesh = mesh
+    # float32 means float32 on GPUs too (not TF32): set before any tracing.
+    self.compute_dtype = models.use_compute_dtype(
+        config.get("compute_dtype", "float32"))
     self.replicated = replicated(mesh)
     self.sharded = batch_sharded(mesh)
     spec = datasets.get(config.dataset, config.data_setup)
@@ -278,7 +303,9 @@ class Steps:
                           margin_scale=config.get("margin_loss_scale", 1.0),
                           seed=config.seed,
                           nan_step=config.get("inject_nan_at_step", -1),
-                          reconstruction_loss=recon_kind),
+                          reconstruction_loss=recon_kind,
+                          margin_reduction=recipes.resolve(
+                              config, "margin_reduction")),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=(self.replicated, self.replicated),
         donate_argnums=0)
@@ -311,8 +338,10 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
 
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
-    reconstruction_loss=l1, then also reconstruction_sse) and loss
-    (margin + alpha * reconstruction loss), each a mean over the test set;
+    reconstruction_loss=l1, then also reconstruction_sse), loss (margin +
+    alpha * reconstruction loss) and reconstruction_std (the spread of each
+    reconstruction's pixels, see reconstruction_spread), each a mean over
+    the test set;
     with several objects per image, partial_accuracy (at least one label
     among the longest capsules) too.
   """
@@ -329,6 +358,7 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
       margin_loss=float(totals["margin_loss"]) / count,
       reconstruction_loss=float(totals["reconstruction_loss"]) / count,
       loss=float(totals["loss"]) / count,
+      reconstruction_std=float(totals["reconstruction_std"]) / count,
       count=count)
   if "reconstruction_sse" in totals:
     metrics["reconstruction_sse"] = float(totals["reconstruction_sse"]) / count
@@ -520,6 +550,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                  "reconstruction loss %.3f", step, record["epoch"],
                  metrics["accuracy"], metrics["margin_loss"],
                  metrics["reconstruction_loss"])
+    warn_if_collapsed(metrics, step)
     clock.restart_training()
     return metrics
 
@@ -605,6 +636,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   return results
 
 
+def warn_if_collapsed(metrics: dict[str, float], step: int) -> bool:
+  """Logs a warning when the test reconstructions are one constant image
+  (metrics["reconstruction_std"] < COLLAPSED_STD); TensorBoard has the
+  spread as test/reconstruction_std. Returns whether they are."""
+  spread = metrics.get("reconstruction_std")
+  if spread is None or spread >= COLLAPSED_STD:
+    return False
+  logging.warning(
+      "step %d: the reconstructions have collapsed to a constant image "
+      "(pixel std %.2g < %.2g): the decoder is not learning, and the "
+      "reconstruction loss (%.3f) is that of a constant output.", step,
+      spread, COLLAPSED_STD, metrics["reconstruction_loss"])
+  return True
+
+
 def _best_of(records: list[dict]) -> dict[str, Any]:
   """best_test_accuracy / best_step (and wall time to it) over the history."""
   acc, step = history.best(records)
@@ -664,6 +710,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   t = time.monotonic()
   metrics = evaluate(steps, state, splits.test, eval_batch, info.num_test)
   step = int(state.step)
+  warn_if_collapsed(metrics, step)
   record = dict(step=step, epoch=round(step / steps_per_epoch, 4),
                 **_metrics_record("test", metrics))
   if splits.validation is not None:

@@ -78,7 +78,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict | None:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(workdirs.with_legacy_fields(json.load(f)))
 
 
 def with_workdir_model(config, workdir: str) -> ml_collections.ConfigDict:

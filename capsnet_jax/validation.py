@@ -10,14 +10,16 @@ import os
 from capsnet_jax import conv
 from capsnet_jax import datasets
 from capsnet_jax import decoders
+from capsnet_jax import layers
 from capsnet_jax import losses
 from capsnet_jax import models
+from capsnet_jax import recipes
 from capsnet_jax.errors import ConfigError
 
 DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
-COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
+COMPUTE_DTYPES = models.COMPUTE_DTYPES
 MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
 LEAKY_VARIANTS = ("authors", "reference")
 
@@ -54,7 +56,11 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     _positive(config, "multimnist_test_pairs")
   _choice(config, "model", tuple(models.MODELS))
   _choice(config, "decoder", decoders.DECODERS)
-  _choice(config, "init", models.INITS)
+  _choice(config, "init", ("auto",) + models.INITS, "auto")
+  _choice(config, "primary_grouping", ("auto",) + layers.GROUPINGS, "auto")
+  _choice(config, "primary_vote_scale", recipes.VOTE_SCALES, "auto")
+  _choice(config, "margin_reduction", ("auto",) + losses.MARGIN_REDUCTIONS,
+          "auto")
   _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
   _choice(config, "lr_schedule", LR_SCHEDULES)
@@ -87,7 +93,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     _positive(config, name)
   _positive(config, "margin_loss_scale", default=1.0)
   for name in ("primary_types", "alpha", "eval_batch_size", "eval_every_steps",
-               "checkpoint_every_steps", "lr_decay_steps", "lr_min"):
+               "checkpoint_every_steps", "lr_decay_steps"):
     _positive(config, name, allow_zero=True)
   if mode == "visualize":
     for name in ("visualize_rotation_step", "visualize_num_images",

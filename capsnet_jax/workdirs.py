@@ -23,14 +23,19 @@ RESULTS_FILE = "results.json"
 IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
                    "primary_types", "routing_iterations", "leaky_routing",
                    "leaky_variant", "routing_stop_gradient", "compute_dtype",
-                   "validation_fraction", "conv_padding")
+                   "validation_fraction", "conv_padding", "primary_grouping",
+                   "primary_vote_scale")
 
 
 def _identity(config) -> dict[str, Any]:
+  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import recipes  # pylint: disable=g-import-not-at-top
   identity = {k: config.get(k) for k in IDENTITY_FIELDS}
+  # "auto": the data setup's, recorded resolved.
+  for k in ("primary_grouping", "primary_vote_scale"):
+    identity[k] = recipes.resolve(config, k)
   # 0 means the model's default; records of earlier runs hold the number.
   # Models without the field (Efficient-CapsNet) ignore it: not compared.
-  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
   model = config.get("model", "capsnet")
   if model in models.MODELS and "primary_types" not in models.model_fields(model):
     identity["primary_types"] = None
@@ -57,6 +62,7 @@ def check_compatible(workdir: str, config) -> None:
     return
   with open(path) as f:
     saved = json.load(f)
+  saved = with_legacy_fields(saved)
   diffs = [f"{k}: {saved.get(k)!r} there, {v!r} now"
            for k, v in _identity(config).items()
            if k in saved and v is not None and saved[k] != v]
@@ -67,13 +73,23 @@ def check_compatible(workdir: str, config) -> None:
         "start fresh.")
 
 
+def with_legacy_fields(saved: dict[str, Any]) -> dict[str, Any]:
+  """A workdir's config record with the fields it was recorded without
+  (recipes.LEGACY: what runs used before the field existed)."""
+  from capsnet_jax import recipes  # pylint: disable=g-import-not-at-top
+  return {**recipes.LEGACY, **saved}
+
+
 def prepare(workdir: str, config) -> None:
   """Checks the workdir before any heavy work and records the config."""
   check_compatible(workdir, config)
   check_writable(workdir)
   if jax.process_index() == 0:
     record = config.to_dict()
-    # Resolved: primary_types 0 -> 32 (kept as given where not compared).
+    # Resolved: primary_types 0 -> 32 (kept as given where not compared),
+    # and the recipe's "auto" fields to the data setup's values.
+    from capsnet_jax import recipes  # pylint: disable=g-import-not-at-top
+    record.update({k: recipes.resolve(config, k) for k in recipes.FIELDS})
     record.update({k: v for k, v in _identity(config).items() if v is not None})
     _atomic_write_json(os.path.join(workdir, CONFIG_FILE), record)
 

@@ -43,9 +43,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.routing_stop_gradient = False
   config.primary_types = 0  # 0: the model's own (capsnet 32, tiny 4)
   config.conv_padding = "valid"  # valid | same (conv1 and primary capsules)
-  # default: LeCun-normal kernels, W ~ N(0, 0.01^2); reference: the PyTorch
-  # reference's xavier-normal with gains 0.02 (kernels) and 0.002 (W).
-  config.init = "default"  # default | reference
+  # Fields set to "auto" take the data setup's recipe (capsnet_jax/recipes.py;
+  # docs/reference.md, "Recipes"). init: default (LeCun-normal kernels, W ~
+  # N(0, 0.01^2), zero biases) | reference (the PyTorch reference's
+  # xavier-normal gains 0.02 and 0.002, PyTorch's default biases) | authors
+  # (truncated normal 0.05 / 0.1, biases 0.1). auto: reference -> reference,
+  # paper -> authors, efficient -> default.
+  config.init = "auto"
+  # paper (the 8 channels of one capsule type at one position) | reference
+  # (8 consecutive values of one feature map, the reference's stack + view).
+  # auto: reference -> reference, otherwise paper.
+  config.primary_grouping = "auto"
+  # none | authors (the primary-capsule convolution scaled by 1 / types, the
+  # authors' one-iteration routing). auto: paper -> authors, otherwise none.
+  config.primary_vote_scale = "auto"
   config.conv_impl = "auto"  # see capsnet_jax.conv.IMPLS
   # float32 | bfloat16 (convolutions, u_hat and decoder; parameters, routing,
   # squash and losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
@@ -61,7 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_schedule = "auto"
   config.lr_decay_rate = 0.96
   config.lr_decay_steps = 2000
-  config.lr_min = 0.0  # floor of the decayed rate (0: none)
+  # Floor of the decayed rate (0: none; < 0: the setup's, paper 1e-6 as the
+  # authors' tf.maximum, otherwise none).
+  config.lr_min = -1.0
   config.alpha = 0.0005  # weight of the reconstruction loss
   # The reference's reconstruction tricks (its --loss and --anneal options).
   # reconstruction_loss: l2 (per-image sum of squared errors) | l1 (of
@@ -74,9 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.alpha_schedule = "none"
   config.alpha_temperature = 8.0  # T, in epochs
   config.alpha_fractional_epochs = False
-  # Factor on the margin loss in the training objective (the paper's
-  # equation: 1; the authors' code computes half of it: 0.5). Reported
-  # margin losses are always the paper's equation.
+  # The margin term of the training objective: sum (the paper's equation,
+  # summed over the classes) | authors (their code's mean over the classes of
+  # 0.5 x present + 0.25 x absent costs: 1/20 of the sum for 10 classes, so
+  # the reconstruction weighs 20x more). auto: paper -> authors, otherwise
+  # sum. margin_loss_scale multiplies it. Reported margin losses are always
+  # the paper's equation.
+  config.margin_reduction = "auto"
   config.margin_loss_scale = 1.0
   config.num_epochs = 50
   config.num_train_steps = -1  # > 0 overrides num_epochs

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from capsnet_jax import layers
 
@@ -39,3 +40,29 @@ def test_primary_capsules_group_channels_at_one_position():
                              np.asarray(layers.squash(jnp.array([3.0, 4, 5]))),
                              rtol=1e-6)
   del variables
+
+
+def test_reference_grouping_is_the_references_stack_and_view():
+  """The reference's primary capsules, restated in numpy: ``dim`` convs of
+  ``types`` channels each (our channels ordered [dim, types]), each output
+  NCHW, torch.stack(dim=1) and .view(B, -1, dim) without a permute."""
+  b, h, w, types, dim = 2, 3, 3, 4, 8
+  y = np.random.RandomState(0).randn(b, h, w, dim * types).astype(np.float32)
+  maps = [y[..., k * types:(k + 1) * types].transpose(0, 3, 1, 2)
+          for k in range(dim)]  # each [B, types, H, W]
+  expected = np.stack(maps, axis=1).reshape(b, -1, dim)
+  got = np.asarray(layers.group_capsules(jnp.asarray(y), types, dim,
+                                         "reference"))
+  np.testing.assert_array_equal(got, expected)
+  # The capsule's 8 values are neighbours in one feature map: the first
+  # capsule is row 0, columns 0-2 and row 1, columns 0-2 and row 2, columns
+  # 0-1 of conv 0's channel 0.
+  np.testing.assert_array_equal(got[0, 0], y[0, :, :, 0].reshape(-1)[:8])
+  # The paper's grouping: the 8 channels of one type at one position.
+  paper = np.asarray(layers.group_capsules(jnp.asarray(y), types, dim, "paper"))
+  np.testing.assert_array_equal(paper[0, 0], y[0, 0, 0, :8])
+
+
+def test_unknown_grouping_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="paper, reference"):
+    layers.group_capsules(jnp.zeros((1, 2, 2, 16)), 2, 8, "spatial")

@@ -92,3 +92,25 @@ def test_alpha_schedule_takes_the_epoch_from_the_step():
   # Step 50 is epoch 0.5: 0.0005 * tanh(0.5 / 16) = 0.0005 * 0.03123983.
   assert float(fn(50)) == pytest.approx(0.0005 * 0.03123983, rel=1e-5)
   assert float(jax.jit(fn)(800)) == pytest.approx(TANH[8], rel=1e-5)
+
+
+def test_authors_margin_loss_is_their_formula_by_hand():
+  """research/capsules layers.py:341-362 and :396 for lengths (0.7, 0.35,
+  0.05), label 0: l = |v| - 0.5 = (0.2, -0.15, -0.45); present class 0 costs
+  0.5 (0.2 - 0.4)^2 = 0.02; absent class 1 costs 0.25 (-0.15 + 0.4)^2 =
+  0.015625; absent class 2 (l < -0.4) costs 0; the mean over the 3 classes
+  is 0.011875. The paper's sum is 0.04 + 0.5 x 0.0625 = 0.07125, 2 x 3
+  times as much."""
+  lengths = jnp.array([[0.7, 0.35, 0.05], [0.95, 0.05, 0.3]])
+  labels = jnp.array([0, 2])
+  got = np.asarray(losses.authors_margin_loss(lengths, labels))
+  # Second example, label 2: l = (0.45, -0.45, -0.2): class 0 absent,
+  # 0.25 (0.45 + 0.4)^2 = 0.180625; class 1: 0; class 2 present,
+  # 0.5 (-0.2 - 0.4)^2 = 0.18; mean 0.120208.
+  np.testing.assert_allclose(got, [0.011875, 0.36062500 / 3], rtol=1e-6)
+  paper = np.asarray(losses.margin_loss(lengths, labels))
+  np.testing.assert_allclose(paper, [0.07125, 0.72125], rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(losses.margin_objective(lengths, labels, "authors")), got)
+  with pytest.raises(ValueError, match="sum, authors"):
+    losses.margin_objective(lengths, labels, "mean")

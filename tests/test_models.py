@@ -8,6 +8,7 @@ import pytest
 
 from capsnet_jax import losses
 from capsnet_jax import models
+from configs import default
 
 # (num_classes, image shape, decoder) -> (total, decoder) from REFERENCE.md.
 COUNTS = {
@@ -57,7 +58,7 @@ def test_batch_norm_adds_912_parameters_to_the_mnist_deconv_decoder():
 
 def test_unknown_initializer_lists_the_valid_ones():
   with pytest.raises(ValueError, match="default"):
-    models._initializers("glorot")
+    models.initializers.scheme("glorot")
 
 
 def _tiny(**kw):
@@ -327,3 +328,35 @@ def test_orphan_capsule_is_left_out_of_predictions_and_outputs():
   without = losses.margin_loss(out["lengths"], labels)
   np.testing.assert_allclose(np.asarray(with_orphan - without),
                              0.5 * (orphan - 0.1) ** 2, rtol=1e-5)
+
+
+def test_float32_asks_for_full_precision_products_and_tf32_is_its_own_dtype():
+  """JAX's GPU default for float32 products is TF32: compute_dtype=float32
+  must set "highest", tf32 "tensorfloat32", bfloat16 nothing."""
+  assert models.matmul_precision("float32") == "highest"
+  assert models.matmul_precision("tf32") == "tensorfloat32"
+  assert models.matmul_precision("bfloat16") is None
+  assert models.array_dtype("tf32") == jnp.float32
+  assert models.array_dtype("bfloat16") == jnp.bfloat16
+  before = jax.config.jax_default_matmul_precision
+  try:
+    assert models.use_compute_dtype("tf32") == "tf32"
+    assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+    assert models.use_compute_dtype("float32") == "float32"
+    assert jax.config.jax_default_matmul_precision == "highest"
+  finally:
+    jax.config.update("jax_default_matmul_precision", before)
+
+
+def test_deconv_decoder_starts_at_the_datasets_target_mean():
+  """create_model passes the data's mean target pixel (MNIST 0.1307) to the
+  deconv decoder, whose first reconstructions then sit there, not at 0.5."""
+  config = default.get_config()
+  config.decoder, config.model = "deconv", "tiny"
+  model = models.create_model(config, (28, 28, 1), 10)
+  assert model.decoder_output_mean == pytest.approx(0.1307)
+  images = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  out, _ = model.init_with_output(jax.random.key(1), images)
+  assert float(jnp.mean(out["reconstructions"])) == pytest.approx(0.1307, abs=0.01)
+  config.dataset = "cifar10"  # unknown mean: the scheme's output bias
+  assert models.create_model(config, (32, 32, 3), 10).decoder_output_mean is None
