@@ -126,7 +126,7 @@ class CapsNet(nn.Module):
     """
     u = self.primary(self.stem(images, train), train)
     v, c = self.class_caps(u)
-    lengths = jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + 1e-9)
+    lengths = layers.capsule_length(v)
     out = {}
     if self.orphan_capsule:  # The last capsule; only the loss sees it.
       out["orphan_lengths"] = lengths[:, -1]

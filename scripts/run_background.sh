@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts or resumes a long training run at the lowest CPU priority, its log
+# Starts or resumes a long training run at the lowest CPU priority (NICE=19;
+# set NICE to change it), its log
 # in WORKDIR/train.log; rerun the same line to resume after a stop:
 #
 #   nohup scripts/run_background.sh runs/mnist_paper --config=configs/mnist.py \
@@ -14,5 +15,5 @@ WORKDIR=${1:?usage: scripts/run_background.sh WORKDIR MAIN_PY_ARGS...}
 shift
 mkdir -p "$WORKDIR"
 echo "[run_background] $(date -u +%FT%TZ) main.py --workdir=$WORKDIR $*" >> "$WORKDIR/train.log"
-exec nice -n 19 .venv/bin/python main.py --workdir="$WORKDIR" "$@" \
+exec nice -n "${NICE:-19}" .venv/bin/python main.py --workdir="$WORKDIR" "$@" \
     >> "$WORKDIR/train.log" 2>&1

@@ -66,3 +66,16 @@ def test_reference_grouping_is_the_references_stack_and_view():
 def test_unknown_grouping_lists_the_valid_ones():
   with pytest.raises(ValueError, match="paper, reference"):
     layers.group_capsules(jnp.zeros((1, 2, 2, 16)), 2, 8, "spatial")
+
+
+def test_squash_of_a_short_capsule_keeps_its_exact_gradient():
+  """|squash(s)| = |s|^2 / (1 + |s|^2): for |s| = 1e-8 the derivative of the
+  length along s is 2 |s| = 2e-8. An epsilon added under the square root
+  (1e-7) made it 3 |s|^2 / sqrt(eps) = 9.5e-13, and the length
+  |s|^3 / sqrt(eps) = 3.2e-21 instead of 1e-16."""
+  direction = jnp.ones((8,)) / jnp.sqrt(8.0)
+  length = lambda r: layers.capsule_length(layers.squash(r * direction))
+  assert float(length(1e-8)) == pytest.approx(1e-16, rel=1e-5)
+  assert float(jax.grad(length)(1e-8)) == pytest.approx(2e-8, rel=1e-4)
+  g = jax.grad(lambda v: layers.capsule_length(v))(jnp.zeros((16,)))
+  np.testing.assert_array_equal(np.asarray(g), 0.0)
