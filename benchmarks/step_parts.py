@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 
 import timing  # benchmarks/timing.py, beside this script
-from capsnet_jax import conv
-from capsnet_jax import decoders
-from capsnet_jax import layers
-from capsnet_jax import routing
+from capsnet_jax.model import conv
+from capsnet_jax.model import decoders
+from capsnet_jax.model import layers
+from capsnet_jax.model import routing
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS

@@ -6,7 +6,7 @@
       --config.idx_dir=../shared/data/mnist [--config.num_train_steps=100]
 
 train / eval time the jit-compiled train_step and eval_step of
-capsnet_jax.train (on-device augmentation, donated state, the sharded mesh
+capsnet_jax.training.steps (on-device augmentation, donated state, the sharded mesh
 of every device) on random uint8 batches: warm-up steps, then the median of
 --repeats timed steps, each waited for. epoch times the training loop's own
 path over the real input pipeline (host gathers, transfers, steps) for one
@@ -44,10 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import timing  # benchmarks/timing.py, beside this script
-from capsnet_jax import datasets
-from capsnet_jax import input_pipeline
-from capsnet_jax import train
-from capsnet_jax import validation
+from capsnet_jax import experiment
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.model import precision
+from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.training import state as state_lib
+from capsnet_jax.training import steps as steps_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -67,13 +69,12 @@ def peak_gemm_gflops(n: int = 4096, repeats: int = 5,
   """GFLOP/s of an n x n x n matrix product on the default device, operands
   in the resolved ``compute_dtype`` (float32, tf32 or bfloat16) at its
   precision, accumulated and returned in float32."""
-  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
-  dtype = models.array_dtype(compute_dtype)
-  precision = models.matmul_precision(compute_dtype)
+  dtype = precision.array_dtype(compute_dtype)
+  matmul_precision = precision.matmul_precision(compute_dtype)
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
   matmul = jax.jit(lambda x, y: jnp.matmul(
-      x, y, precision=precision, preferred_element_type=jnp.float32))
+      x, y, precision=matmul_precision, preferred_element_type=jnp.float32))
   jax.block_until_ready(matmul(a, b))
   return 2 * n ** 3 / timing.median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
@@ -111,17 +112,18 @@ def _random_batch(info, batch_size: int, rng: np.random.Generator,
 
 def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
   """Median step time of the compiled train or eval step on random data."""
-  info = input_pipeline.dataset_info(config.dataset, config.data_setup)
-  mesh = train.make_mesh()
-  model, state = train.setup_model_and_state(config, info, mesh)
-  steps = train.Steps(config, model, mesh)
+  exp = experiment.resolve(config, "train")
+  info = exp.info
+  mesh = mesh_lib.make_mesh()
+  steps = steps_lib.Steps(exp, mesh)
+  state = state_lib.create(exp, mesh)
   batch = _random_batch(info, config.batch_size, np.random.default_rng(0),
-                       datasets.get(config.dataset, config.data_setup).num_targets)
+                       exp.spec.num_targets)
   # XLA compiles inside _flops (lower().compile() fills jit's cache).
   t = time.perf_counter()
   if mode == "train":
-    batch = train.global_batch({k: v for k, v in batch.items() if k != "mask"},
-                               steps.sharded)
+    batch = mesh_lib.global_batch(
+        {k: v for k, v in batch.items() if k != "mask"}, steps.sharded)
     flops = _flops(steps.train, state, batch)
     holder = {"state": state}
 
@@ -129,7 +131,7 @@ def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
       holder["state"], metrics = steps.train(holder["state"], batch)
       return metrics["loss"]
   else:
-    batch = train.global_batch(batch, steps.sharded)
+    batch = mesh_lib.global_batch(batch, steps.sharded)
     flops = _flops(steps.eval, state, batch)
 
     def step():
@@ -145,23 +147,25 @@ def time_steps(config, mode: str, warmup: int, repeats: int) -> dict:
 
 def time_epoch(config) -> dict:
   """One epoch (or num_train_steps steps) through the real input pipeline."""
-  mesh = train.make_mesh()
-  train_split, _, info = input_pipeline.load_datasets(config)
+  exp = experiment.resolve(config, "train")
+  mesh = mesh_lib.make_mesh()
+  splits = exp.load_splits()
+  train_split, info = splits.train, splits.info
   local_batch = config.batch_size // jax.process_count()
   per_epoch = input_pipeline.steps_per_epoch(info.num_train, config.batch_size)
   num_steps = min(config.num_train_steps, per_epoch) if (
       config.num_train_steps > 0) else per_epoch
-  model, state = train.setup_model_and_state(config, info, mesh)
-  steps = train.Steps(config, model, mesh)
+  steps = steps_lib.Steps(exp, mesh, per_epoch)
+  state = state_lib.create(exp, mesh)
   batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
                                          0, jax.process_index(), per_epoch)
-  state, metrics = steps.train(state, train.global_batch(next(batches),
-                                                         steps.sharded))
+  state, metrics = steps.train(state, mesh_lib.global_batch(next(batches),
+                                                            steps.sharded))
   jax.block_until_ready(metrics)  # compilation, not timed
   data_wait, t0 = 0.0, time.perf_counter()
   for _ in range(num_steps):
     t = time.perf_counter()
-    batch = train.global_batch(next(batches), steps.sharded)
+    batch = mesh_lib.global_batch(next(batches), steps.sharded)
     data_wait += time.perf_counter() - t
     state, metrics = steps.train(state, batch)
   jax.block_until_ready(metrics)
@@ -174,7 +178,6 @@ def time_epoch(config) -> dict:
 
 def measure(config, mode: str, peaks: dict[str, float]) -> dict:
   """One JSON-able record: mode at config.compute_dtype."""
-  from capsnet_jax import models  # pylint: disable=g-import-not-at-top
   if mode == "epoch":
     result = time_epoch(config)
   else:
@@ -182,7 +185,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
   flops = result.pop("flops_per_step")
   seconds = result["step_seconds_median"]
   device = jax.devices()[0]
-  dtype, why = models.resolve_compute_dtype(config.compute_dtype)
+  dtype, why = precision.resolve_compute_dtype(config.compute_dtype)
   if dtype not in peaks:
     peaks[dtype] = peak_gemm_gflops(compute_dtype=dtype)
   if "float32" not in peaks:
@@ -202,7 +205,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
       conv_impl=config.conv_impl, compute_dtype=config.compute_dtype,
       compute_dtype_resolved=dtype, compute_dtype_reason=why,
       matmul_precision=jax.config.jax_default_matmul_precision,
-      cpu_bf16_units=models.cpu_bf16_units(),
+      cpu_bf16_units=precision.cpu_bf16_units(),
       huge_pages=hostmem.enabled(),
       jax_version=jax.__version__, cpu_count=os.cpu_count())
 
@@ -210,7 +213,7 @@ def measure(config, mode: str, peaks: dict[str, float]) -> dict:
 def main(argv):
   del argv
   config = FLAGS.config
-  validation.validate_config(config, "train", jax.device_count())
+  experiment.resolve(config, "train")  # fails fast on a bad config
   for mode in FLAGS.mode:
     if mode not in ("train", "eval", "epoch"):
       raise app.UsageError(f"--mode={mode}: valid: train, eval, epoch")

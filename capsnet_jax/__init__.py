@@ -2,32 +2,42 @@
 
 Synopsis::
 
-  from capsnet_jax import models
-  model = models.create_model(config)           # a flax.linen CapsNet
-  variables = model.init(rng, images)
-  out = model.apply(variables, images)          # dict: lengths, class_caps, ...
+  import capsnet_jax
+  m = capsnet_jax.load("bundled:mnist_efficient")   # or a training workdir
+  out = m.predict(images)          # uint8 0..255 or float [0, 1] images
+  out.predictions, out.lengths     # [N], [N, 10]
 
-  from capsnet_jax import PrimaryCapsules, ClassCapsules, squash  # the layers
-  from capsnet_jax import trained
-  m = trained.load("runs/mnist")                # a trained workdir
-  m.predict(images), m.predict_files(["digit.png"])
+  from capsnet_jax import CapsNet, PrimaryCapsules, ClassCapsules, squash
+  model = CapsNet(num_classes=10, image_shape=(28, 28, 1))   # flax.linen
+
+The package's parts (imports point one way, top to bottom):
+
+  model/      layers, routing, decoders, the two model families
+  data/       the dataset registry, augmentation, IDX files, input pipeline
+  experiment  a config validated and resolved once (recipes, validation)
+  workdir/    a run's folder: record, checkpoints, history, logging, parks
+  training/   state, schedules, losses, compiled steps, the loop
+  inference/  trained models and bundles, prediction on files, ensembles
+  analysis/   figures, --mode=visualize, the results report, curves
+  cli         the command line (main.py, ``capsnet-jax``)
 
 ``import capsnet_jax`` is cheap: the names below are imported on first use.
 """
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # name -> module that defines it (PEP 562 lazy attributes).
 _LAZY = {
-    "squash": "capsnet_jax.layers",
-    "PrimaryCapsules": "capsnet_jax.layers",
-    "ConvStem": "capsnet_jax.layers",
-    "ClassCapsules": "capsnet_jax.routing",
-    "dynamic_routing": "capsnet_jax.routing",
-    "CapsNet": "capsnet_jax.models",
-    "create_model": "capsnet_jax.models",
+    "load": "capsnet_jax.inference.trained",
+    "squash": "capsnet_jax.model.layers",
+    "PrimaryCapsules": "capsnet_jax.model.layers",
+    "ConvStem": "capsnet_jax.model.layers",
+    "ClassCapsules": "capsnet_jax.model.routing",
+    "dynamic_routing": "capsnet_jax.model.routing",
+    "CapsNet": "capsnet_jax.model.models",
+    "EfficientCapsNet": "capsnet_jax.model.efficient",
 }
 __all__ = sorted(_LAZY)
 

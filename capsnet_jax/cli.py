@@ -137,40 +137,51 @@ def _initialize_distributed():
 
 def run(mode: str, config, workdir: str | None, images=None, out=None,
         invert: str = "auto"):
-  """Dispatches one --mode; returns its result (predict: the exit status)."""
+  """Dispatches one --mode; returns its result (predict: the exit status).
+
+  The config is validated and resolved here, once (capsnet_jax.experiment);
+  everything below takes the resolved experiment.
+  """
   # Imported here so that --help and flag errors stay fast.
-  if mode == "summary":  # clu, which summary uses, is not needed elsewhere
-    from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
-    return summary.print_summary(config)
+  from capsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+  if mode == "summary":
+    from capsnet_jax.analysis import summary  # pylint: disable=g-import-not-at-top
+    return summary.print_summary(experiment.resolve(config, mode))
   if not workdir:
     raise errors.ConfigError(f"--mode={mode} needs --workdir")
-  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import bundled  # pylint: disable=g-import-not-at-top
   if mode in ("train", "eval", "ensemble") and bundled.is_bundle(workdir):
     raise errors.ConfigError(
         f"--workdir={workdir} is bundled weights (inference variables only, "
-        f"no optimiser state or decoder, read-only): --mode={mode} needs a "
-        "training workdir of your own; the bundle works with --mode=predict "
-        "and --mode=visualize --out=DIR (its summary.json has the test "
-        "accuracy)")
+        f"no optimiser state, read-only): --mode={mode} needs a "
+        "training workdir of your own; the bundle works with --mode=predict, "
+        "--mode=explore and --mode=visualize --out=DIR (its summary.json has "
+        "the test accuracy)")
   if mode == "predict":
     if not images:
       raise errors.ConfigError("--mode=predict needs --images=PATH[,PATH...] "
                                "(files, folders or globs)")
-    from capsnet_jax import predict, trained  # pylint: disable=g-import-not-at-top
+    from capsnet_jax.inference import predict  # pylint: disable=g-import-not-at-top
+    from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
     # The workdir's record defines the model; the command line the rest.
-    model = trained.load(workdir, which=trained.which_checkpoint(config),
-                         config=trained.with_workdir_model(config, workdir))
+    # Where the training data was does not matter here.
+    merged = trained.with_workdir_model(config, workdir)
+    merged.idx_dir = merged.tfds_data_dir = ""
+    exp = experiment.resolve(merged, mode)
+    model = trained.load(workdir, which=trained.which_checkpoint(exp.config),
+                         config=exp)
     return predict.run(model, images, out, invert)
-  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
-  if mode == "train":
-    return train.train_and_evaluate(config, workdir)
-  if mode == "eval":
-    return train.evaluate_checkpoint(config, workdir)
+  exp = experiment.resolve(config, mode)
+  if mode in ("train", "eval"):
+    from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+    if mode == "train":
+      return loop.train_and_evaluate(exp, workdir)
+    return loop.evaluate_checkpoint(exp, workdir)
   if mode == "ensemble":
-    from capsnet_jax import ensemble  # pylint: disable=g-import-not-at-top
-    return ensemble.evaluate_ensemble(config, workdir)
-  from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
-  return visualize.visualize(config, workdir, out)
+    from capsnet_jax.inference import ensemble  # pylint: disable=g-import-not-at-top
+    return ensemble.evaluate_ensemble(exp, workdir)
+  from capsnet_jax.analysis import visualize  # pylint: disable=g-import-not-at-top
+  return visualize.visualize(exp, workdir, out)
 
 
 def main(argv):

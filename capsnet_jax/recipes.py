@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from capsnet_jax import datasets
+from capsnet_jax.data import datasets
+from capsnet_jax.workdir import record
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """init: a scheme of capsnet_jax.initializers; primary_grouping: "paper" |
+  """init: a scheme of capsnet_jax.model.initializers; primary_grouping: "paper" |
   "reference" (layers.PrimaryCapsules); primary_vote_scale: "none" (1) |
   "authors" (1 / primary_types); margin_reduction: losses.MARGIN_REDUCTIONS;
   lr_min: floor of the decayed learning rate (0: none)."""
@@ -56,9 +57,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
 VOTE_SCALES = ("auto", "none", "authors")
 
 # What runs recorded before these fields existed used.
-LEGACY = {"init": "default", "primary_grouping": "paper",
-          "primary_vote_scale": "none", "margin_reduction": "sum",
-          "lr_min": 0.0}
+LEGACY = record.LEGACY_FIELDS
 
 
 def resolve(config, field: str):

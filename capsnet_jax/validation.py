@@ -7,19 +7,20 @@ Synopsis::
 
 import os
 
-from capsnet_jax import conv
-from capsnet_jax import datasets
-from capsnet_jax import decoders
-from capsnet_jax import layers
-from capsnet_jax import losses
-from capsnet_jax import models
+from capsnet_jax.model import conv
+from capsnet_jax.data import datasets
+from capsnet_jax.model import decoders
+from capsnet_jax.model import layers
+from capsnet_jax.training import losses
+from capsnet_jax.model import models
+from capsnet_jax.model import precision
 from capsnet_jax import recipes
 from capsnet_jax.errors import ConfigError
 
 DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
-COMPUTE_DTYPES = models.COMPUTE_DTYPES
+COMPUTE_DTYPES = precision.COMPUTE_DTYPES
 MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
 LEAKY_VARIANTS = ("authors", "reference")
 

@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   # none | authors (the primary-capsule convolution scaled by 1 / types, the
   # authors' one-iteration routing). auto: paper -> authors, otherwise none.
   config.primary_vote_scale = "auto"
-  config.conv_impl = "auto"  # see capsnet_jax.conv.IMPLS
+  config.conv_impl = "auto"  # see capsnet_jax.model.conv.IMPLS
   # float32 | bfloat16 (convolutions, u_hat and decoder; parameters, routing,
   # squash and losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
   config.compute_dtype = "float32"

@@ -23,7 +23,7 @@ smoke: the tiny test model for 30 steps of batch 32 on MNIST and one
 evaluation over the test set: a check that everything runs, not a result.
 
 Measured results are in README.md ("Results"), generated from each run's
-eval_history.jsonl by `python -m capsnet_jax.report`.
+eval_history.jsonl by `python -m capsnet_jax.analysis.report`.
 """
 
 from configs import default

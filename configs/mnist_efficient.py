@@ -5,7 +5,7 @@ Train and evaluate (downloads MNIST through tfds, or reads IDX files)::
   python main.py --config=configs/mnist_efficient.py --workdir=runs/mnist_efficient \
       [--config.idx_dir=../shared/data/mnist]
 
-Model (capsnet_jax/efficient.py): conv stem with batch norm, 16 depthwise
+Model (capsnet_jax/model/efficient.py): conv stem with batch norm, 16 depthwise
 primary capsules of 8D, self-attention routing to 10 class capsules of 16D,
 FC decoder 512/1024/784; 161,824 trainable parameters without the decoder (the
 paper's figure), 1,573,168 with it.
@@ -24,7 +24,7 @@ Recipe, read from EscVM/Efficient-CapsNet:
 - Input pixels / 256; training augmentation (utils/pre_process_mnist.py):
   random rotation (probability 1/2, up to 29 degrees), a shift keeping the
   digit in the frame, a horizontal squish by 1-7 px, a 4x4 erased patch:
-  data_setup=efficient (capsnet_jax/augment.py).
+  data_setup=efficient (capsnet_jax/data/augment.py).
 - Their ModelCheckpoint keeps the epoch with the best test accuracy; ours
   reports best_test_accuracy beside the final one.
 
@@ -58,7 +58,7 @@ running time summed over its sessions was 16.48 hours; alone, an epoch
 with its evaluation took 2.8-4.5 minutes on the same CPU kind with huge
 pages on 2026-12-02 (epochs 122-150; capsnet_jax/hostmem.py) and 4.4-5.8 on
 earlier sessions' hosts, so the 150 epochs take 7-14.5 hours. Its final checkpoint (step 562,500) is parked in the
-repository (docs/results/cpu/mnist_efficient_run3/parked, capsnet_jax/park.py).
+repository (docs/results/cpu/mnist_efficient_run3/parked, capsnet_jax/workdir/park.py).
 The bundled weights (capsnet_jax/weights/mnist_efficient) are run 3's best
 checkpoint, epoch 74 (99.73%); their weights.json names it.
 """

@@ -7,7 +7,7 @@ Train and evaluate (downloads MNIST through tfds, or reads IDX files)::
   python main.py --config=configs/multimnist.py:smoke --workdir=/tmp/mm \
       --config.idx_dir=../shared/data/mnist                    # tiny, ~1 min
 
-Data (capsnet_jax/multimnist.py): each example overlays two MNIST digits of
+Data (capsnet_jax/data/multimnist.py): each example overlays two MNIST digits of
 different classes from the same split, each padded to 36x36 and shifted by
 up to 4 px per axis, added and clipped to [0, 1]. Training pairs are drawn
 afresh every step from (seed, step); an "epoch" is 60,000 pairs (one per
@@ -42,7 +42,7 @@ Recipe, read from the authors' code (Sarasra/models research/capsules):
   digit may then lose its edge pixels); the paper says 4 px, which we use.
 
 Measured on this project's 2-core CPU: see README.md ("MultiMNIST"),
-generated from the run's eval_history.jsonl by `python -m capsnet_jax.report`.
+generated from the run's eval_history.jsonl by `python -m capsnet_jax.analysis.report`.
 
 smoke: the tiny test model for 30 steps of batch 32 and 1,000 test pairs: a
 check that everything runs, not a result.

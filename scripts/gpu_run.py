@@ -228,7 +228,7 @@ def collect(exps: list[Experiment], runs: pathlib.Path, out: pathlib.Path) -> No
         shutil.copy2(p, dst / p.name)
   done = [e.name for e in exps if (runs / e.name / "eval_history.jsonl").exists()]
   if done:
-    cmd = [sys.executable, "-m", "capsnet_jax.report",
+    cmd = [sys.executable, "-m", "capsnet_jax.analysis.report",
            *[f"{n}={runs / n}" for n in done], "--curves",
            str(staging / "curves.png")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

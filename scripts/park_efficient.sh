@@ -2,7 +2,7 @@
 # Parks the Efficient-CapsNet MNIST reproduction run (scripts/run_efficient.sh)
 # in the repository before leaving the machine, right after an epoch's
 # evaluation:
-#   1. capsnet_jax.park saves the workdir's latest checkpoint, config, history
+#   1. capsnet_jax.workdir.park saves the workdir's latest checkpoint, config, history
 #      and event files into PARKED (replacing the earlier park);
 #   2. the history and config are copied beside it, where README's generated
 #      tables read them;
@@ -18,10 +18,10 @@ cd "$(dirname "$0")/.."
 WORKDIR=${WORKDIR:-runs/mnist_efficient}
 PARKED=${PARKED:-docs/results/cpu/mnist_efficient_run3/parked}
 BUNDLE=${BUNDLE:-mnist_efficient}
-.venv/bin/python -m capsnet_jax.park save --workdir="$WORKDIR" --to="$PARKED"
+.venv/bin/python -m capsnet_jax.workdir.park save --workdir="$WORKDIR" --to="$PARKED"
 cp "$PARKED/eval_history.jsonl" "$PARKED/config.json" "$(dirname "$PARKED")/"
-.venv/bin/python -m capsnet_jax.bundled --workdir="$WORKDIR" --name="$BUNDLE" \
+.venv/bin/python -m capsnet_jax.inference.bundled --workdir="$WORKDIR" --name="$BUNDLE" \
     --which=best --only_if_better 2>&1 | grep -v '^[IW][0-9]'
-.venv/bin/python -m capsnet_jax.report --update=README.md
-.venv/bin/python -m capsnet_jax.report --check=README.md
+.venv/bin/python -m capsnet_jax.analysis.report --update=README.md
+.venv/bin/python -m capsnet_jax.analysis.report --check=README.md
 git status --short -- docs capsnet_jax/weights README.md

@@ -14,7 +14,7 @@ IDX_DIR=${IDX_DIR:-../shared/data/mnist}
 PARKED=${PARKED:-docs/results/cpu/mnist_efficient_run3/parked}
 mkdir -p "$WORKDIR"
 if [ -e "$PARKED/park.json" ]; then
-  .venv/bin/python -m capsnet_jax.park restore --from="$PARKED" \
+  .venv/bin/python -m capsnet_jax.workdir.park restore --from="$PARKED" \
       --workdir="$WORKDIR" --only_if_newer 2>&1 | tee -a "$WORKDIR/train.log"
 fi
 exec nice -n 19 .venv/bin/python main.py --config=configs/mnist_efficient.py \

@@ -1,4 +1,4 @@
-"""capsnet_jax.analysis: the arrays behind the figures, against values
+"""capsnet_jax.analysis.arrays: the arrays behind the figures, against values
 recomputed from the model's own outputs or worked out by hand.
 
 The model is the tiny CapsNet with its initial parameters (no training, no
@@ -13,12 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import analysis
-from capsnet_jax import input_pipeline
-from capsnet_jax import mesh as mesh_lib
-from capsnet_jax import models
-from capsnet_jax import train
-from capsnet_jax import trained
+from capsnet_jax.analysis import arrays
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.model import models
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
 from configs import default
 from conftest import ROOT, synthetic_digits
 
@@ -43,7 +43,7 @@ def fixture_images():
 
 
 def test_analysis_imports_no_matplotlib():
-  script = ("import sys; import capsnet_jax.analysis; "
+  script = ("import sys; import capsnet_jax.analysis.arrays; "
             "print([m for m in sys.modules if m.startswith('matplotlib')])")
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, check=True)
@@ -52,10 +52,10 @@ def test_analysis_imports_no_matplotlib():
 
 def test_rotate_is_exact_at_multiples_of_90_degrees():
   image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
-  np.testing.assert_array_equal(analysis.rotate(image, 0), image)
-  np.testing.assert_array_equal(analysis.rotate(image, 90)[0, ..., 0],
+  np.testing.assert_array_equal(arrays.rotate(image, 0), image)
+  np.testing.assert_array_equal(arrays.rotate(image, 90)[0, ..., 0],
                                 np.rot90(image[0, ..., 0]))
-  np.testing.assert_array_equal(analysis.rotate(image, -180)[0, ..., 0],
+  np.testing.assert_array_equal(arrays.rotate(image, -180)[0, ..., 0],
                                 np.rot90(image[0, ..., 0], 2))
 
 
@@ -63,7 +63,7 @@ def test_confusion_matrix_by_hand():
   labels = np.array([0, 0, 1, 2, 2, 2])
   predictions = np.array([0, 1, 1, 2, 0, 2])
   np.testing.assert_array_equal(
-      analysis.confusion_matrix(predictions, labels, 3),
+      arrays.confusion_matrix(predictions, labels, 3),
       [[1, 1, 0], [0, 1, 0], [1, 0, 2]])
 
 
@@ -75,21 +75,21 @@ def test_misclassified_by_hand():
                       [0.3, 0.6, 0.2],    # label 1: right
                       [0.6, 0.1, 0.0]])   # label 1: wrong by 0.6 - 0.1, as #1
   labels = np.array([0, 2, 1, 0, 1, 1])
-  errors = analysis.misclassified(lengths, labels)
+  errors = arrays.misclassified(lengths, labels)
   np.testing.assert_array_equal(errors["index"], [3, 1, 5, 2])
   np.testing.assert_array_equal(errors["label"], [0, 2, 1, 1])
   np.testing.assert_array_equal(errors["prediction"], [2, 1, 0, 0])
   np.testing.assert_allclose(errors["predicted_length"], [0.95, 0.7, 0.6, 0.5])
   np.testing.assert_allclose(errors["true_length"], [0.1, 0.1, 0.1, 0.4])
-  right = analysis.misclassified(lengths[[0, 4]], labels[[0, 4]])
+  right = arrays.misclassified(lengths[[0, 4]], labels[[0, 4]])
   assert all(len(v) == 0 for v in right.values()) and len(right) == 5
 
 
 def test_misclassified_examples(model, images):
   lengths = model.predict_stored(images, ("lengths",))["lengths"]
   labels = (np.argmax(lengths, 1) + 1) % 10  # every image wrong
-  errors = {k: v[:3] for k, v in analysis.misclassified(lengths, labels).items()}
-  shown = analysis.misclassified_examples(model, images[errors["index"]], errors)
+  errors = {k: v[:3] for k, v in arrays.misclassified(lengths, labels).items()}
+  shown = arrays.misclassified_examples(model, images[errors["index"]], errors)
   assert shown["inputs"].shape == (3, 28, 28, 1)
   out = model.predict_stored(images[errors["index"]], ("class_caps",))
   np.testing.assert_allclose(
@@ -106,10 +106,10 @@ def test_misclassified_examples(model, images):
 def test_two_digit_rules_by_hand():
   lengths = np.array([[0.9, 0.8, 0.1], [0.5, 0.5, 0.9], [0.2, 0.7, 0.6]])
   # Longest first; the tie in row 1 goes to the lower class.
-  np.testing.assert_array_equal(analysis.top_two(lengths),
+  np.testing.assert_array_equal(arrays.top_two(lengths),
                                 [[0, 1], [2, 0], [1, 2]])
   labels = np.array([[1, 0], [2, 1], [0, 2]])
-  np.testing.assert_array_equal(analysis.two_digits_right(lengths, labels),
+  np.testing.assert_array_equal(arrays.two_digits_right(lengths, labels),
                                 [True, False, False])
 
 
@@ -120,7 +120,7 @@ def test_weighted_primary_caps_by_hand():
   out["coupling"][0, :, 1] = [0.5, 0.0, 2.0]
   out["coupling"][1, :, 3] = [1.0, 0.25, 0.0]
   out["coupling"][0, :, 0] = 9.0  # another class's coupling: not used
-  np.testing.assert_array_equal(analysis.weighted_primary_caps(out), [
+  np.testing.assert_array_equal(arrays.weighted_primary_caps(out), [
       [[0, 0.5], [0, 0], [8, 10]], [[6, 7], [2, 2.25], [0, 0]]])
 
 
@@ -128,17 +128,17 @@ def test_primary_grid_shape():
   config = default.get_config()
   config.model = "tiny"
   # 28 -> 9x9 conv: 20 -> 9x9 stride 2: 6; the tiny model has 4 types.
-  assert analysis.primary_grid_shape(config, (28, 28, 1), 144) == (6, 6, 4)
+  assert arrays.primary_grid_shape(config, (28, 28, 1), 144) == (6, 6, 4)
   config.model = "capsnet"
-  assert analysis.primary_grid_shape(config, (32, 32, 3), 2048) == (8, 8, 32)
+  assert arrays.primary_grid_shape(config, (32, 32, 3), 2048) == (8, 8, 32)
   # SAME padding (the authors' CIFAR10 model): 24 -> 24 -> 12, 64 types.
   config.conv_padding, config.primary_types = "same", 64
-  assert analysis.primary_grid_shape(config, (24, 24, 3), 9216) == (12, 12, 64)
+  assert arrays.primary_grid_shape(config, (24, 24, 3), 9216) == (12, 12, 64)
   with pytest.raises(ValueError, match="12x12x64 primary capsules expected"):
-    analysis.primary_grid_shape(config, (24, 24, 3), 1024)
+    arrays.primary_grid_shape(config, (24, 24, 3), 1024)
   # Efficient-CapsNet: 16 capsules, no grid (a recorded 32 types is ignored).
   config.model, config.primary_types = "efficient_capsnet", 32
-  assert analysis.primary_grid_shape(config, (28, 28, 1), 16) == (1, 1, 16)
+  assert arrays.primary_grid_shape(config, (28, 28, 1), 16) == (1, 1, 16)
 
 
 def test_rotation_sweep_and_strip(model, images):
@@ -146,7 +146,7 @@ def test_rotation_sweep_and_strip(model, images):
   # Labels: the predictions at 0 degrees, so that accuracy there is 1.
   plain = model.predict_stored(images, ("lengths", "predictions"))
   labels = plain["predictions"]
-  sweep = analysis.rotation_sweep(model, images, labels, angles)
+  sweep = arrays.rotation_sweep(model, images, labels, angles)
   assert sweep["num_examples"] == 12
   np.testing.assert_array_equal(sweep["angles"], angles)
   for a, angle in enumerate(angles):
@@ -159,7 +159,7 @@ def test_rotation_sweep_and_strip(model, images):
         np.mean(out["lengths"][np.arange(12), labels]), rel=1e-6)
   assert sweep["accuracy"][1] == 1.0 and sweep["accuracy"].min() < 1.0
 
-  strip = analysis.rotation_strip(model, images[0], angles)
+  strip = arrays.rotation_strip(model, images[0], angles)
   rotated = np.stack([np.rot90(images[0], k, axes=(0, 1))
                       for k in (-1, 0, 1, 2)])
   out = model.predict_stored(rotated)
@@ -175,9 +175,9 @@ def test_rotation_sweep_and_strip(model, images):
 def test_perturbation_grid(model, images):
   out = model.predict_stored(images[:1])
   caps, label = out["class_caps"][0], int(out["predictions"][0])
-  grid = analysis.perturbation_grid(model, caps, label)
+  grid = arrays.perturbation_grid(model, caps, label)
   assert grid.shape == (16, 11, 28, 28, 1)
-  zero = list(analysis.PERTURBATION_OFFSETS).index(0.0)
+  zero = list(arrays.PERTURBATION_OFFSETS).index(0.0)
   for d in range(16):  # offset 0 is the plain reconstruction
     np.testing.assert_allclose(grid[d, zero], out["reconstructions"][0], atol=1e-5)
   # Row 5, column 0: dimension 5 of the capsule moved by -0.25, decoded.
@@ -189,28 +189,28 @@ def test_perturbation_grid(model, images):
 
 
 def test_primary_decoder_training_and_cache(model, images, tmp_path):
-  params, losses = analysis.train_primary_decoder(model, images, 15, 8)
+  params, losses = arrays.train_primary_decoder(model, images, 15, 8)
   assert len(losses) == 15 and losses[-1] < losses[0]
-  template = analysis.init_primary_decoder(model)
+  template = arrays.init_primary_decoder(model)
   assert jax.tree.map(np.shape, template) == jax.tree.map(np.shape, params)
   path = str(tmp_path / "decoder.msgpack")
-  assert analysis.read_primary_decoder(path, template, 8) is None
-  analysis.write_primary_decoder(path, params, 8)
-  assert analysis.read_primary_decoder(path, template, 9) is None  # other step
-  back = analysis.read_primary_decoder(path, template, 8)
+  assert arrays.read_primary_decoder(path, template, 8) is None
+  arrays.write_primary_decoder(path, params, 8)
+  assert arrays.read_primary_decoder(path, template, 9) is None  # other step
+  back = arrays.read_primary_decoder(path, template, 8)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_primary_capsule_rows(model, images):
-  params = analysis.init_primary_decoder(model, seed=1)
+  params = arrays.init_primary_decoder(model, seed=1)
   coefficients = np.linspace(0, 1, 4)
-  rows = analysis.primary_capsule_rows(model, params, images[0], 3, coefficients)
+  rows = arrays.primary_capsule_rows(model, params, images[0], 3, coefficients)
   assert rows["images"].shape == (3, 4, 28, 28, 1)
   # Recomputed from the model's outputs: the rows are the 3 capsules with the
   # longest coupling-weighted vectors towards the prediction, longest first,
   # and row r, column k decodes capsule r alone, scaled by coefficient k.
-  one = model.predict_stored(images[:1], analysis.PRIMARY_KEYS)
+  one = model.predict_stored(images[:1], arrays.PRIMARY_KEYS)
   pred = int(one["predictions"][0])
   caps = one["primary_caps"][0]  # [144, 8]
   weighted = caps * one["coupling"][0, :, pred, None]
@@ -220,7 +220,7 @@ def test_primary_capsule_rows(model, images):
   assert np.all(np.diff(norms[rows["capsules"]]) <= 0)
   np.testing.assert_allclose(rows["coupling"],
                              one["coupling"][0, rows["capsules"], pred])
-  module = analysis.PrimaryDecoder((28, 28, 1))
+  module = arrays.PrimaryDecoder((28, 28, 1))
   inputs = np.zeros((3, 4, *caps.shape), np.float32)
   for r, i in enumerate(rows["capsules"]):
     inputs[r, :, i] = coefficients[:, None] * caps[i]
@@ -240,7 +240,7 @@ def test_two_digit_examples(model, images):
   order = np.argsort(-lengths, axis=1)
   labels = np.stack([order[:, 1], order[:, 0]], 1)  # the two longest, swapped
   labels[3] = [order[3, 0], order[3, 2]]  # the third longest: wrong
-  out = analysis.two_digit_examples(model, images[:4], labels, lengths)
+  out = arrays.two_digit_examples(model, images[:4], labels, lengths)
   np.testing.assert_array_equal(out["predicted"], order[:, :2])
   np.testing.assert_array_equal(out["correct"], [True, True, True, False])
   caps = model.predict_stored(images[:4], ("class_caps",))["class_caps"]

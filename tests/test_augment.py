@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import augment
+from capsnet_jax.data import augment
+from capsnet_jax.data import datasets
 
 
 def _ramp(b=2, h=6, w=6, c=1):
@@ -87,19 +88,19 @@ def test_preprocess_shapes_ranges_and_determinism(dataset, setup, stored,
                                                   model_input):
   raw = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, *stored)),
                     jnp.uint8)
-  train_fn = augment.make_preprocess_fn(dataset, setup, True)
-  eval_fn = augment.make_preprocess_fn(dataset, setup, False)
+  train_fn = datasets.get(dataset, setup).preprocess(True)
+  eval_fn = datasets.get(dataset, setup).preprocess(False)
   for fn in (train_fn, eval_fn):
     y = fn(raw, jax.random.key(0))
     assert y.shape == (4, *model_input) and y.dtype == jnp.float32
-    if augment.is_standardized(dataset, setup):
+    if datasets.get(dataset, setup).standardized:
       np.testing.assert_allclose(jnp.mean(y, axis=(1, 2, 3)), 0, atol=1e-5)
   # Test time ignores the rng; training does not.
   np.testing.assert_array_equal(eval_fn(raw, jax.random.key(0)),
                                 eval_fn(raw, jax.random.key(1)))
   assert not np.array_equal(train_fn(raw, jax.random.key(0)),
                             train_fn(raw, jax.random.key(1)))
-  target = augment.reconstruction_target(eval_fn(raw, None), dataset, setup)
+  target = datasets.get(dataset, setup).target(eval_fn(raw, None))
   assert float(target.min()) >= 0 and float(target.max()) <= 1
 
 
@@ -223,14 +224,14 @@ def test_erase_zeroes_one_4x4_patch():
 def test_efficient_mnist_setup():
   raw = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1)),
                     jnp.uint8)
-  eval_fn = augment.make_preprocess_fn("mnist", "efficient", False)
+  eval_fn = datasets.get("mnist", "efficient").preprocess(False)
   # Their pre_process divides by 256 (the other setups by 255).
   np.testing.assert_array_equal(eval_fn(jnp.full((1, 28, 28, 1), 255, jnp.uint8), None),
                                 np.full((1, 28, 28, 1), 255 / 256, np.float32))
   np.testing.assert_array_equal(
-      augment.make_preprocess_fn("mnist", "paper", False)(raw, None),
+      datasets.get("mnist", "paper").preprocess(False)(raw, None),
       augment.to_float(raw))
-  train_fn = jax.jit(augment.make_preprocess_fn("mnist", "efficient", True))
+  train_fn = jax.jit(datasets.get("mnist", "efficient").preprocess(True))
   a, b = train_fn(raw, jax.random.key(0)), train_fn(raw, jax.random.key(1))
   assert a.shape == (8, 28, 28, 1) and a.dtype == jnp.float32
   np.testing.assert_array_equal(a, train_fn(raw, jax.random.key(0)))

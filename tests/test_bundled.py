@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capsnet_jax import bundled
+from capsnet_jax.inference import bundled
 from capsnet_jax import errors
-from capsnet_jax import trained
+from capsnet_jax.inference import trained
 from conftest import ROOT, SHARED_MNIST, subprocess_env
 
 BUNDLE = ROOT / "capsnet_jax" / "weights" / "mnist_efficient"
@@ -28,7 +28,7 @@ def _meta():
 def _real_test_set():
   if not SHARED_MNIST.is_dir():
     pytest.skip("no ../shared/data/mnist")
-  from capsnet_jax import idx  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.data import idx  # pylint: disable=g-import-not-at-top
   return idx.load_mnist_idx(str(SHARED_MNIST), "test")
 
 

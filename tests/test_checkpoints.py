@@ -1,11 +1,11 @@
-"""capsnet_jax.checkpoints on a tiny pytree with made-up test accuracies:
+"""capsnet_jax.workdir.checkpoints on a tiny pytree with made-up test accuracies:
 which checkpoints are kept (the latest N and the best), across restarts."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
+from capsnet_jax.workdir import checkpoints
 
 
 def _tree(step):

@@ -14,11 +14,11 @@ import pytest
 
 from capsnet_jax import cli
 from capsnet_jax import errors
-from capsnet_jax import input_pipeline
-from capsnet_jax import mesh as mesh_lib
-from capsnet_jax import models
-from capsnet_jax import train
-from capsnet_jax import trained
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.model import models
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
 from conftest import ROOT
 
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import conv
-from capsnet_jax import models
+from capsnet_jax.model import conv
+from capsnet_jax.model import models
 from configs import default
 
 

@@ -11,7 +11,7 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from capsnet_jax import curves
+from capsnet_jax.analysis import curves
 from capsnet_jax.errors import WorkdirError
 
 

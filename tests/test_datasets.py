@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from capsnet_jax import checkpoints
-from capsnet_jax import datasets
-from capsnet_jax import input_pipeline
-from capsnet_jax import train
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.data import datasets
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import train
 from configs import default
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import decoders
+from capsnet_jax.model import decoders
 
 
 def _count(tree):
@@ -86,7 +86,7 @@ def _train_deconv_alone(output_mean, steps=20, batch=16):
   random projection of the image, 0.9 long, as a trained capsule is).
   Returns (test SSE, live channels of its last hidden layer whose output
   weights sum above zero)."""
-  from capsnet_jax import idx  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.data import idx  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   x, y = idx.load_mnist_idx(str(SHARED_MNIST), "train")
   x = x[:3328].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0

@@ -1,4 +1,4 @@
-"""Tests of Efficient-CapsNet (capsnet_jax/efficient.py): parameter counts,
+"""Tests of Efficient-CapsNet (capsnet_jax/model/efficient.py): parameter counts,
 its squash, self-attention routing, the model's call contract, registration,
 the authors' recipe and a few training steps through train_and_evaluate."""
 
@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import efficient
-from capsnet_jax import models
-from capsnet_jax import summary
-from capsnet_jax import train
+from capsnet_jax.model import efficient
+from capsnet_jax.model import models
+from capsnet_jax.analysis import summary
+from capsnet_jax.training import train
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
 from configs import default
@@ -244,7 +244,7 @@ def test_recipe_learning_rate():
 
 
 def test_training_steps_reduce_the_loss(idx_dir, tmp_path):
-  from capsnet_jax import curves  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import curves  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   # XLA's convolutions: this test took 59 s with them and 71 s with the CPU
   # default (2-core AMD EPYC, a training run going); test_tiny_model_contract
@@ -265,7 +265,7 @@ def test_training_steps_reduce_the_loss(idx_dir, tmp_path):
   assert losses[-1] < 0.8 * losses[0], losses
   # The figures work for this routing family too (primary capsules without
   # a grid of types: 4 capsules in the tiny model).
-  from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import visualize  # pylint: disable=g-import-not-at-top
   config.update(visualize_rotation_step=90, visualize_primary_steps=5,
                 visualize_primary_examples=64, visualize_num_images=4)
   summary = visualize.visualize(config, str(tmp_path))

@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
-from capsnet_jax import ensemble
-from capsnet_jax import idx
-from capsnet_jax import models
-from capsnet_jax import train
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.inference import ensemble
+from capsnet_jax.data import idx
+from capsnet_jax.model import models
+from capsnet_jax.training import train
 from test_train import tiny_config
 from conftest import subprocess_env
 
@@ -45,7 +45,7 @@ def fixture_members(idx_dir, tmp_path_factory):
 
 def _lengths_by_hand(workdir, config, images):
   """Class-capsule lengths [N, 10]: the checkpoint restored with
-  capsnet_jax.checkpoints and the flax module applied, without the
+  capsnet_jax.workdir.checkpoints and the flax module applied, without the
   ensemble, trained or train's evaluation code."""
   model = models.create_model(config, (28, 28, 1), 10)
   abstract = jax.eval_shape(lambda: train.create_train_state(

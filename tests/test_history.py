@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from capsnet_jax import history
-from capsnet_jax import train
+from capsnet_jax.workdir import history
+from capsnet_jax.training import train
 from test_reliability import _args, _env, ROOT
 from test_train import tiny_config
 

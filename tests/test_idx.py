@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from capsnet_jax import idx
+from capsnet_jax.data import idx
 from capsnet_jax.errors import DataError
 from conftest import make_idx_dir, write_idx
 

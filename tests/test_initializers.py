@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import initializers
-from capsnet_jax import models
+from capsnet_jax.model import initializers
+from capsnet_jax.model import models
 
 
 @functools.lru_cache(maxsize=None)

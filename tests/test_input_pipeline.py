@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from capsnet_jax import input_pipeline
+from capsnet_jax.data import input_pipeline
 from capsnet_jax.errors import DataError
 from configs import default
 from conftest import SHARED_MNIST

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import layers
+from capsnet_jax.model import layers
 
 
 def test_squash_length_and_direction():

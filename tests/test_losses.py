@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import losses
+from capsnet_jax.training import losses
 from configs import default
 
 

@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _SCRIPT = textwrap.dedent("""
     import jax, numpy as np
-    from capsnet_jax import mesh as mesh_lib
+    from capsnet_jax.training import mesh as mesh_lib
     assert jax.device_count() == 2, jax.devices()
     mesh = mesh_lib.make_mesh()
     assert dict(mesh.shape) == {"data": 2}, mesh.shape

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from capsnet_jax import curves
-from capsnet_jax import metric_logging
+from capsnet_jax.analysis import curves
+from capsnet_jax.workdir import metric_logging
 from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

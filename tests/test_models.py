@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from capsnet_jax import losses
-from capsnet_jax import models
+from capsnet_jax.training import losses
+from capsnet_jax.model import models
 from configs import default
 
 # (num_classes, image shape, decoder) -> (total, decoder) from REFERENCE.md.
@@ -207,7 +207,7 @@ def test_cifar10_paper_model_same_padding_counts():
   class caps 9216*10*16*8 + 10*16 = 11,796,640; FC decoder to 24*24*3:
   160*512+512 + 512*1024+1024 + 1024*1728+1728 = 2,378,944."""
   from configs import cifar10_paper  # pylint: disable=g-import-not-at-top
-  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import summary  # pylint: disable=g-import-not-at-top
   model, variables = summary.parameter_shapes(cifar10_paper.get_config())
   params = variables["params"]
   assert params["class_caps"]["W"].shape == (9216, 10, 16, 8)
@@ -225,7 +225,7 @@ def test_cifar10_paper_model_same_padding_counts():
 @pytest.mark.parametrize("size,kernel,stride,expected", [
     (24, 9, 1, (4, 4)), (24, 9, 2, (3, 4)), (28, 9, 2, (3, 4)), (5, 2, 2, (0, 1))])
 def test_same_padding_amounts_follow_tensorflow(size, kernel, stride, expected):
-  from capsnet_jax import conv  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.model import conv  # pylint: disable=g-import-not-at-top
   assert conv.same_padding(size, kernel, stride) == expected
 
 
@@ -268,7 +268,7 @@ def test_orphan_capsule_parameter_counts(decoder):
 
 
 def test_summary_counts_the_orphan_capsule(capsys):
-  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import summary  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.leaky_routing, config.leaky_variant = True, "reference"

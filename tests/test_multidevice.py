@@ -18,12 +18,12 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
-from capsnet_jax import ensemble
-from capsnet_jax import input_pipeline
-from capsnet_jax import train
-from capsnet_jax import trained
-from capsnet_jax import visualize
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.inference import ensemble
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
+from capsnet_jax.analysis import visualize
 from configs import mnist
 from conftest import subprocess_env
 
@@ -37,7 +37,8 @@ def _env(devices: int = 2) -> dict[str, str]:
 def test_one_step_on_two_devices_equals_one_device(idx_dir):
   script = textwrap.dedent(f"""
       import jax, numpy as np
-      from capsnet_jax import input_pipeline, train
+      from capsnet_jax.data import input_pipeline
+      from capsnet_jax.training import train
       from configs import default
       assert jax.device_count() == 2, jax.devices()
       config = default.get_config()
@@ -207,7 +208,9 @@ _VISUALIZE = dict(conv_impl="xla", visualize_rotation_step=180,
 _FIGURES_AND_ENSEMBLE = """
 import json, sys
 import numpy as np
-from capsnet_jax import cli, ensemble, visualize
+from capsnet_jax import cli
+from capsnet_jax.inference import ensemble
+from capsnet_jax.analysis import visualize
 
 def flat(tree, prefix=""):
   if isinstance(tree, dict):

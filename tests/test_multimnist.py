@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import datasets
-from capsnet_jax import input_pipeline
-from capsnet_jax import losses
-from capsnet_jax import multimnist
+from capsnet_jax.data import datasets
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import losses
+from capsnet_jax.data import multimnist
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
 from configs import multimnist as multimnist_config
@@ -241,7 +241,7 @@ def test_two_digit_reconstruction_sse():
 
 
 def test_parameter_count():
-  from capsnet_jax import summary  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import summary  # pylint: disable=g-import-not-at-top
   _, variables = summary.parameter_shapes(multimnist_config.get_config())
   counts = summary.summarize(variables["params"])
   # conv1: 9 x 9 x 1 x 256 + 256 = 20,992 (36 -> 28).
@@ -267,7 +267,7 @@ def test_parameter_count():
 
 @pytest.fixture(name="trained_mm", scope="module")
 def fixture_trained_mm(idx_dir, tmp_path_factory):
-  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import train  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("mm"))
   config = multimnist_config.get_config("smoke")
   config.idx_dir = str(idx_dir)
@@ -300,7 +300,7 @@ def test_train_and_evaluate(trained_mm):
 
 
 def test_eval_mode_and_tensorboard(trained_mm):
-  from capsnet_jax import train  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import train  # pylint: disable=g-import-not-at-top
   from test_train import _scalar_tags  # pylint: disable=g-import-not-at-top
   workdir, config, results = trained_mm
   evaluated = train.evaluate_checkpoint(config, workdir)
@@ -314,7 +314,7 @@ def test_eval_mode_and_tensorboard(trained_mm):
 
 
 def test_visualize(trained_mm):
-  from capsnet_jax import visualize  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import visualize  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_mm
   summary = visualize.visualize(config, workdir)
   figures = os.path.join(workdir, "figures")
@@ -332,7 +332,7 @@ def test_visualize(trained_mm):
 
 
 def test_ensemble_accuracy_uses_the_paper_rule():
-  from capsnet_jax import ensemble  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import ensemble  # pylint: disable=g-import-not-at-top
   lengths = np.array([[0.9, 0.8, 0.1], [0.9, 0.1, 0.8], [0.2, 0.7, 0.6]])
   # Top two: {0, 1}, {0, 2}, {1, 2}; labels {1, 0}, {0, 1}, {2, 1}: 2 of 3.
   labels = np.array([[1, 0], [0, 1], [2, 1]])
@@ -342,7 +342,7 @@ def test_ensemble_accuracy_uses_the_paper_rule():
 
 
 def test_report_table(tmp_path):
-  from capsnet_jax import report  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import report  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "config.json").write_text(json.dumps({"batch_size": 128}))
@@ -366,8 +366,8 @@ def test_report_table(tmp_path):
 
 def test_predict_image_files(trained_mm, tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from capsnet_jax import multimnist as mm  # pylint: disable=g-import-not-at-top
-  from capsnet_jax import trained  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.data import multimnist as mm  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_mm
   splits = input_pipeline.load_splits(config, 0, 1)
   pair = splits.test.images[:1][0, ..., 0]  # uint8 36x36, light on dark

@@ -65,7 +65,9 @@ _IMPORT = """
 import json, sys
 import capsnet_jax
 cheap = "jax" not in sys.modules
-from capsnet_jax import PrimaryCapsules, ClassCapsules, squash
+from capsnet_jax import PrimaryCapsules
+from capsnet_jax import ClassCapsules
+from capsnet_jax import squash
 import jax.numpy as jnp
 v = squash(jnp.full((1, 8), 10.0))
 print(json.dumps({"file": capsnet_jax.__file__, "cheap": cheap,

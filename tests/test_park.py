@@ -1,4 +1,4 @@
-"""capsnet_jax.park on a workdir of tiny checkpoints: what travels, the
+"""capsnet_jax.workdir.park on a workdir of tiny checkpoints: what travels, the
 checksums, and the refusals that keep a newer run from being overwritten.
 (tests/test_reliability.py resumes a parked real run and compares it with
 an uninterrupted one.)"""
@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
-from capsnet_jax import history
-from capsnet_jax import park
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.workdir import history
+from capsnet_jax.workdir import park
 from capsnet_jax.errors import WorkdirError
 from configs import default
 

@@ -1,4 +1,4 @@
-"""capsnet_jax.plots on hand-made arrays: no model, no JAX; the files are
+"""capsnet_jax.analysis.plots on hand-made arrays: no model, no JAX; the files are
 images of the expected kind, and the array helpers give values worked out by
 hand."""
 
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from capsnet_jax import plots
+from capsnet_jax.analysis import plots
 from conftest import ROOT
 
 NAMES = tuple("0123456789")
@@ -22,12 +22,12 @@ def _png_size(path):
 
 
 def test_plots_import_no_jax():
-  script = ("import sys; import capsnet_jax.plots; "
+  script = ("import sys; import capsnet_jax.analysis.plots; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('jax', 'flax', 'optax') or m.startswith('capsnet_jax.')))")
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                        capture_output=True, text=True, timeout=120, check=True)
-  assert out.stdout.split("\n")[0] == "['capsnet_jax.plots']"
+  assert out.stdout.split("\n")[0] == "['capsnet_jax.analysis.plots']"
 
 
 def test_red_green():

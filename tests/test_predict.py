@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capsnet_jax import checkpoints
-from capsnet_jax import input_pipeline
-from capsnet_jax import predict
-from capsnet_jax import train
-from capsnet_jax import trained
-from capsnet_jax import workdirs
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.inference import predict
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
+from capsnet_jax.workdir import record
 from conftest import ROOT, SHARED_MNIST, subprocess_env, write_idx
 from test_train import tiny_config
 
@@ -139,7 +139,7 @@ def test_read_image_modes_and_errors(tmp_path):
 def fixture_untrained_workdir(idx_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("untrained"))
   config = tiny_config(idx_dir, conv_impl="xla")
-  workdirs.prepare(workdir, config)
+  record.prepare(workdir, config)
   info = input_pipeline.dataset_info("mnist")
   _, state = train.setup_model_and_state(config, info, train.make_mesh())
   ckpt = checkpoints.Checkpointer(workdir)
@@ -198,7 +198,7 @@ def fixture_real_mnist(tmp_path_factory):
   """
   if not SHARED_MNIST.is_dir():
     pytest.skip("no ../shared/data/mnist")
-  from capsnet_jax import idx  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.data import idx  # pylint: disable=g-import-not-at-top
   data = tmp_path_factory.mktemp("mnist500")
   for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
     source = next(SHARED_MNIST.glob(name + "*"))

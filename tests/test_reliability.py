@@ -14,9 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
-from capsnet_jax import park
-from capsnet_jax import train
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.workdir import park
+from capsnet_jax.training import train
 from conftest import make_idx_dir, subprocess_env, write_idx
 from configs import default
 
@@ -51,7 +51,7 @@ def _snapshot(path) -> dict[str, tuple[int, int]] | None:
 def _params(workdir):
   config = default.get_config()
   config.model = "tiny"
-  from capsnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   info = input_pipeline.dataset_info("mnist")
   _, state = train.setup_model_and_state(config, info, train.make_mesh())
   ckpt = checkpoints.Checkpointer(str(workdir), create=False)

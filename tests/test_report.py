@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from capsnet_jax import report
+from capsnet_jax.analysis import report
 
 
 def _workdir(path, records):

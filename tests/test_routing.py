@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from capsnet_jax import routing
-from capsnet_jax.layers import squash
+from capsnet_jax.model import routing
+from capsnet_jax.model.layers import squash
 
 NUM_IN, NUM_OUT, DIM = 12, 4, 6
 

@@ -9,7 +9,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from capsnet_jax import summary
+from capsnet_jax.analysis import summary
 from configs import default
 from conftest import subprocess_env
 

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
-from capsnet_jax import train
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.training import train
 from configs import default
 from conftest import SHARED_MNIST
 
@@ -30,7 +30,8 @@ def tiny_config(idx_dir, **overrides):
 def _restore_state(workdir, config):
   """The latest checkpoint, restored into the state's shapes (nothing is
   initialised or compiled)."""
-  from capsnet_jax import models, trained  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.model import models  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
   mesh = train.make_mesh()
   model = models.create_model(config, (28, 28, 1), 10)
   ckpt = checkpoints.Checkpointer(workdir, create=False)
@@ -83,7 +84,7 @@ def test_tensorboard_scalars(trained):
 
 
 def test_tensorboard_curves_of_the_run(trained):
-  from capsnet_jax import curves  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import curves  # pylint: disable=g-import-not-at-top
   workdir, _, results = trained
   scalars = curves.read_scalars(workdir)
   steps, values = scalars["train_loss"]

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import checkpoints
+from capsnet_jax.workdir import checkpoints
 from capsnet_jax import errors
-from capsnet_jax import input_pipeline
-from capsnet_jax import train
-from capsnet_jax import trained
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
 from test_train import tiny_config
 
 
@@ -164,9 +164,9 @@ def test_errors_are_one_line_workdir_errors(run, tmp_path):
 
 
 def test_bundle_made_from_the_workdir_predicts_the_same(run, tmp_path):
-  """capsnet_jax.bundled.export: the best checkpoint without the decoder,
+  """capsnet_jax.inference.bundled.export: the best checkpoint without the decoder,
   loaded back through trained.load, gives the workdir's lengths."""
-  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import bundled  # pylint: disable=g-import-not-at-top
   workdir, _, results, test = run
   meta = bundled.export(workdir, "tiny", "best", str(tmp_path))
   folder = tmp_path / "tiny"
@@ -189,7 +189,7 @@ def test_bundle_made_from_the_workdir_predicts_the_same(run, tmp_path):
 def test_bundle_only_if_better(run, tmp_path):
   """--only_if_better keeps a bundle whose recorded accuracy is at least the
   checkpoint's, and replaces one that is worse."""
-  from capsnet_jax import bundled  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import bundled  # pylint: disable=g-import-not-at-top
   workdir, _, results, _ = run
   best = results["best_test_accuracy"]
   out = str(tmp_path)

@@ -11,10 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from capsnet_jax import curves
-from capsnet_jax import history
+from capsnet_jax.analysis import curves
+from capsnet_jax.workdir import history
 from capsnet_jax import validation
-from capsnet_jax import workdirs
+from capsnet_jax.workdir import record
 from capsnet_jax.errors import ConfigError, WorkdirError
 from configs import default
 from conftest import ROOT, subprocess_env
@@ -45,7 +45,8 @@ def _config(idx_dir, **overrides):
 _RUNS = """
 import json, sys
 import ml_collections
-from capsnet_jax import history, train
+from capsnet_jax.workdir import history
+from capsnet_jax.training import train
 configs, straight, resumed = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = lambda i: ml_collections.ConfigDict(configs[i])
 train.train_and_evaluate(config(0), straight)
@@ -54,7 +55,7 @@ stopped = history.read(resumed)
 results = train.train_and_evaluate(config(0), resumed)
 # Inference of the uninterrupted run's model on 3 blank images.
 import numpy as np
-from capsnet_jax import trained
+from capsnet_jax.inference import trained
 model = trained.load(straight)
 out = model.predict_stored(np.zeros((3, 28, 28, 1), np.uint8))
 out["decoded"] = model.decode(out["class_caps"], out["predictions"])
@@ -140,7 +141,7 @@ def test_trained_model_reports_only_the_real_classes(idx_dir, runs):
   np.testing.assert_allclose(out["decoded"], out["reconstructions"], atol=1e-5)
   # The orphan capsule shapes the model: another variant is refused.
   with pytest.raises(WorkdirError, match="leaky_variant"):
-    workdirs.check_compatible(straight, _config(idx_dir, leaky_variant="authors"))
+    record.check_compatible(straight, _config(idx_dir, leaky_variant="authors"))
 
 
 @pytest.mark.parametrize("field,value,message", [

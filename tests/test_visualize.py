@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capsnet_jax import input_pipeline
-from capsnet_jax import train
-from capsnet_jax import trained
-from capsnet_jax import visualize
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import train
+from capsnet_jax.inference import trained
+from capsnet_jax.analysis import visualize
 from test_train import tiny_config
 
 FIGURES = ("reconstructions", "rotation", "perturbation", "primary_caps",

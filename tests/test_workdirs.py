@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from capsnet_jax import workdirs
+from capsnet_jax.workdir import record
 from capsnet_jax.errors import WorkdirError
 from configs import default
 
@@ -17,26 +17,26 @@ def _config(**overrides):
 
 
 def test_prepare_records_the_config_with_primary_types_resolved(tmp_path):
-  workdirs.prepare(str(tmp_path), _config(model="tiny", learning_rate=0.01))
+  record.prepare(str(tmp_path), _config(model="tiny", learning_rate=0.01))
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"] == "tiny" and saved["learning_rate"] == 0.01
   assert saved["primary_types"] == 4  # 0 in the config: the tiny model's own
   assert sorted(os.listdir(tmp_path)) == ["config.json"]  # no temporary left
   # The same model with its 4 types given explicitly is the same run.
-  workdirs.check_compatible(str(tmp_path), _config(model="tiny",
+  record.check_compatible(str(tmp_path), _config(model="tiny",
                                                    primary_types=4))
   with pytest.raises(WorkdirError, match="primary_types: 4 there, 8 now"):
-    workdirs.check_compatible(str(tmp_path), _config(model="tiny",
+    record.check_compatible(str(tmp_path), _config(model="tiny",
                                                      primary_types=8))
 
 
 def test_check_compatible_names_each_differing_field(tmp_path):
-  workdirs.prepare(str(tmp_path), _config())
+  record.prepare(str(tmp_path), _config())
   # Training-only fields may change.
-  workdirs.check_compatible(str(tmp_path), _config(
+  record.check_compatible(str(tmp_path), _config(
       learning_rate=0.1, num_train_steps=7, batch_size=16, seed=3))
   with pytest.raises(WorkdirError) as e:
-    workdirs.check_compatible(str(tmp_path), _config(
+    record.check_compatible(str(tmp_path), _config(
         decoder="deconv", batch_norm=True, routing_iterations=2))
   message = str(e.value)
   assert message.startswith(f"workdir {str(tmp_path)!r} holds a run of a "
@@ -55,7 +55,7 @@ def test_check_compatible_names_each_differing_field(tmp_path):
                        ("validation_fraction", 0.2), ("conv_padding", "same"),
                        ("primary_types", 16)):
     with pytest.raises(WorkdirError, match=f"{field}: "):
-      workdirs.check_compatible(str(tmp_path), _config(**{field: value}))
+      record.check_compatible(str(tmp_path), _config(**{field: value}))
 
 
 def test_primary_types_zero_matches_a_recorded_32(tmp_path):
@@ -63,29 +63,29 @@ def test_primary_types_zero_matches_a_recorded_32(tmp_path):
   record = _config().to_dict()
   record["primary_types"] = 32
   (tmp_path / "config.json").write_text(json.dumps(record))
-  workdirs.check_compatible(str(tmp_path), _config(primary_types=0))
-  workdirs.check_compatible(str(tmp_path), _config(primary_types=32))
+  record.check_compatible(str(tmp_path), _config(primary_types=0))
+  record.check_compatible(str(tmp_path), _config(primary_types=32))
   with pytest.raises(WorkdirError, match="primary_types: 32 there, 4 now"):
-    workdirs.check_compatible(str(tmp_path), _config(model="tiny"))
+    record.check_compatible(str(tmp_path), _config(model="tiny"))
 
 
 def test_fields_missing_from_an_old_record_are_not_compared(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"dataset": "mnist"}))
-  workdirs.check_compatible(str(tmp_path), _config(conv_padding="same"))
-  workdirs.check_compatible(str(tmp_path / "new"), _config())  # no record
+  record.check_compatible(str(tmp_path), _config(conv_padding="same"))
+  record.check_compatible(str(tmp_path / "new"), _config())  # no record
 
 
 def test_results_round_trip_and_unwritable_workdir(tmp_path):
-  assert workdirs.read_results(str(tmp_path)) is None
-  workdirs.write_results(str(tmp_path), {"step": 8, "test_accuracy": 0.5})
-  assert workdirs.read_results(str(tmp_path)) == {"step": 8,
+  assert record.read_results(str(tmp_path)) is None
+  record.write_results(str(tmp_path), {"step": 8, "test_accuracy": 0.5})
+  assert record.read_results(str(tmp_path)) == {"step": 8,
                                                   "test_accuracy": 0.5}
   assert not (tmp_path / "results.json.tmp").exists()
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   with pytest.raises(WorkdirError, match=f"workdir {str(blocker / 'w')!r} is "
                      "not writable"):
-    workdirs.check_writable(str(blocker / "w"))
+    record.check_writable(str(blocker / "w"))
 
 
 def test_primary_types_is_not_compared_for_models_without_it(tmp_path):
@@ -94,9 +94,9 @@ def test_primary_types_is_not_compared_for_models_without_it(tmp_path):
   record = _config(model="efficient_capsnet").to_dict()
   record["primary_types"] = 32
   (tmp_path / "config.json").write_text(json.dumps(record))
-  workdirs.check_compatible(str(tmp_path), _config(model="efficient_capsnet"))
+  record.check_compatible(str(tmp_path), _config(model="efficient_capsnet"))
   fresh = tmp_path / "fresh"
-  workdirs.prepare(str(fresh), _config(model="efficient_capsnet"))
+  record.prepare(str(fresh), _config(model="efficient_capsnet"))
   assert json.loads((fresh / "config.json").read_text())["primary_types"] == 0
   with pytest.raises(WorkdirError, match="model: 'efficient_capsnet' there"):
-    workdirs.check_compatible(str(tmp_path), _config(primary_types=32))
+    record.check_compatible(str(tmp_path), _config(primary_types=32))

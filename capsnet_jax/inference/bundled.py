@@ -1,0 +1,105 @@
+"""Trained weights that ship with the package: predict without training.
+
+Synopsis::
+
+  capsnet-jax --config=mnist_efficient --mode=predict \\
+      --workdir=bundled:mnist_efficient --images=digit.png
+  m = capsnet_jax.load("bundled:mnist_efficient")  # a trained.TrainedModel
+  m.predict(images)["predictions"]
+
+A bundle is a folder ``capsnet_jax/weights/NAME/`` holding
+
+- ``config.json``: the training run's config (what builds the model);
+- ``weights.msgpack``: the inference variables (``params`` and the batch-norm
+  statistics, no optimiser state) in flax's msgpack format, without the
+  reconstruction decoder (it holds most of the parameters and is not needed
+  to classify), so that a bundle stays under 1 MB;
+- ``weights.json``: where the weights come from (workdir, step, the test
+  accuracy at that step, the date), ``sha256`` and ``bytes`` of
+  ``weights.msgpack``, and ``decoder`` (false: no reconstructions).
+
+The checksum is verified on every load. capsnet_jax.inference.export makes
+a bundle from a trained workdir.
+"""
+
+import json
+import os
+from typing import Any
+
+from flax import serialization
+from flax import traverse_util
+import numpy as np
+
+from capsnet_jax.errors import WorkdirError
+from capsnet_jax.workdir import files
+
+PREFIX = "bundled:"
+# capsnet_jax/weights/NAME/ (package data).
+WEIGHTS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+WEIGHTS_FILE = "weights.msgpack"
+META_FILE = "weights.json"
+CONFIG_FILE = "config.json"
+# Top-level parameter groups left out of a bundle.
+LEFT_OUT = ("decoder",)
+
+
+def names() -> list[str]:
+  """The bundles that ship with this package."""
+  if not os.path.isdir(WEIGHTS_DIR):
+    return []
+  return sorted(n for n in os.listdir(WEIGHTS_DIR)
+                if os.path.exists(os.path.join(WEIGHTS_DIR, n, META_FILE)))
+
+
+def is_bundle(workdir: str) -> bool:
+  """Whether ``workdir`` is "bundled:NAME" or a bundle folder."""
+  return workdir.startswith(PREFIX) or os.path.exists(
+      os.path.join(workdir, META_FILE))
+
+
+def resolve(workdir: str) -> str:
+  """"bundled:NAME" -> the bundle's folder; any other path unchanged."""
+  if not workdir.startswith(PREFIX):
+    return workdir
+  name = workdir[len(PREFIX):]
+  if name not in names():
+    raise WorkdirError(f"no bundled weights called {name!r}; bundled: "
+                       f"{', '.join(names()) or 'none'}")
+  return os.path.join(WEIGHTS_DIR, name)
+
+
+def read(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(metadata, variables as nested dicts of numpy arrays) of a bundle
+  folder; WorkdirError if a file is missing or the checksum differs."""
+  meta_path = os.path.join(folder, META_FILE)
+  weights_path = os.path.join(folder, WEIGHTS_FILE)
+  for path in (meta_path, weights_path, os.path.join(folder, CONFIG_FILE)):
+    if not os.path.exists(path):
+      raise WorkdirError(f"bundle {folder!r} has no {os.path.basename(path)}")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  actual = files.sha256(weights_path)
+  if actual != meta.get("sha256"):
+    raise WorkdirError(f"{weights_path}: sha256 {actual} differs from the "
+                       f"{meta.get('sha256')} recorded in {META_FILE}; the "
+                       "file is damaged or was replaced")
+  with open(weights_path, "rb") as f:
+    variables = serialization.msgpack_restore(f.read())
+  return meta, variables
+
+
+def fill(tree: Any, given: dict[str, Any], what: str) -> Any:
+  """``tree`` (nested dicts of arrays) with the leaves that ``given`` holds
+  replaced by its values (same shapes); the others stay as they are."""
+  flat = traverse_util.flatten_dict(dict(tree))
+  for path, value in traverse_util.flatten_dict(dict(given)).items():
+    if path not in flat:
+      raise WorkdirError(f"the bundle's {what} {'/'.join(path)} is not in "
+                         "the configured model")
+    if tuple(np.shape(value)) != tuple(flat[path].shape):
+      raise WorkdirError(f"the bundle's {what} {'/'.join(path)} has shape "
+                         f"{list(np.shape(value))}, the model "
+                         f"{list(flat[path].shape)}")
+    flat[path] = np.asarray(value, flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)

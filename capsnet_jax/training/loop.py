@@ -1,0 +1,460 @@
+"""The training loop and --mode=eval.
+
+Synopsis::
+
+  from configs import mnist
+  results = loop.train_and_evaluate(mnist.get_config(), "/tmp/capsnet")
+  results = loop.evaluate_checkpoint(config, "/tmp/capsnet")
+
+Both take a config or a resolved experiment.Experiment. Data order and
+augmentation depend only on (seed, step), so a resumed run continues exactly
+where an uninterrupted one would be. Every evaluation appends a line to
+WORKDIR/eval_history.jsonl (capsnet_jax.workdir.history); results.json's
+best_test_accuracy is the maximum over that history, whatever stops and
+resumes happened.
+"""
+
+import signal
+import time
+from typing import Any
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+
+from capsnet_jax import experiment
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
+from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.training import schedules
+from capsnet_jax.training import state as state_lib
+from capsnet_jax.training.state import TrainState
+from capsnet_jax.training.steps import COLLAPSED_STD, Steps
+from capsnet_jax.workdir import checkpoints
+from capsnet_jax.workdir import history
+from capsnet_jax.workdir import metric_logging
+from capsnet_jax.workdir import record as record_lib
+
+
+# --------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
+             local_batch_size: int, num_test: int) -> dict[str, float]:
+  """Metrics over every test example exactly once (all processes together).
+
+  Returns:
+    accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
+    reconstruction_loss=l1, then also reconstruction_sse), loss (margin +
+    alpha * reconstruction loss) and reconstruction_std (the spread of each
+    reconstruction's pixels, steps.reconstruction_spread), each a mean over
+    the test set; with several objects per image, partial_accuracy (at least
+    one label among the longest capsules) too.
+  """
+  per_process = -(-num_test // jax.process_count())
+  num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
+  totals = None
+  for batch in input_pipeline.eval_batches(test, local_batch_size, num_batches):
+    sums = steps.eval(state, mesh_lib.global_batch(batch, steps.sharded))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  metrics = dict(
+      accuracy=float(totals["correct"]) / count,
+      margin_loss=float(totals["margin_loss"]) / count,
+      reconstruction_loss=float(totals["reconstruction_loss"]) / count,
+      loss=float(totals["loss"]) / count,
+      reconstruction_std=float(totals["reconstruction_std"]) / count,
+      count=count)
+  if "reconstruction_sse" in totals:
+    metrics["reconstruction_sse"] = float(totals["reconstruction_sse"]) / count
+  if "partly_correct" in totals:
+    metrics["partial_accuracy"] = float(totals["partly_correct"]) / count
+  return metrics
+
+
+def reconstruction_grid(steps: Steps, state: TrainState,
+                        test: input_pipeline.Split, n: int) -> np.ndarray:
+  """[1, H, 2W, C] image: n test inputs (left) beside reconstructions (right).
+
+  Uses this process's first test images; every process calls it (the model
+  runs replicated) but only process 0 writes the result.
+  """
+  raw = test.images[:n]
+  if jax.process_count() > 1:  # The replicated input must agree everywhere.
+    raw = multihost_utils.broadcast_one_to_all(raw)
+  images = steps.preprocess_eval(jax.device_put(raw, steps.replicated),
+                                 jax.random.key(0))
+  recon = steps.predict(state, images)["reconstructions"]
+  images, recon = np.asarray(images), np.asarray(recon)
+  lo, hi = images.min(), images.max()
+  images = (images - lo) / max(hi - lo, 1e-6)  # standardised inputs -> [0, 1]
+  rows = np.concatenate([images, recon], axis=2)  # [n, H, 2W, C]
+  grid = np.concatenate(list(rows), axis=0)[None]  # [1, n*H, 2W, C]
+  return np.clip(grid, 0, 1)
+
+
+def warn_if_collapsed(metrics: dict[str, float], step: int) -> bool:
+  """Logs a warning when the test reconstructions are one constant image
+  (metrics["reconstruction_std"] < COLLAPSED_STD); TensorBoard has the
+  spread as test/reconstruction_std. Returns whether they are."""
+  spread = metrics.get("reconstruction_std")
+  if spread is None or spread >= COLLAPSED_STD:
+    return False
+  logging.warning(
+      "step %d: the reconstructions have collapsed to a constant image "
+      "(pixel std %.2g < %.2g): the decoder is not learning, and the "
+      "reconstruction loss (%.3f) is that of a constant output.", step,
+      spread, COLLAPSED_STD, metrics["reconstruction_loss"])
+  return True
+
+
+class _Evaluator:
+  """Evaluates a state on the test (and validation) split and builds the
+  history record and results.json, the same way for training and for
+  --mode=eval."""
+
+  def __init__(self, exp: experiment.Experiment, steps: Steps,
+               splits: input_pipeline.Splits, steps_per_epoch: int,
+               num_params: int):
+    self.exp, self.steps, self.splits = exp, steps, splits
+    self.steps_per_epoch = steps_per_epoch
+    self.num_params = num_params
+    self.local_batch = exp.eval_batch_size // jax.process_count()
+
+  def epoch(self, step: int) -> float:
+    return round(step / self.steps_per_epoch, 4)
+
+  def run(self, state: TrainState, step: int
+          ) -> tuple[dict[str, float], dict[str, Any]]:
+    """(test metrics, the history record without its timing fields)."""
+    info = self.splits.info
+    metrics = evaluate(self.steps, state, self.splits.test, self.local_batch,
+                       info.num_test)
+    record = dict(step=step, epoch=self.epoch(step),
+                  **_prefixed("test", metrics))
+    if self.splits.validation is not None:
+      record.update(_prefixed("validation", evaluate(
+          self.steps, state, self.splits.validation, self.local_batch,
+          info.num_validation)))
+    record["alpha"] = float(self.steps.eval_alpha(step))
+    logging.info("step %d (epoch %.2f): test accuracy %.4f, margin loss %.5f, "
+                 "reconstruction loss %.3f", step, record["epoch"],
+                 metrics["accuracy"], metrics["margin_loss"],
+                 metrics["reconstruction_loss"])
+    warn_if_collapsed(metrics, step)
+    return metrics, record
+
+  def results(self, step: int, metrics: dict[str, float],
+              records: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.json: the evaluation ``metrics`` of ``step`` and the best of
+    the history ``records``."""
+    info = self.splits.info
+    results = dict(
+        step=step, epoch=self.epoch(step),
+        test_accuracy=metrics["accuracy"],
+        test_margin_loss=metrics["margin_loss"],
+        test_reconstruction_loss=metrics["reconstruction_loss"],
+        test_loss=metrics["loss"],
+        num_params=self.num_params,
+        dataset=info.name,
+        num_train=info.num_train,
+        num_validation=info.num_validation,
+        compute_dtype=self.exp.compute_dtype,
+        devices=jax.device_count(),
+        processes=jax.process_count())
+    if "partial_accuracy" in metrics:  # several objects per image
+      results["test_partial_accuracy"] = metrics["partial_accuracy"]
+    results.update(_best_of(records))
+    return results
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+  return {f"{prefix}_{k}": v for k, v in metrics.items() if k != "count"}
+
+
+def _best_of(records: list[dict]) -> dict[str, Any]:
+  """best_test_accuracy / best_step (and wall time to it) over the history."""
+  acc, step = history.best(records)
+  out = dict(best_test_accuracy=acc, best_step=step,
+             num_evaluations=len(history.training_records(records)))
+  last = history.last(records)
+  if last is not None and "wall_seconds" in last:
+    out["wall_seconds"] = last["wall_seconds"]
+  return out
+
+
+# --------------------------------------------------------------------------
+# The loop.
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag that the loop polls."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs * steps_per_epoch)
+
+
+class Clock:
+  """Wall time of the sessions that produced a run's evaluations.
+
+  wall_seconds: since the run began, summed over its sessions (each from its
+  start, compilation included, to the evaluation), idle time between
+  sessions excluded; continues from the history's last record on resume.
+  train_seconds: training time since the previous evaluation (or since this
+  session started), evaluation excluded.
+  """
+
+  def __init__(self, previous_wall_seconds: float, start: float | None = None,
+               now=time.monotonic):
+    self._now = now
+    self._start = now() if start is None else start
+    self._base = previous_wall_seconds
+    self._train_start = self._start
+
+  def wall_seconds(self) -> float:
+    return self._base + self._now() - self._start
+
+  def train_seconds(self) -> float:
+    return self._now() - self._train_start
+
+  def restart_training(self) -> None:
+    self._train_start = self._now()
+
+
+def _load_data(exp: experiment.Experiment) -> input_pipeline.Splits:
+  splits = exp.load_splits()
+  if exp.config.batch_size > splits.info.num_train:
+    raise ConfigError(f"batch_size={exp.config.batch_size} is larger than the "
+                      f"{splits.info.num_train} training examples")
+  return splits
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains, evaluates and checkpoints; resumes from ``workdir`` if it can.
+
+  Args:
+    config: a config or an experiment.Experiment resolved for "train".
+    workdir: the run's folder.
+
+  Returns:
+    The contents of WORKDIR/results.json: step, epoch, test_accuracy,
+    test_margin_loss, test_reconstruction_loss (per-image SSE), num_params,
+    best_test_accuracy, best_step and timing; {"step", "preempted": True}
+    after a SIGTERM/SIGINT (a checkpoint is saved; rerun to resume).
+  """
+  exp = experiment.ensure(config, "train")
+  config = exp.config
+  # Every check of the user's input runs before anything is written.
+  record_lib.check_compatible(workdir, exp.identity())
+  splits = _load_data(exp)
+  train_split, test_split, info = splits.train, splits.test, splits.info
+  record_lib.prepare(workdir, exp.identity(), exp.record())
+  clock_start = time.monotonic()
+  mesh = mesh_lib.make_mesh()
+  local_batch = config.batch_size // jax.process_count()
+  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
+                                                   config.batch_size)
+  total_steps = num_train_steps(config, steps_per_epoch)
+  eval_every = config.eval_every_steps or steps_per_epoch
+  ckpt_every = config.checkpoint_every_steps or eval_every
+
+  steps = Steps(exp, mesh, steps_per_epoch)
+  state = state_lib.create(exp, mesh)
+  num_params = state_lib.count_params(state.params)
+  ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("Resumed from the checkpoint at step %d", int(state.step))
+  start = int(state.step)
+
+  lead = jax.process_index() == 0
+  if lead:  # Evaluations after the restored step are redone below.
+    history.truncate_after(workdir, start)
+  previous = history.last(history.read(workdir))
+  clock = Clock(previous["wall_seconds"] if previous and
+                "wall_seconds" in previous else 0.0, clock_start)
+  writer = metric_logging.create_writer(workdir, lead)
+  if start == 0:
+    writer.write_hparams({k: v for k, v in exp.record().items()
+                          if isinstance(v, (int, float, str, bool))})
+  logging.info("%s: %d train / %d validation / %d test examples, %d steps per "
+               "epoch, %d steps in all, %d parameters, %d devices, %d processes",
+               info.name, info.num_train, info.num_validation, info.num_test,
+               steps_per_epoch, total_steps, num_params, jax.device_count(),
+               jax.process_count())
+
+  evaluator = _Evaluator(exp, steps, splits, steps_per_epoch, num_params)
+  schedule = schedules.learning_rate(exp)
+
+  def evaluate_all(state, step):
+    """Test (and validation) metrics of ``state``, logged and recorded."""
+    train_seconds = clock.train_seconds()
+    metrics, record = evaluator.run(state, step)
+    record.update(learning_rate=float(schedule(step)),
+                  wall_seconds=round(clock.wall_seconds(), 2),
+                  train_seconds=round(train_seconds, 2),
+                  time=round(time.time(), 2), source="train")
+    if lead:
+      history.append(workdir, record)
+    writer.write_scalars(step, metric_logging.scalars_of_record(record))
+    clock.restart_training()
+    return metrics
+
+  report = metric_logging.create_progress(total_steps, writer, every_secs=30)
+  hooks = [report] if lead else []
+  batches = input_pipeline.train_batches(train_split, local_batch, config.seed,
+                                         start, jax.process_index(),
+                                         steps_per_epoch)
+  pending, data_wait, last_eval = [], 0.0, None
+  t0 = time.time()
+  step = start
+  preempted = None
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          t = time.perf_counter()
+          batch = mesh_lib.global_batch(next(batches), steps.sharded)
+          data_wait += time.perf_counter() - t
+          state, metrics = steps.train(state, batch)
+        pending.append(metrics)
+        step += 1
+        for hook in hooks:
+          hook(step)
+        last = step == total_steps
+        if step % config.log_every_steps == 0 or last:
+          _log_train(writer, step, pending, schedule, data_wait)
+          pending, data_wait = [], 0.0
+        evaluated_now = step % eval_every == 0 or last
+        if evaluated_now:
+          _check_finite(pending, step)  # Never record a bad step.
+          with report.timed("eval"):
+            last_eval = evaluate_all(state, step)
+          writer.write_images(step, {"test/reconstructions": reconstruction_grid(
+              steps, state, test_split, config.num_summary_images)})
+        if step % ckpt_every == 0 or last:
+          _check_finite(pending, step)  # Never checkpoint after a bad step.
+          ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
+                    if evaluated_now else None)
+        poll = jax.process_count() == 1 or step % config.log_every_steps == 0
+        if poll and _any_process(preemption.signal is not None) and not last:
+          _check_finite(pending, step)
+          if ckpt.latest_step() != step:
+            ckpt.save(step, state, None)
+          preempted = preemption.signal or "a signal on another process"
+          break
+  finally:  # Also on errors: finish the pending checkpoint writes.
+    ckpt.close()
+    writer.flush()
+  if preempted:
+    logging.warning("Received %s: saved a checkpoint at step %d; rerun the "
+                    "same command to resume.", preempted, step)
+    return {"step": step, "preempted": True}
+  records = history.read(workdir) if lead else []
+  if last_eval is None:  # Nothing left to train: evaluate what was restored.
+    done = [r for r in history.training_records(records)
+            if int(r["step"]) == step]
+    if done:
+      last_eval = {k[len("test_"):]: v for k, v in done[-1].items()
+                   if k.startswith("test_")}
+    else:
+      last_eval = evaluate_all(state, step)
+      records = history.read(workdir) if lead else []
+  results = evaluator.results(int(state.step), last_eval, records)
+  results["train_seconds_this_run"] = time.time() - t0
+  if lead:
+    record_lib.write_results(workdir, results)
+  return results
+
+
+def _check_finite(pending: list[dict], step: int) -> list[dict]:
+  """Fetches step metrics and raises NonFiniteLossError on the first bad one."""
+  fetched = jax.device_get(pending)
+  for m in fetched:
+    if not bool(m["finite"]):
+      raise NonFiniteLossError(
+          f"non-finite loss ({float(m['loss'])}) at step {int(m['step'])}; "
+          "training stopped and the last checkpoint was left intact. Lower "
+          "--config.learning_rate or check the data.")
+  return fetched
+
+
+def _log_train(writer, step: int, pending: list[dict], schedule,
+               data_wait: float) -> None:
+  fetched = _check_finite(pending, step)
+  if not fetched:
+    return
+  keys = ("loss", "margin_loss", "reconstruction_loss", "accuracy")
+  scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
+             for k in keys}
+  scalars["train/learning_rate"] = float(schedule(step))
+  scalars["train/alpha"] = float(fetched[-1]["alpha"])  # of the last step
+  scalars["train/data_wait_seconds_per_step"] = data_wait / len(fetched)
+  writer.write_scalars(step, scalars)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
+  """--mode=eval: evaluates the latest checkpoint, appends the evaluation to
+  WORKDIR/eval_history.jsonl (source "eval") and updates results.json."""
+  exp = experiment.ensure(config, "eval")
+  record_lib.check_compatible(workdir, exp.identity())
+  if checkpoints.latest_step(workdir) is None:
+    raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
+                       f"--mode=train --workdir={workdir}")
+  mesh = mesh_lib.make_mesh()
+  splits = exp.load_splits()
+  info = splits.info
+  ckpt = checkpoints.Checkpointer(workdir, create=False)
+  try:
+    state = ckpt.restore(state_lib.create(exp, mesh))
+  finally:
+    ckpt.close()
+  steps_per_epoch = input_pipeline.steps_per_epoch(info.num_train,
+                                                   exp.config.batch_size)
+  steps = Steps(exp, mesh, steps_per_epoch)
+  evaluator = _Evaluator(exp, steps, splits, steps_per_epoch,
+                         state_lib.count_params(state.params))
+  t = time.monotonic()
+  step = int(state.step)
+  metrics, record = evaluator.run(state, step)
+  record.update(eval_seconds=round(time.monotonic() - t, 2),
+                time=round(time.time(), 2), source="eval")
+  results = record_lib.read_results(workdir) or {}
+  if jax.process_index() == 0:
+    history.append(workdir, record)
+    results.update(evaluator.results(step, metrics, history.read(workdir)))
+    record_lib.write_results(workdir, results)
+  return results
