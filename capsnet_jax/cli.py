@@ -112,8 +112,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     message = " ".join(lines)
     if isinstance(e, (AttributeError, KeyError)):
       message = f"unknown config field {message.strip(chr(34) + chr(39))}"
-    sys.exit(f"error: {message or type(e).__name__} (--helpfull lists the "
-             "flags; configs/default.py the config fields)")
+    print(f"error: {message or type(e).__name__} (--helpfull lists the "
+          "flags; configs/default.py the config fields)", file=sys.stderr,
+          flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
 
 
 # --------------------------------------------------------------------------
@@ -186,7 +188,9 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(f"error: unexpected arguments {argv[1:]} (flags are --NAME=VALUE; "
+          "--helpfull lists them)", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
   try:
     if FLAGS.mode != "summary":
       _initialize_distributed()
@@ -197,7 +201,8 @@ def main(argv):
     result = run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.images,
                  FLAGS.out, FLAGS.invert)
   except errors.UserError as e:
-    sys.exit(f"error: {e}")
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_USER_ERROR)
   if FLAGS.mode == "predict":
     sys.exit(result)
 

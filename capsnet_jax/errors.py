@@ -1,9 +1,24 @@
-"""User-facing errors: main.py prints these as one line and exits non-zero.
+"""User-facing errors and the command's exit statuses.
 
 Synopsis::
 
   raise errors.ConfigError("batch_size must be > 0, got -1")
+
+main.py prints a UserError as one line, ``error: ...``, without a
+traceback, and exits with EXIT_USER_ERROR. Exit statuses:
+
+  0  EXIT_OK              success
+  1  EXIT_INTERNAL_ERROR  a bug or an unexpected failure (with traceback)
+  2  EXIT_USER_ERROR      the user's mistake: a bad flag or config value,
+                          missing or damaged data, a workdir in use
+  3  EXIT_SOME_FAILED     --mode=predict: some files could not be predicted
+                          (the others were)
 """
+
+EXIT_OK = 0
+EXIT_INTERNAL_ERROR = 1
+EXIT_USER_ERROR = 2
+EXIT_SOME_FAILED = 3
 
 
 class UserError(Exception):

@@ -1,5 +1,19 @@
-"""Shared test set-up: quiet TensorFlow, repository root on sys.path, and
-synthetic MNIST-format IDX folders."""
+"""Shared test set-up and helpers.
+
+Helpers every test module uses (none imports another test module):
+
+  ROOT, SHARED_MNIST        the checkout and the real MNIST beside it
+  shared_mnist()            SHARED_MNIST, or a skip (a failure under CI=true)
+  require(module)           importorskip that fails under CI=true
+  tiny_config(idx_dir)      the tiny test model on a synthetic IDX folder
+  run_main(*args)           main.py in a subprocess, its exit status checked
+  subprocess_env(devices)   the environment of a test's python subprocess
+  idx_dir (fixture)         a synthetic MNIST-format IDX folder
+  tiny_run (fixture)        one tiny training run of the session, read-only
+
+Quiet TensorFlow, the repository root on sys.path, one persistent XLA
+compilation cache and XLA's optimisation level 0 for the tiny models.
+"""
 
 import atexit
 import gc
@@ -8,6 +22,7 @@ import os
 import pathlib
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 
@@ -16,38 +31,30 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# One persistent XLA compilation cache for the session, shared by this
-# process and the python subprocesses the tests start (main.py runs,
-# scripts). Most tests build the same tiny model's steps under a fresh
-# jax.jit (a new training run, a restored model), which the in-memory cache
-# cannot reuse, and _release_compiled_code below empties that cache after
-# every module; the persistent cache is keyed by the program itself. On the
-# 2-core AMD EPYC without AVX-512: tests/test_history.py 415 s without it,
-# 181 s with it from cold; test_reliability's kill/resume tests (subprocesses
-# only) 331 s -> 170 s. Set JAX_COMPILATION_CACHE_DIR to choose the folder
-# yourself (it is then kept).
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+# Under CI a dependency of the suite that is missing is a failure.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-
+# One persistent XLA compilation cache for the session, shared by this
+# process and the python subprocesses the tests start (main.py runs,
+# scripts): most tests build the same tiny model's steps under a fresh
+# jax.jit, which the in-memory cache cannot reuse. Set
+# JAX_COMPILATION_CACHE_DIR to choose the folder yourself (it is then kept).
 _CACHE_DIR = os.environ.get("JAX_COMPILATION_CACHE_DIR")
 if not _CACHE_DIR:
   _CACHE_DIR = tempfile.mkdtemp(prefix="capsnet-test-xla-cache-")
   atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
-# Every program, however quick to compile: the tiny model's are all quick.
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 # XLA's CPU backend spends most of a tiny model's compile time in LLVM's
-# optimisation passes (one jax.random.bits program: 1.6 s at the default
-# level, 0.2 s at 0), and the tests run tiny models. So the suite compiles
-# at --xla_backend_optimization_level=0 unless XLA_FLAGS already sets a
-# level: run it with XLA_FLAGS=--xla_backend_optimization_level=2 to test
-# the default. Set here, before JAX starts its backend, so that this process
-# and its subprocesses (subprocess_env) see it.
+# optimisation passes, so the suite compiles at
+# --xla_backend_optimization_level=0 unless XLA_FLAGS already sets a level.
+# Set before JAX starts its backend, so that subprocesses see it too.
 def _with_xla_flag(flags: str | None, flag: str) -> str:
   return " ".join(filter(None, [flags, flag]))
 
@@ -55,6 +62,35 @@ def _with_xla_flag(flags: str | None, flag: str) -> str:
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = _with_xla_flag(
       os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0")
+
+
+# --------------------------------------------------------------------------
+# Dependencies: skipped outside CI, failures in it.
+
+
+def _missing(what: str) -> None:
+  if IN_CI:
+    pytest.fail(f"{what} is missing, and CI=true requires it", pytrace=False)
+  pytest.skip(f"{what} is missing")
+
+
+def shared_mnist() -> pathlib.Path:
+  """The real MNIST IDX folder beside the checkout (../shared/data/mnist)."""
+  if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+    _missing(f"the real MNIST ({SHARED_MNIST})")
+  return SHARED_MNIST
+
+
+def require(module: str):
+  """The imported ``module``, or a skip (a failure under CI=true)."""
+  try:
+    return __import__(module, fromlist=["_"])
+  except ImportError:
+    _missing(f"the Python package {module!r}")
+
+
+# --------------------------------------------------------------------------
+# Subprocesses.
 
 
 def subprocess_env(devices: int | None = None,
@@ -71,6 +107,27 @@ def subprocess_env(devices: int | None = None,
         env.get("XLA_FLAGS"),
         f"--xla_force_host_platform_device_count={devices}")
   return env
+
+
+def run_main(*args: str, expect: int | None = 0, devices: int | None = None,
+             env: dict[str, str] | None = None, timeout: float = 600,
+             stdin=None, cwd=ROOT) -> subprocess.CompletedProcess:
+  """``python main.py ARGS`` from the checkout's root, output captured as
+  text. ``expect``: the exact exit status required (None: any)."""
+  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args],
+                        env=env or subprocess_env(devices), cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout,
+                        stdin=stdin)
+  if expect is not None and proc.returncode != expect:
+    raise AssertionError(
+        f"main.py {' '.join(args)}: exit status {proc.returncode}, expected "
+        f"{expect}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"
+        f"{proc.stderr[-5000:]}")
+  return proc
+
+
+# --------------------------------------------------------------------------
+# Data and the tiny model.
 
 
 def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
@@ -99,6 +156,7 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def make_idx_dir(directory, n_train: int = 256, n_test: int = 100,
                  seed: int = 0):
   """A folder of MNIST-format IDX files holding synthetic_digits."""
+  directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
     images, labels = synthetic_digits(n, s)
@@ -107,17 +165,93 @@ def make_idx_dir(directory, n_train: int = 256, n_test: int = 100,
   return directory
 
 
-# Modules in the order the suite starts them, longest first (their wall
-# time in one process, 2-core AMD EPYC without AVX-512); the rest follow in
-# file order. With `-n 2 --dist loadfile` (the README's command) each module
-# runs whole on one worker, and a long module started last leaves the other
-# core idle. pytest-xdist would otherwise start modules with the most tests
-# first, which puts the few long end-to-end tests last.
+def tiny_config(idx_dir, **overrides):
+  """The tiny test model (models._CapsNetTiny: 234,896 parameters) on the
+  synthetic digits of ``idx_dir``: the reference's setup (10% of the 256
+  training digits held out for validation) with our default
+  initialisation, batch 32, 8 steps, one evaluation at the end. It reaches
+  100% test accuracy (2-core Intel Xeon)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model = "tiny"
+  config.data_setup = "reference"
+  config.init = "default"
+  config.idx_dir = str(idx_dir)
+  config.batch_size = 32
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.num_summary_images = 2
+  config.learning_rate = 3e-3
+  config.update(overrides)
+  return config
+
+
+def tiny_args(idx_dir, workdir, *extra: str) -> list[str]:
+  """main.py's flags for tiny_config (the same values, on the command line)."""
+  return ["--config=configs/mnist.py:reference", f"--workdir={workdir}",
+          "--config.model=tiny", "--config.init=default",
+          f"--config.idx_dir={idx_dir}", "--config.batch_size=32",
+          "--config.num_train_steps=8", "--config.log_every_steps=4",
+          "--config.num_summary_images=2", "--config.learning_rate=0.003",
+          *extra]
+
+
+# --------------------------------------------------------------------------
+# Fixtures.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+  """Drops JAX's compiled executables after each test module: every one
+  keeps about two memory mappings, and Linux refuses mappings past
+  vm.max_map_count, which made XLA abort late in the suite."""
+  yield
+  jax.clear_caches()
+  gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tempfile_folders_under_basetemp(tmp_path_factory):
+  """tempfile's folders go under pytest's basetemp (pruned by pytest), not
+  /tmp (tfds leaves an empty folder there per dataset builder offline)."""
+  before = tempfile.tempdir
+  tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
+  yield
+  tempfile.tempdir = before
+
+
+@pytest.fixture(name="idx_dir", scope="session")
+def fixture_idx_dir(tmp_path_factory):
+  return make_idx_dir(tmp_path_factory.mktemp("idx"))
+
+
+class TinyRun:
+  """A finished tiny training run (tiny_config, 8 steps): its workdir,
+  config and results. Read-only: copy() it before changing anything."""
+
+  def __init__(self, workdir: pathlib.Path, config, results: dict):
+    self.workdir, self.config, self.results = workdir, config, results
+
+  def copy(self, dest) -> pathlib.Path:
+    """A copy of the workdir at ``dest`` (which must not exist)."""
+    shutil.copytree(self.workdir, dest)
+    return pathlib.Path(dest)
+
+
+@pytest.fixture(name="tiny_run", scope="session")
+def fixture_tiny_run(idx_dir, tmp_path_factory) -> TinyRun:
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  config = tiny_config(idx_dir)
+  results = loop.train_and_evaluate(config, str(workdir))
+  return TinyRun(workdir, config, results)
+
+
+# The modules that take longest, started first, so that `-n 2 --dist
+# loadfile` does not leave one core idle at the end.
 LONGEST_MODULES_FIRST = (
-    "test_reliability", "test_multidevice", "test_models", "test_bundled",
-    "test_datasets", "test_conv", "test_train", "test_gpu_run",
-    "test_efficient", "test_history", "test_visualize", "test_multimnist",
-    "test_tricks", "test_ensemble", "test_predict", "test_trained",
+    "test_loop", "test_reliability", "test_multidevice", "test_cluster",
+    "test_explorer", "test_predict", "test_bundled", "test_tutorial",
 )
 
 
@@ -128,40 +262,6 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1]
-                                       if item.module else "",
-                                       len(rank)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_code():
-  """Drops JAX's compiled executables after each test module.
-
-  Every executable XLA compiles keeps its code mapped in the process (about
-  two memory mappings each), and one pytest process compiles thousands over
-  the suite: 29,510 mappings by the eighth module. Linux refuses
-  mappings past vm.max_map_count (65,530 by default), and XLA then aborts
-  mid-compilation, which killed the suite late in its run ("Fatal Python
-  error: Aborted" in backend_compile_and_load). After jax.clear_caches()
-  the mappings are released (4,100 -> 540 in a 400-function check).
-  """
-  yield
-  jax.clear_caches()
-  gc.collect()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _tempfile_folders_under_basetemp(tmp_path_factory):
-  """tempfile's folders go under pytest's basetemp (pruned by pytest), not
-  /tmp: tfds leaves an empty tmp*tfds folder there for every dataset builder
-  that cannot reach its GCS metadata (DatasetInfo.initialize_from_bucket),
-  about 19 per suite run on a machine without internet."""
-  before = tempfile.tempdir
-  tempfile.tempdir = str(tmp_path_factory.mktemp("tempfile"))
-  yield
-  tempfile.tempdir = before
-
-
-@pytest.fixture(name="idx_dir", scope="session")
-def fixture_idx_dir(tmp_path_factory):
-  return make_idx_dir(tmp_path_factory.mktemp("idx"))
+  items.sort(key=lambda item: rank.get(
+      item.module.__name__.rsplit(".", 1)[-1] if item.module else "",
+      len(rank)))

@@ -49,6 +49,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from capsnet_jax import errors
+
 INVERT = ("auto", "always", "never")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff",
                     ".webp")
@@ -351,7 +353,7 @@ def _figure_name(path: str, used: set[str]) -> str:
 def run(model, specs: Sequence[str], out_dir: str | None = None,
         invert: str = "auto", stdout=None, stderr=None) -> int:
   """--mode=predict: JSON lines on stdout, errors on stderr; returns the exit
-  status (1 if any file could not be predicted)."""
+  status (errors.EXIT_SOME_FAILED if any file could not be predicted)."""
   stdout = stdout or sys.stdout
   stderr = stderr or sys.stderr
   results = predict_files(model, specs, invert)
@@ -370,4 +372,4 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
       side_by_side(r["input"], r["reconstruction"]).save(figure)
       record["figure"] = figure
     print(json.dumps(record), file=stdout, flush=True)
-  return 1 if failed else 0
+  return errors.EXIT_SOME_FAILED if failed else errors.EXIT_OK
