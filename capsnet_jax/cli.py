@@ -122,16 +122,26 @@ def _parse_flags(argv: list[str]) -> list[str]:
 # The command.
 
 
+def _cpu_collectives() -> None:
+  """CPU devices of several processes talk through gloo."""
+  if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(
+      jax.config.jax_platforms):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
 def _initialize_distributed():
   if FLAGS.coordinator_address or FLAGS.num_processes:
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(
-        jax.config.jax_platforms):
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _cpu_collectives()
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
                                process_id=FLAGS.process_id)
   else:
-    try:  # A cluster JAX detects by itself (SLURM, TPU pods); else no-op.
+    # A cluster JAX detects by itself (SLURM, Open MPI, TPU pods, ...);
+    # elsewhere initialize() raises and the run is single-process.
+    from jax._src import clusters  # pylint: disable=g-import-not-at-top
+    if any(c.is_env_present() for c in clusters.ClusterEnv._cluster_types):  # pylint: disable=protected-access
+      _cpu_collectives()
+    try:
       jax.distributed.initialize()
     except (ValueError, RuntimeError):
       pass
