@@ -11,7 +11,6 @@ from capsnet_jax.model import conv
 from capsnet_jax.data import datasets
 from capsnet_jax.model import decoders
 from capsnet_jax.model import layers
-from capsnet_jax.training import losses
 from capsnet_jax.model import models
 from capsnet_jax.model import precision
 from capsnet_jax import recipes
@@ -21,8 +20,17 @@ DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = precision.COMPUTE_DTYPES
-MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict")
+MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict",
+         "explore")
 LEAKY_VARIANTS = ("authors", "reference")
+# The losses' options (capsnet_jax.training.losses and .schedules use them).
+RECONSTRUCTION_LOSSES = ("l2", "l1")
+# sum: the paper's equation, summed over the classes. authors: the authors'
+# released code (losses.authors_margin_loss), 1 / (2 K) of it.
+MARGIN_REDUCTIONS = ("sum", "authors")
+# The reconstruction weight's schedules; the reference's --anneal values "1"
+# and "2" are accepted as aliases.
+ALPHA_SCHEDULES = ("none", "tanh_shifted", "tanh", "1", "2")
 
 
 def _choice(config, name: str, valid, default=None) -> None:
@@ -60,15 +68,15 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "init", ("auto",) + models.INITS, "auto")
   _choice(config, "primary_grouping", ("auto",) + layers.GROUPINGS, "auto")
   _choice(config, "primary_vote_scale", recipes.VOTE_SCALES, "auto")
-  _choice(config, "margin_reduction", ("auto",) + losses.MARGIN_REDUCTIONS,
+  _choice(config, "margin_reduction", ("auto",) + MARGIN_REDUCTIONS,
           "auto")
   _choice(config, "conv_impl", conv.IMPLS)
   _choice(config, "compute_dtype", COMPUTE_DTYPES)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "conv_padding", ("valid", "same"), "valid")
   # Defaults for workdirs recorded before these fields existed.
-  _choice(config, "reconstruction_loss", losses.RECONSTRUCTION_LOSSES, "l2")
-  _choice(config, "alpha_schedule", losses.ALPHA_SCHEDULES, "none")
+  _choice(config, "reconstruction_loss", RECONSTRUCTION_LOSSES, "l2")
+  _choice(config, "alpha_schedule", ALPHA_SCHEDULES, "none")
   _choice(config, "leaky_variant", LEAKY_VARIANTS, "authors")
   _positive(config, "alpha_temperature", default=8.0)
   model = config.get("model", "capsnet")

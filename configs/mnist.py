@@ -22,8 +22,9 @@ Its decoder study trains 25 epochs (421 steps each).
 smoke: the tiny test model for 30 steps of batch 32 on MNIST and one
 evaluation over the test set: a check that everything runs, not a result.
 
-Measured results are in README.md ("Results"), generated from each run's
-eval_history.jsonl by `python -m capsnet_jax.analysis.report`.
+Measured results are in docs/results.md, generated from each run's
+eval_history.jsonl by `python -m capsnet_jax.analysis.report`; how long a
+run takes on a 2-core CPU and on one GPU: docs/performance.md.
 """
 
 from configs import default

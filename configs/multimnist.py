@@ -41,8 +41,8 @@ Recipe, read from the authors' code (Sarasra/models research/capsules):
 - The authors' README generates the test split with --shift=6 --pad=4 (a
   digit may then lose its edge pixels); the paper says 4 px, which we use.
 
-Measured on this project's 2-core CPU: see README.md ("MultiMNIST"),
-generated from the run's eval_history.jsonl by `python -m capsnet_jax.analysis.report`.
+Measured on a 2-core CPU: see docs/results.md ("MultiMNIST"), generated
+from the run's eval_history.jsonl by `python -m capsnet_jax.analysis.report`.
 
 smoke: the tiny test model for 30 steps of batch 32 and 1,000 test pairs: a
 check that everything runs, not a result.

@@ -64,7 +64,7 @@ def dynamic_routing(u_hat: jax.Array, bias: jax.Array, iterations: int = 3,
       iteration (the coefficients then act as constants for backprop).
     layout: "jid" is what ``ClassCapsules`` uses: with the input capsules
       next to the capsule dimension, every sum over them reads contiguous
-      memory (README, Performance: "Routing layout").
+      memory (docs/performance.md, "What makes it fast").
 
   Returns:
     v: [num_out, dim] output capsules; c: [num_in, num_out] the coupling

@@ -21,15 +21,11 @@ per-object SSE; top_k_correct is the paper's accuracy rule.
 import jax
 import jax.numpy as jnp
 
+from capsnet_jax import validation
 from capsnet_jax.model.masking import top_k_labels
 
-RECONSTRUCTION_LOSSES = ("l2", "l1")
-# The reconstruction weight's schedules (capsnet_jax.training.schedules); the
-# reference's --anneal values "1" and "2" are accepted as aliases.
-ALPHA_SCHEDULES = ("none", "tanh_shifted", "tanh", "1", "2")
-# sum: the paper's equation, summed over the classes. authors: the authors'
-# released code (authors_margin_loss), 1 / (2 K) of it.
-MARGIN_REDUCTIONS = ("sum", "authors")
+RECONSTRUCTION_LOSSES = validation.RECONSTRUCTION_LOSSES
+MARGIN_REDUCTIONS = validation.MARGIN_REDUCTIONS
 
 
 def margin_loss(lengths: jax.Array, labels: jax.Array, m_plus: float = 0.9,

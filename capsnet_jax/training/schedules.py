@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import optax
 
 from capsnet_jax import experiment
-from capsnet_jax.training import losses
+from capsnet_jax import validation
 
-ALPHA_SCHEDULES = losses.ALPHA_SCHEDULES
+ALPHA_SCHEDULES = validation.ALPHA_SCHEDULES
 _ALPHA_ALIASES = {"1": "tanh_shifted", "2": "tanh"}
 
 
