@@ -1,14 +1,22 @@
 """capsnet_jax: Capsule Networks with dynamic routing in JAX/Flax.
 
-Synopsis::
+Synopsis (from the checkout, with the MNIST files in ../shared/data/mnist;
+the suite runs it as a doctest)::
 
-  import capsnet_jax
-  m = capsnet_jax.load("bundled:mnist_efficient")   # or a training workdir
-  out = m.predict(images)          # uint8 0..255 or float [0, 1] images
-  out.predictions, out.lengths     # [N], [N, 10]
+  >>> import capsnet_jax
+  >>> from capsnet_jax.data import idx
+  >>> images, labels = idx.load_mnist_idx("../shared/data/mnist", "test")
+  >>> m = capsnet_jax.load("bundled:mnist_efficient")   # or a training workdir
+  >>> out = m.predict(images[:8])   # uint8 0..255 or floats in [0, 1]
+  >>> out.predictions.tolist()      # [N]; out.lengths: [N, 10]
+  [7, 2, 1, 0, 4, 1, 4, 9]
 
-  from capsnet_jax import CapsNet, PrimaryCapsules, ClassCapsules, squash
-  model = CapsNet(num_classes=10, image_shape=(28, 28, 1))   # flax.linen
+  >>> from capsnet_jax import CapsNet, PrimaryCapsules, ClassCapsules, squash
+  >>> model = CapsNet(num_classes=10, image_shape=(28, 28, 1))   # flax.linen
+
+``m.predict`` returns a Prediction (capsnet_jax.inference.trained): lengths,
+predictions, class capsules and, where the weights have a decoder,
+reconstructions.
 
 The package's parts (imports point one way, top to bottom):
 

@@ -6,6 +6,8 @@
   capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=visualize
   capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=predict \\
       --images=digit.png,scans/,"photos/*.jpg" [--out=DIR] [--invert=auto]
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=explore \\
+      [--port=8765] [--host=127.0.0.1]
 
 (``python main.py`` and ``python -m capsnet_jax`` take the same flags.) Any
 config field can be overridden with --config.NAME=VALUE (configs/default.py
@@ -15,8 +17,10 @@ ml_collections reads it; where no such file exists, ``configs/NAME.py``,
 ``--config=mnist`` works anywhere). See README.md.
 """
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import sys
 
@@ -39,6 +43,10 @@ flags.DEFINE_string("coordinator_address", None,
                     "HOST:PORT of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes.")
 flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_integer("distributed_timeout", 300, "Several processes: the "
+                     "seconds a process waits for the others at start "
+                     "(jax.distributed.initialize, the check that they run "
+                     "the same config, workdir and mode).", lower_bound=1)
 flags.DEFINE_list("images", None, "--mode=predict: image files, folders or "
                   "globs, comma-separated (PNG/JPEG, any size).")
 flags.DEFINE_string("out", None, "--mode=predict: folder for one PNG per image "
@@ -48,6 +56,10 @@ flags.DEFINE_string("out", None, "--mode=predict: folder for one PNG per image "
 flags.DEFINE_enum("invert", "auto", ("auto", "always", "never"),
                   "--mode=predict, MNIST: invert light backgrounds (auto: "
                   "judged by the border pixels), always or never.")
+flags.DEFINE_integer("port", 8765, "--mode=explore: the web page's port "
+                     "(0: a free one).", lower_bound=0, upper_bound=65535)
+flags.DEFINE_string("host", "127.0.0.1", "--mode=explore: the address to "
+                    "listen on (loopback only by default).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -134,7 +146,8 @@ def _initialize_distributed():
     _cpu_collectives()
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+                               process_id=FLAGS.process_id,
+                               initialization_timeout=FLAGS.distributed_timeout)
   else:
     # A cluster JAX detects by itself (SLURM, Open MPI, TPU pods, ...);
     # elsewhere initialize() raises and the run is single-process.
@@ -142,18 +155,69 @@ def _initialize_distributed():
     if any(c.is_env_present() for c in clusters.ClusterEnv._cluster_types):  # pylint: disable=protected-access
       _cpu_collectives()
     try:
-      jax.distributed.initialize()
+      jax.distributed.initialize(
+          initialization_timeout=FLAGS.distributed_timeout)
     except (ValueError, RuntimeError):
       pass
 
 
+# --------------------------------------------------------------------------
+# Several processes must run the same command (issue 38).
+
+
+def run_digest(mode: str, config, workdir: str | None) -> str:
+  """sha256 of what every process of a run must agree on: the mode, the
+  workdir, the config and the workdir's latest checkpoint step."""
+  from capsnet_jax.workdir import park  # pylint: disable=g-import-not-at-top
+  steps = park.complete_steps(workdir) if workdir else []
+  step = steps[-1] if steps else None
+  values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  text = json.dumps(dict(mode=mode, workdir=workdir, config=values,
+                         latest_step=step), sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_processes_agree(mode: str, config, workdir: str | None,
+                          timeout_s: float) -> None:
+  """With several JAX processes, each publishes its run_digest through the
+  distributed key-value store and reads every other's, waiting at most
+  ``timeout_s``: a UserError (the same line on every process) when they
+  differ or one does not answer. A no-op with one process."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  client.key_value_set(f"capsnet_jax/run_digest/{jax.process_index()}",
+                       run_digest(mode, config, workdir))
+  digests = []
+  for i in range(jax.process_count()):
+    try:
+      digests.append(client.blocking_key_value_get(
+          f"capsnet_jax/run_digest/{i}", int(timeout_s * 1000)))
+    except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError
+      raise errors.UserError(
+          f"process {i} did not tell its config within {timeout_s:g} s "
+          f"(--distributed_timeout): {str(e).strip().splitlines()[0]}"
+          ) from None
+  differ = [i for i, d in enumerate(digests) if d != digests[0]]
+  if differ:
+    raise errors.ConfigError(
+        f"process(es) {', '.join(map(str, differ))} of {len(digests)} run "
+        "another config, workdir, mode or latest checkpoint than process 0: "
+        "start every process with the same flags on the same workdir")
+
+
 def run(mode: str, config, workdir: str | None, images=None, out=None,
-        invert: str = "auto"):
+        invert: str = "auto", host: str = "127.0.0.1", port: int = 8765):
   """Dispatches one --mode; returns its result (predict: the exit status).
 
   The config is validated and resolved here, once (capsnet_jax.experiment);
-  everything below takes the resolved experiment.
+  everything below takes the resolved experiment. Several processes first
+  check that they run the same command (check_processes_agree).
   """
+  check_processes_agree(mode, config, workdir,
+                        FLAGS.distributed_timeout if FLAGS.is_parsed()
+                        else FLAGS["distributed_timeout"].default)
   # Imported here so that --help and flag errors stay fast.
   from capsnet_jax import experiment  # pylint: disable=g-import-not-at-top
   if mode == "summary":
@@ -175,14 +239,21 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
                                "(files, folders or globs)")
     from capsnet_jax.inference import predict  # pylint: disable=g-import-not-at-top
     from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
+    if out:
+      predict.prepare_out(out)  # a file there fails before any compute
     # The workdir's record defines the model; the command line the rest.
     # Where the training data was does not matter here.
     merged = trained.with_workdir_model(config, workdir)
     merged.idx_dir = merged.tfds_data_dir = ""
     exp = experiment.resolve(merged, mode)
-    model = trained.load(workdir, which=trained.which_checkpoint(exp.config),
-                         config=exp)
-    return predict.run(model, images, out, invert)
+    # stdout holds the JSON lines only, even where a library prints.
+    with predict.json_only_stdout() as stdout:
+      model = trained.load(workdir, which=trained.which_checkpoint(exp.config),
+                           config=exp)
+      return predict.run(model, images, out, invert, stdout=stdout)
+  if mode == "explore":
+    from capsnet_jax.analysis import explorer  # pylint: disable=g-import-not-at-top
+    return explorer.run(config, workdir, host, port, invert)
   exp = experiment.resolve(config, mode)
   if mode in ("train", "eval"):
     from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -209,7 +280,7 @@ def main(argv):
                    jax.local_device_count(), jax.device_count(),
                    jax.devices()[0].platform)
     result = run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.images,
-                 FLAGS.out, FLAGS.invert)
+                 FLAGS.out, FLAGS.invert, FLAGS.host, FLAGS.port)
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)

@@ -19,6 +19,14 @@ Efficient-CapsNet training at batch 16 144-154 -> 214-217. The tunable is read o
 hence the restart; it is inherited by subprocesses.
 
 Set ``CAPSNET_JAX_HUGE_PAGES=0`` to leave the process as it is.
+
+The restart happens at most once: before it, the environment gets a marker
+of our own (``CAPSNET_JAX_HUGE_PAGES_RESTARTED``), and a process that has
+the marker never restarts, even where a wrapper between the two starts
+dropped ``GLIBC_TUNABLES`` (which would otherwise restart forever). Nor does
+a program that cannot be started again as it was: one read from standard
+input (``python - < main.py``, whose input is consumed) or from ``-c``,
+whose ``sys.argv[0]`` is not a file.
 """
 
 import os
@@ -27,6 +35,8 @@ import sys
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT = "CAPSNET_JAX_HUGE_PAGES"
+# Set in the environment of the restarted process: never restart again.
+RESTARTED = "CAPSNET_JAX_HUGE_PAGES_RESTARTED"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -47,9 +57,12 @@ def tunables_env(env, system: str, libc: tuple[str, str],
   """The environment to restart with, or None where a restart would change
   nothing: not Linux with glibc >= 2.35, huge pages not in ``madvise`` mode
   (``always`` has them already, ``never`` refuses them), the tunable already
-  set, or the user opted out."""
+  set, the process restarted once already (RESTARTED) or the user opted
+  out. The new environment carries the RESTARTED marker."""
   name, version = libc
   if system != "Linux" or name != "glibc" or mode != "madvise":
+    return None
+  if env.get(RESTARTED):
     return None
   try:
     major, minor = (int(v) for v in version.split(".")[:2])
@@ -62,7 +75,42 @@ def tunables_env(env, system: str, libc: tuple[str, str],
     return None
   new = dict(env)
   new["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+  new[RESTARTED] = "1"
   return new
+
+
+def can_restart(argv0: str, orig_argv: list[str]) -> bool:
+  """Whether the program can be started again as it was: the interpreter
+  with a script file or ``-m MODULE``, not a program read from standard
+  input (``python -`` or ``python < file``: the input is consumed) or given
+  with ``-c``.
+
+  Args:
+    argv0: sys.argv[0]: the script's path, the module's file under -m; "-"
+      for standard input, "-c", or "" for an interactive interpreter.
+    orig_argv: sys.orig_argv, the interpreter's own command line.
+  """
+  if not argv0 or argv0 == "-" or not os.path.isfile(argv0):
+    return False
+  args = list(orig_argv[1:])
+  while args:
+    arg = args.pop(0)
+    if arg == "-" or not arg.startswith("-"):
+      return arg != "-" and os.path.isfile(arg)  # the script
+    if arg.startswith("--"):  # --check-hash-based-pycs MODE, --help...
+      if arg == "--check-hash-based-pycs" and args:
+        args.pop(0)
+      continue
+    for k, letter in enumerate(arg[1:], 1):  # -u, -uB, -Werror, -X dev, -m
+      if letter == "c":
+        return False
+      if letter == "m":
+        return True
+      if letter in "WX":
+        if k == len(arg) - 1 and args:
+          args.pop(0)  # its value is the next argument
+        break
+  return False  # no script: standard input or interactive
 
 
 def _libc() -> tuple[str, str]:
@@ -81,6 +129,9 @@ def use_huge_pages() -> None:
   stderr). Call it only from a program's entry point."""
   env = tunables_env(os.environ, platform.system(), _libc(), thp_mode())
   if env is None or not sys.executable:
+    return
+  if not can_restart(sys.argv[0] if sys.argv else "",
+                     list(getattr(sys, "orig_argv", []))):
     return
   sys.stdout.flush()
   sys.stderr.flush()

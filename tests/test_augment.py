@@ -3,6 +3,7 @@ and inside jit (as the train step runs them)."""
 
 import jax
 import jax.numpy as jnp
+import conftest
 import numpy as np
 import pytest
 
@@ -69,7 +70,7 @@ def test_random_jitter_ranges_and_flip():
 
 
 def test_per_image_standardization_matches_tensorflow():
-  tf = pytest.importorskip("tensorflow")
+  tf = conftest.require("tensorflow")
   x = np.random.default_rng(1).uniform(size=(3, 5, 5, 2)).astype(np.float32)
   x[2] = 0.5  # constant image: std floor 1/sqrt(N)
   expected = tf.image.per_image_standardization(x).numpy()

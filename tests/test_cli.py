@@ -14,11 +14,12 @@ import pytest
 
 from capsnet_jax import cli
 from capsnet_jax import errors
-from capsnet_jax.data import input_pipeline
+from capsnet_jax import experiment
 from capsnet_jax.training import mesh as mesh_lib
 from capsnet_jax.model import models
-from capsnet_jax.training import train
-from capsnet_jax.inference import trained
+from capsnet_jax.model import precision
+from capsnet_jax.training import state as state_lib
+from capsnet_jax.training import steps as steps_lib
 from conftest import ROOT
 
 
@@ -58,16 +59,15 @@ def fixture_flags_config():
 def _train_step_text(config) -> tuple[models.CapsNet, str]:
   """The model main.py would build, and its train step lowered (traced, not
   compiled) for a batch of 8."""
-  info = input_pipeline.dataset_info(config.dataset, config.data_setup)
-  model = models.create_model(config, image_shape=info.image_shape,
-                              num_classes=info.num_classes)
+  exp = experiment.resolve(config)
+  model = exp.model
   mesh = mesh_lib.make_mesh()
-  state = trained.abstract_state(config, model, mesh)
+  state = state_lib.abstract(exp, mesh)
   batch = {"image": jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.uint8,
                                          sharding=mesh_lib.batch_sharded(mesh)),
            "label": jax.ShapeDtypeStruct((8,), jnp.int32,
                                          sharding=mesh_lib.batch_sharded(mesh))}
-  steps = train.Steps(config, model, mesh)
+  steps = steps_lib.Steps(exp, mesh)
   return model, steps.train.lower(state, batch).as_text()
 
 
@@ -79,14 +79,15 @@ def test_compute_dtype_from_the_command_line_reaches_the_train_step(
   assert model.dtype == jnp.bfloat16
   assert "bf16" in text
   # Parameters stay float32.
-  state = trained.abstract_state(flags_config, model, mesh_lib.make_mesh())
+  state = state_lib.abstract(experiment.resolve(flags_config),
+                             mesh_lib.make_mesh())
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {
       np.dtype(np.float32)}
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU's choice")
 def test_compute_dtype_auto_is_float32_on_cpu(flags_config):
-  assert models.resolve_compute_dtype("auto")[0] == "float32"
+  assert precision.resolve_compute_dtype("auto")[0] == "float32"
   config = ml_collections.ConfigDict(flags_config.to_dict())
   config.compute_dtype = "auto"
   model, text = _train_step_text(config)

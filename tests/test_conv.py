@@ -8,13 +8,12 @@ import pytest
 
 from capsnet_jax.model import conv
 from capsnet_jax.model import models
-from configs import default
 
 
 @pytest.mark.parametrize("impl", ["patches", "rows", "dft"])
 @pytest.mark.parametrize("shape,kernel,stride", [
-    ((2, 11, 11, 3), (9, 9, 3, 5), 1),
-    ((2, 20, 20, 4), (9, 9, 4, 6), 2),
+    ((2, 9, 9, 3), (5, 5, 3, 5), 1),
+    ((2, 20, 20, 4), (9, 9, 4, 6), 2),  # the primary capsules' geometry
     ((1, 13, 10, 2), (3, 5, 2, 3), 2),  # odd, non-square, ragged stride
     ((2, 14, 13, 2), (4, 3, 2, 3), 3),  # 9 phases, odd transform sizes
 ])
@@ -41,7 +40,7 @@ def test_conv_equals_xla_forward_and_gradients(impl, shape, kernel, stride):
 @pytest.mark.parametrize("impl", ["xla", "patches", "rows"])
 @pytest.mark.parametrize("shape,kernel,stride", [
     ((2, 6, 6, 3), (9, 9, 3, 4), 2),   # the deconv decoder's first layer
-    ((2, 7, 7, 4), (9, 9, 4, 5), 1),
+    ((2, 7, 7, 4), (5, 5, 4, 5), 1),
     ((2, 9, 9, 3), (2, 2, 3, 1), 1),   # its output layer
     ((1, 5, 4, 2), (3, 5, 2, 3), 2),   # odd, non-square
 ])
@@ -106,13 +105,35 @@ def test_infer_takes_patches_where_the_patch_matrix_is_small_or_short():
   assert not pays((500, 24, 24, 32), (3, 3, 32, 64), 1)  # 279 MB, 288 long
 
 
-def test_infer_equals_xla_on_each_side_of_its_choices():
-  k = jax.random.normal(jax.random.key(1), (9, 9, 256, 64)) * 0.01
-  for batch in (64, 8, 2):  # dft, rows, patches
-    x = jax.random.normal(jax.random.key(0), (batch, 20, 20, 256))
-    np.testing.assert_allclose(conv.conv2d(x, k, 2, "infer"),
-                               conv.conv2d(x, k, 2, "xla"), rtol=1e-4,
-                               atol=1e-4)
+def _numpy_conv(x, k, stride):
+  """VALID convolution in numpy (float64 products of the patches)."""
+  kh, kw = k.shape[:2]
+  windows = np.lib.stride_tricks.sliding_window_view(
+      np.asarray(x, np.float64), (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+  return np.tensordot(windows, np.asarray(k, np.float64),
+                      axes=([3, 4, 5], [2, 0, 1]))
+
+
+@pytest.mark.parametrize("x_shape,k_shape,form", [
+    ((64, 20, 20, 32), (9, 9, 32, 256), "dft"),
+    ((8, 20, 20, 256), (9, 9, 256, 8), "rows"),
+    ((2, 20, 20, 256), (9, 9, 256, 8), "patches"),
+])
+def test_infer_equals_a_numpy_convolution_on_each_side_of_its_choices(
+    x_shape, k_shape, form):
+  """The primary capsules' geometry (20 x 20, 9 x 9, stride 2), with
+  channels chosen so that each case is small and "infer" takes each form.
+  (Against numpy: XLA's own convolution runs unoptimised in the suite, at
+  --xla_backend_optimization_level=0, in tens of seconds at these sizes.)"""
+  k = jax.random.normal(jax.random.key(1), k_shape) * 0.01
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  assert conv._dft_pays(x_shape, k_shape, 2) == (form == "dft")  # pylint: disable=protected-access
+  if form != "dft":
+    assert conv._patches_pay(x_shape, k_shape, 2) == (form == "patches")  # pylint: disable=protected-access
+  # Jitted: eagerly each of the 81 slices of the patches compiles apart.
+  infer = jax.jit(conv.conv2d, static_argnums=(2, 3))
+  np.testing.assert_allclose(infer(x, k, 2, "infer"), _numpy_conv(x, k, 2),
+                             rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(jax.default_backend() == "cpu", reason="GPU/TPU's choice")
@@ -132,21 +153,23 @@ def test_explicit_impls_are_kept_and_unknown_ones_refused():
                           "fft")
 
 
-@pytest.mark.parametrize("decoder", ["fc", "deconv"])
-def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
-  """Outputs and gradients of the whole model under "patches" and "dft"
-  equal XLA's; "rows", the inference form (its gradients are checked layer
-  by layer above), gives the same outputs. Jitted: one compilation per
-  form, several times faster than op-by-op here."""
-  config = default.get_config()
-  config.model = "tiny"
-  config.decoder = decoder
-  images = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
-  labels = jnp.array([3, 7])
+# A CapsNet at toy sizes: 22 x 22 inputs, conv1 5 x 5 (8 filters, -> 18 x
+# 18), primary capsules 5 x 5 stride 2 (-> 7 x 7 x 2 types of 4D), 4 classes.
+TOY = dict(num_classes=4, image_shape=(22, 22, 1), conv_filters=8,
+           conv_kernel=5, primary_types=2, primary_dim=4, primary_kernel=5,
+           class_dim=4, decoder_hidden=(16, 32))
+
+
+def test_toy_capsnet_same_outputs_and_gradients_for_every_impl():
+  """The whole model's outputs and gradients under "patches" (the CPU's
+  training form) equal XLA's; "rows" and "dft", forms for forward passes
+  whose gradients are checked layer by layer above, give the same outputs.
+  Jitted: one compilation per form, several times faster than op-by-op."""
+  images = jax.random.uniform(jax.random.key(0), (2, 22, 22, 1))
+  labels = jnp.array([3, 1])
   results = {}
   for impl in ("xla", "patches", "rows", "dft"):
-    config.conv_impl = impl
-    model = models.create_model(config, (28, 28, 1), 10)
+    model = models.CapsNet(**TOY, conv_impl=impl)
     params = jax.jit(model.init)(jax.random.key(1), images)["params"]
 
     def loss(p, model=model):
@@ -154,7 +177,7 @@ def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
       return (jnp.sum(out["lengths"]) + jnp.sum(out["reconstructions"]),
               (out["lengths"], out["reconstructions"]))
 
-    if impl == "rows":
+    if impl in ("rows", "dft"):
       results[impl] = (jax.jit(loss)(params), None)
     else:
       results[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
@@ -167,6 +190,22 @@ def test_tiny_capsnet_same_outputs_and_gradients_for_every_impl(decoder):
     if got_grads is not None:
       for g, h in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, h, rtol=2e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("decoder,convolutions", [("fc", 2), ("deconv", 5)])
+def test_every_convolution_of_the_model_takes_its_conv_impl(decoder,
+                                                            convolutions):
+  """conv1, the primary capsules and the deconv decoder's three transposed
+  convolutions are XLA's convolutions under "xla" and none is under the
+  other forms (whose sums equal XLA's, layer by layer, above). Traced
+  only, not compiled."""
+  images = jnp.zeros((2, 22, 22, 1))
+  for impl in ("xla", "patches", "rows", "dft"):
+    model = models.CapsNet(**TOY, decoder=decoder, conv_impl=impl)
+    variables = jax.eval_shape(model.init, jax.random.key(1), images)
+    text = str(jax.make_jaxpr(model.apply)(variables, images))
+    assert text.count("conv_general_dilated") == (
+        convolutions if impl == "xla" else 0), impl
 
 
 @pytest.mark.parametrize("rows", [24, 9])  # split into blocks of 8; no split

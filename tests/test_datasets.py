@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 
+import conftest
 import numpy as np
 import pytest
 
@@ -12,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from capsnet_jax import experiment
 from capsnet_jax.workdir import checkpoints
 from capsnet_jax.data import datasets
 from capsnet_jax.data import input_pipeline
-from capsnet_jax.training import train
+from capsnet_jax.training import loop
 from configs import default
 
 
@@ -40,7 +42,7 @@ def _checkpoint_shapes(workdir, step):
 ])
 def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
                                          classes, tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  tfds = conftest.require("tensorflow_datasets")
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model = "tiny"
   config.batch_size = 8
@@ -48,7 +50,7 @@ def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
   config.log_every_steps = 3
   config.num_summary_images = 2
   with tfds.testing.mock_data(num_examples=20):
-    results = train.train_and_evaluate(config, str(tmp_path))
+    results = loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     saved = json.load(f)
   assert saved["step"] == 3 and saved["dataset"] == config.dataset
@@ -157,9 +159,9 @@ def test_reference_holds_out_a_tenth_of_mnist(idx_dir):
   config = default.get_config()
   config.idx_dir = str(idx_dir)  # 256 synthetic training images
   config.data_setup = "reference"
-  splits = input_pipeline.load_splits(config, 0, 1)
+  splits = experiment.resolve(config).load_splits(0, 1)
   assert splits.info.num_validation == 25 and splits.info.num_train == 231
   assert len(splits.train) == 231 and len(splits.validation) == 25
   config.data_setup = "paper"
-  splits = input_pipeline.load_splits(config, 0, 1)
+  splits = experiment.resolve(config).load_splits(0, 1)
   assert splits.validation is None and splits.info.num_train == 256

@@ -1,14 +1,13 @@
 """Reconstruction decoders: output range and shape, the deconvolution layout
 per image size (parameter counts derived by hand), batch norm, bad names."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from capsnet_jax.model import decoders
+from conftest import shared_mnist
 
 
 def _count(tree):
@@ -88,7 +87,7 @@ def _train_deconv_alone(output_mean, steps=20, batch=16):
   weights sum above zero)."""
   from capsnet_jax.data import idx  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  x, y = idx.load_mnist_idx(str(SHARED_MNIST), "train")
+  x, y = idx.load_mnist_idx(str(shared_mnist()), "train")
   x = x[:3328].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
   y = y[:3328]
   codes = x.reshape(len(x), -1) @ np.random.RandomState(0).randn(784, 16)
@@ -98,7 +97,8 @@ def _train_deconv_alone(output_mean, steps=20, batch=16):
   inputs = inputs.reshape(len(x), 160)
   dec = decoders.create_decoder("deconv", (28, 28, 1), 10,
                                 output_mean=output_mean)
-  params = dec.init(jax.random.key(0), inputs[:1])
+  # Everything jitted: op by op, each of the patches' slices compiles apart.
+  params = jax.jit(dec.init)(jax.random.key(0), inputs[:1])
   tx = optax.adam(1e-3)
 
   def sse(p, a, t):
@@ -114,19 +114,20 @@ def _train_deconv_alone(output_mean, steps=20, batch=16):
   order = np.random.RandomState(1).randint(0, 3072, (steps, batch))
   for i in order:
     params, opt = step(params, opt, inputs[i], x[i])
-  test_sse = float(jax.jit(sse)(params, inputs[3072:], x[3072:]))  # 256
-  _, inter = dec.apply(params, inputs[:64], capture_intermediates=True,
-                       mutable=["intermediates"])
-  pre = inter["intermediates"]["deconv1"]["__call__"][0]  # [B, 27, 27, 64]
-  live = np.asarray(jnp.any(pre > 0, axis=(0, 1, 2)))
+  @jax.jit
+  def evaluate(p):
+    test_sse = sse(p, inputs[3072:], x[3072:])  # 256 held-out digits
+    _, inter = dec.apply(p, inputs[:64], capture_intermediates=True,
+                         mutable=["intermediates"])
+    pre = inter["intermediates"]["deconv1"]["__call__"][0]  # [B, 27, 27, 64]
+    return test_sse, jnp.any(pre > 0, axis=(0, 1, 2))
+
+  test_sse, live = evaluate(params)
+  test_sse, live = float(test_sse), np.asarray(live)
   out_w = np.asarray(params["params"]["out"]["kernel"]).sum(axis=(0, 1, 3))
   return test_sse, int(np.sum(live & (out_w > 0)))
 
 
-SHARED_MNIST = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs ../shared MNIST")
 def test_deconv_decoder_keeps_its_brightening_channels():
   """Starting at 0.5 (output_mean=None), every pixel of MNIST first asks to
   be darker and the last hidden layer's channels that brighten die: after

@@ -13,7 +13,9 @@ import pytest
 from capsnet_jax.model import efficient
 from capsnet_jax.model import models
 from capsnet_jax.analysis import summary
-from capsnet_jax.training import train
+from capsnet_jax.training import loop
+from capsnet_jax.training import schedules
+from capsnet_jax import experiment
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
 from configs import default
@@ -211,12 +213,12 @@ def test_tiny_model_contract():
 
 def test_registration_and_summary(capsys):
   config = mnist_efficient.get_config()
-  model = models.create_model(config, image_shape=(28, 28, 1), num_classes=10)
+  model = experiment.resolve(config).model
   assert isinstance(model, efficient.EfficientCapsNet)
   assert model.num_classes == 10 and model.conv_impl == "auto"
   config.model = "efficientcaps"
   with pytest.raises(ValueError, match="efficient_capsnet"):
-    models.create_model(config)
+    models.create(config.model)
   with pytest.raises(ConfigError, match="efficient_capsnet"):
     validation.validate_config(config)
   config = mnist_efficient.get_config()
@@ -234,7 +236,7 @@ def test_recipe_learning_rate():
   config = mnist_efficient.get_config()
   validation.validate_config(config)
   assert (config.batch_size, config.num_epochs, config.alpha) == (16, 150, 0.0005)
-  lr = train.learning_rate_schedule(config)
+  lr = schedules.learning_rate(experiment.resolve(config))
   # 5e-4 x 0.97^epoch, 3,750 steps an epoch, floored at 5e-5 from epoch 76
   # (5e-4 x 0.97^76 = 4.94e-5).
   for step, expected in [(0, 5e-4), (3749, 5e-4), (3750, 4.85e-4),
@@ -253,13 +255,13 @@ def test_training_steps_reduce_the_loss(idx_dir, tmp_path):
                 idx_dir=str(idx_dir), batch_size=32, num_train_steps=24,
                 log_every_steps=4, num_summary_images=2, learning_rate=3e-3,
                 conv_impl="xla")
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   # stem 208 + 16 + 584 + 16 + 584 + 16 + 2,336 + 64 = 3,824; primary
   # 9*9*32 + 32 = 2,624; class caps 10*4*8*16 + 40 = 5,160; decoder
   # 160*16 + 16 + 16*32 + 32 + 32*784 + 784 = 28,992.
   assert results["num_params"] == 40_600
   assert results["step"] == 24
-  steps, losses = curves.read_scalars(str(tmp_path))["train_loss"]
+  steps, losses = curves.from_events(str(tmp_path))["train_loss"]
   np.testing.assert_array_equal(steps, [4, 8, 12, 16, 20, 24])
   assert np.all(np.isfinite(losses))
   assert losses[-1] < 0.8 * losses[0], losses

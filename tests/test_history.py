@@ -1,23 +1,26 @@
-"""The evaluation history and the best accuracy through stops and resumes."""
+"""The evaluation history (capsnet_jax.workdir.history) through stops and
+resumes: partial lines, the lines a resume drops and those it keeps, a
+history without checkpoints, records that are not records. (The records of
+a run and --mode=eval's: tests/test_loop.py; preemption:
+tests/test_reliability.py.)"""
 
 import json
-import signal
-import subprocess
-import time
 
 import pytest
 
+from capsnet_jax.errors import WorkdirError
+from capsnet_jax.training import loop
 from capsnet_jax.workdir import history
-from capsnet_jax.training import train
-from test_reliability import _args, _env, ROOT
-from test_train import tiny_config
+from conftest import tiny_config
 
 
 def _lines(workdir):
-  return [json.loads(l) for l in (workdir / "eval_history.jsonl").read_text().splitlines()]
+  return [json.loads(l)
+          for l in (workdir / "eval_history.jsonl").read_text().splitlines()]
 
 
 def test_append_read_truncate_and_partial_lines(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
   for step, acc in ((10, 0.5), (20, 0.7), (30, 0.6)):
     history.append(str(tmp_path), {"step": step, "test_accuracy": acc})
   assert history.best(history.read(str(tmp_path))) == (0.7, 20)
@@ -33,12 +36,67 @@ def test_append_read_truncate_and_partial_lines(tmp_path):
   assert [json.loads(l)["step"] for l in text.splitlines()] == [10, 20]
 
 
+def test_truncate_keeps_the_records_of_eval_mode(tmp_path):
+  """--mode=eval's lines evaluate a complete checkpoint: a resume from an
+  earlier one drops only training lines, as the docstring says."""
+  (tmp_path / "checkpoints").mkdir()
+  for step, source in ((10, "train"), (20, "train"), (20, "eval"),
+                       (30, "train"), (30, "eval")):
+    history.append(str(tmp_path), {"step": step, "source": source})
+  assert history.truncate_after(str(tmp_path), 10) == 2
+  assert [(r["step"], r["source"]) for r in _lines(tmp_path)] == [
+      (10, "train"), (20, "eval"), (30, "eval")]
+
+
+def test_a_history_without_checkpoints_is_refused_not_wiped(idx_dir,
+                                                            tmp_path):
+  """A resume from step 0 would drop every line: training refuses, before
+  writing anything, and says why."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  for step in (7, 8):
+    history.append(str(workdir), {"step": step, "source": "train",
+                                  "test_accuracy": 0.9})
+  before = (workdir / "eval_history.jsonl").read_bytes()
+  message = (r"holds 2 training evaluation\(s\) up to step 8, but .* has no "
+             r"checkpoints/ folder")
+  with pytest.raises(WorkdirError, match=message):
+    history.truncate_after(str(workdir), 0)
+  with pytest.raises(WorkdirError, match=message):
+    loop.train_and_evaluate(tiny_config(idx_dir), str(workdir))
+  assert (workdir / "eval_history.jsonl").read_bytes() == before
+  assert sorted(p.name for p in workdir.iterdir()) == ["eval_history.jsonl"]
+  # Lines of --mode=eval only (no training to lose): nothing to refuse.
+  (workdir / "eval_history.jsonl").write_text(
+      json.dumps({"step": 8, "source": "eval"}) + "\n")
+  history.check_resumable(str(workdir))
+
+
+@pytest.mark.parametrize("line,why", [
+    ("[1, 2]", "is not an evaluation record .a JSON object, got list."),
+    ('"step"', "is not an evaluation record .a JSON object, got str."),
+    ('{"step": "8"}', "has no integer \"step\" .got '8'."),
+    ('{"step": 8.0}', "has no integer \"step\" .got 8.0."),
+    ('{"step": true}', "has no integer \"step\" .got True."),
+    ('{"test_accuracy": 0.9}', "has no integer \"step\" .got None."),
+])
+def test_a_record_that_is_not_a_record_names_its_file_and_line(
+    tmp_path, line, why):
+  (tmp_path / "eval_history.jsonl").write_text(
+      json.dumps({"step": 4}) + "\n\n" + line + "\n")
+  path = tmp_path / "eval_history.jsonl"
+  with pytest.raises(WorkdirError, match=f"{path}:3 {why}"):
+    history.read(str(tmp_path))
+  with pytest.raises(WorkdirError, match=f"{path}:3 "):
+    history.truncate_after(str(tmp_path), 4)
+
+
 def test_clock_continues_and_excludes_evaluation():
-  """train._Clock with an injected clock: wall_seconds continues from the
+  """loop.Clock with an injected clock: wall_seconds continues from the
   previous session's last record; train_seconds restarts after each
   evaluation."""
   now = [50.0]
-  clock = train._Clock(120.0, start=40.0, now=lambda: now[0])  # pylint: disable=protected-access
+  clock = loop.Clock(120.0, start=40.0, now=lambda: now[0])
   assert clock.wall_seconds() == 130.0  # 120 before + 10 since this start
   assert clock.train_seconds() == 10.0
   now[0] = 53.0  # an evaluation of 3 s, then training restarts
@@ -48,81 +106,29 @@ def test_clock_continues_and_excludes_evaluation():
   assert clock.wall_seconds() == 140.0
 
 
-def test_records_carry_what_the_tables_need(idx_dir, tmp_path):
-  config = tiny_config(idx_dir, num_train_steps=16, eval_every_steps=8,
-                       validation_fraction=0.25)
-  results = train.train_and_evaluate(config, str(tmp_path))
-  records = _lines(tmp_path)
-  assert [r["step"] for r in records] == [8, 16]
-  # 256 synthetic images, 64 held out: 192 // 32 = 6 steps per epoch.
-  assert [r["epoch"] for r in records] == [pytest.approx(8 / 6, abs=1e-4),
-                                           pytest.approx(16 / 6, abs=1e-4)]
-  assert results["num_train"] == 192 and results["num_validation"] == 64
-  for r in records:
-    for key in ("test_accuracy", "test_margin_loss", "test_reconstruction_loss",
-                "validation_accuracy", "learning_rate", "alpha",
-                "wall_seconds", "train_seconds", "time"):
-      assert key in r, key
-    assert r["source"] == "train"
-    # Ordering only: the durations themselves are test_clock_*'s subject.
-    assert 0 <= r["train_seconds"] <= r["wall_seconds"]
-  assert records[1]["wall_seconds"] >= records[0]["wall_seconds"]
-  assert results["test_accuracy"] == records[-1]["test_accuracy"]
-  assert results["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
-  # --mode=eval appends its own record and keeps the best over all.
-  evaluated = train.evaluate_checkpoint(config, str(tmp_path))
-  records = _lines(tmp_path)
-  assert [(r["step"], r["source"]) for r in records] == [
-      (8, "train"), (16, "train"), (16, "eval")]
-  assert records[2]["test_accuracy"] == pytest.approx(records[1]["test_accuracy"])
-  assert evaluated["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
-
-
-def test_resume_drops_evaluations_whose_checkpoint_never_completed(idx_dir, tmp_path):
+def test_resume_drops_evaluations_whose_checkpoint_never_completed(
+    tiny_run, idx_dir, tmp_path):
   """A kill between an evaluation's line and its checkpoint: the resumed run
-  redoes that evaluation and the history holds it once."""
-  config = tiny_config(idx_dir, num_train_steps=8, eval_every_steps=4)
-  train.train_and_evaluate(config, str(tmp_path))
-  history.append(str(tmp_path), {"step": 12, "test_accuracy": 1.0,
-                                 "source": "train", "orphan": True})
-  results = train.train_and_evaluate(tiny_config(
-      idx_dir, num_train_steps=12, eval_every_steps=4),
-      str(tmp_path))
-  records = _lines(tmp_path)
-  assert [r["step"] for r in records] == [4, 8, 12]
+  redoes that evaluation and the history holds it once; a line of
+  --mode=eval stays."""
+  workdir = tiny_run.copy(tmp_path / "w")
+  first = _lines(workdir)
+  assert [r["step"] for r in first] == [7, 8]
+  history.append(str(workdir), {"step": 12, "test_accuracy": 1.0,
+                                "source": "train", "orphan": True})
+  history.append(str(workdir), {"step": 8, "test_accuracy": 0.5,
+                                "source": "eval"})
+  results = loop.train_and_evaluate(
+      tiny_config(idx_dir, num_train_steps=12, eval_every_steps=4),
+      str(workdir))
+  records = _lines(workdir)
+  assert [(r["step"], r["source"]) for r in records] == [
+      (7, "train"), (8, "train"), (8, "eval"), (12, "train")]
+  assert records[:2] == first  # the earlier lines untouched
   assert not any(r.get("orphan") for r in records)
-  assert results["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
+  assert results["best_test_accuracy"] == max(r["test_accuracy"]
+                                              for r in records)
   # The wall clock continues from the last record of the earlier session
   # (test_clock_continues_and_excludes_evaluation shows how).
-  assert records[2]["wall_seconds"] >= records[1]["wall_seconds"]
-
-
-def test_sigterm_after_an_evaluation_then_resume(idx_dir, tmp_path):
-  workdir = tmp_path / "w"
-  args = _args(idx_dir, workdir, "--config.num_train_steps=60",
-               "--config.eval_every_steps=10", "--config.log_every_steps=5",
-               "--config.checkpoint_every_steps=10")
-  proc = subprocess.Popen(args, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  hist = workdir / "eval_history.jsonl"
-  while not (hist.exists() and hist.read_text().count("\n") >= 1):
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    time.sleep(0.05)  # polling only; nothing asserts on time
-  proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 0, stderr[-3000:]
-  assert "Received SIGTERM" in stderr
-  stopped = _lines(workdir)
-  assert stopped and stopped[-1]["step"] < 60
-  assert not (workdir / "results.json").exists()
-  resumed = subprocess.run(args, env=_env(), cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  records = _lines(workdir)
-  assert [r["step"] for r in records] == [10, 20, 30, 40, 50, 60]
-  assert records[:len(stopped)] == stopped  # the earlier lines untouched
-  saved = json.loads((workdir / "results.json").read_text())
-  assert saved["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
-  assert saved["best_step"] in [r["step"] for r in records
-                                if r["test_accuracy"] == saved["best_test_accuracy"]]
-  assert saved["step"] == 60 and saved["num_evaluations"] == 6
+  assert records[3]["wall_seconds"] >= records[1]["wall_seconds"]
+  assert not (workdir / ".lock").exists()  # released at the end

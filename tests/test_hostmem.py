@@ -1,5 +1,6 @@
 """Transparent huge pages for malloc: when the restart happens, and that it
-keeps the process (pid, argv) and sets the tunable once."""
+keeps the process (pid, argv) and happens once, even where a wrapper drops
+GLIBC_TUNABLES, and never for a program read from standard input."""
 
 import os
 import subprocess
@@ -33,7 +34,35 @@ def test_when_to_restart(env, system, libc, mode, expected):
   if expected is None:
     assert new is None
   else:
-    assert new == {**env, "GLIBC_TUNABLES": expected}
+    assert new == {**env, "GLIBC_TUNABLES": expected,
+                   "CAPSNET_JAX_HUGE_PAGES_RESTARTED": "1"}
+
+
+def test_never_twice_even_without_the_tunable():
+  """Our own marker, not GLIBC_TUNABLES surviving execve, ends the
+  restarts."""
+  once = hostmem.tunables_env({}, *LINUX)
+  assert once["CAPSNET_JAX_HUGE_PAGES_RESTARTED"] == "1"
+  stripped = {k: v for k, v in once.items() if k != "GLIBC_TUNABLES"}
+  assert hostmem.tunables_env(stripped, *LINUX) is None
+
+
+@pytest.mark.parametrize("argv0,orig_argv,expected", [
+    ("main.py", ["python", "main.py", "--mode=summary"], True),
+    ("main.py", ["python", "-u", "-X", "dev", "main.py"], True),
+    ("capsnet_jax/__main__.py", ["python", "-m", "capsnet_jax"], True),
+    ("capsnet_jax/__main__.py", ["python", "-Wignore", "-m", "capsnet_jax"],
+     True),
+    ("-", ["python", "-", "--mode=summary"], False),  # python - < main.py
+    ("", ["python"], False),  # python < main.py
+    ("-c", ["python", "-c", "import capsnet_jax"], False),
+    ("-c", ["python", "-uc", "import capsnet_jax"], False),
+    ("gone.py", ["python", "gone.py"], False),  # not a file (any more)
+])
+def test_what_can_be_started_again(argv0, orig_argv, expected):
+  argv0 = str(ROOT / argv0) if argv0.endswith(".py") else argv0
+  orig_argv = [str(ROOT / a) if a.endswith(".py") else a for a in orig_argv]
+  assert hostmem.can_restart(argv0, orig_argv) is expected
 
 
 @pytest.mark.parametrize("text,mode", [
@@ -70,6 +99,7 @@ def test_restart_keeps_pid_and_argv_and_happens_once(tmp_path):
   env = subprocess_env()
   env.pop("GLIBC_TUNABLES", None)
   env.pop("CAPSNET_JAX_HUGE_PAGES", None)
+  env.pop("CAPSNET_JAX_HUGE_PAGES_RESTARTED", None)
   out = subprocess.run([sys.executable, "-u", str(script), "a", "--b=c"],
                        env=env, cwd=ROOT, capture_output=True, text=True,
                        check=True).stdout.splitlines()
@@ -79,6 +109,14 @@ def test_restart_keeps_pid_and_argv_and_happens_once(tmp_path):
   assert out == [f"start {pid} ['a', '--b=c'] None",
                  f"start {pid} ['a', '--b=c'] glibc.malloc.hugetlb=1",
                  f"run {pid} ['a', '--b=c'] glibc.malloc.hugetlb=1 True"]
+  # Read from standard input, the program is not started again: its input
+  # is consumed.
+  with open(script) as stdin:
+    out = subprocess.run([sys.executable, "-", "a"], env=env, cwd=ROOT,
+                         stdin=stdin, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+  assert [line.split(" ", 2)[2] for line in out] == ["['a'] None",
+                                                     "['a'] None False"]
   env["CAPSNET_JAX_HUGE_PAGES"] = "0"
   out = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT,
                        capture_output=True, text=True,
@@ -99,6 +137,7 @@ def test_the_command_restarts_once_and_keeps_its_flags(tmp_path, command):
   env = subprocess_env(pythonpath=f"{tmp_path}{os.pathsep}{ROOT}")
   env.pop("GLIBC_TUNABLES", None)
   env.pop("CAPSNET_JAX_HUGE_PAGES", None)
+  env.pop("CAPSNET_JAX_HUGE_PAGES_RESTARTED", None)
   result = subprocess.run(
       [sys.executable, *command, "--config=configs/mnist.py:smoke",
        "--mode=summary"], env=env, cwd=ROOT, capture_output=True, text=True)
@@ -106,6 +145,33 @@ def test_the_command_restarts_once_and_keeps_its_flags(tmp_path, command):
   assert '"total_params": 234896' in result.stdout.splitlines()[-1]
   assert (tmp_path / "starts").read_text().splitlines() == [
       "None", "glibc.malloc.hugetlb=1"]
+
+
+@pytest.mark.skipif(
+    hostmem.tunables_env({}, "Linux", hostmem._libc(), hostmem.thp_mode())
+    is None, reason="huge pages not in madvise mode, or no glibc >= 2.35")
+def test_a_wrapper_that_drops_the_tunable_restarts_once(tmp_path):
+  """A sitecustomize drops GLIBC_TUNABLES at every start, as a wrapper
+  between execve and Python could: one restart, not a loop (it stops the
+  loop itself at the fifth start)."""
+  (tmp_path / "sitecustomize.py").write_text(
+      "import os\n"
+      f"with open({str(tmp_path / 'starts')!r}, 'a') as f:\n"
+      "  f.write('start\\n')\n"
+      f"if open({str(tmp_path / 'starts')!r}).read().count('start') > 4:\n"
+      "  os._exit(99)\n"
+      "os.environ.pop('GLIBC_TUNABLES', None)\n")
+  script = tmp_path / "prog.py"
+  script.write_text(SCRIPT)
+  env = subprocess_env(pythonpath=f"{tmp_path}{os.pathsep}{ROOT}")
+  env.pop("GLIBC_TUNABLES", None)
+  env.pop("CAPSNET_JAX_HUGE_PAGES", None)
+  env.pop("CAPSNET_JAX_HUGE_PAGES_RESTARTED", None)
+  result = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / "starts").read_text().count("start") == 2
+  assert result.stdout.splitlines()[-1].startswith("run ")
 
 
 def test_a_failed_restart_leaves_the_process_running(monkeypatch, capsys):
@@ -116,6 +182,7 @@ def test_a_failed_restart_leaves_the_process_running(monkeypatch, capsys):
     raise PermissionError("not executable")
 
   monkeypatch.setattr(hostmem, "tunables_env", lambda *a: {"X": "1"})
+  monkeypatch.setattr(hostmem, "can_restart", lambda *a: True)
   monkeypatch.setattr(os, "execve", failing_execve)
   hostmem.use_huge_pages()
   assert len(calls) == 1 and calls[0][2] == {"X": "1"}

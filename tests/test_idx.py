@@ -88,3 +88,45 @@ def test_idx_errors_name_the_problem(tmp_path, damage, message):
 def test_a_missing_folder_is_named(tmp_path):
   with pytest.raises(DataError, match="is not a directory"):
     idx.load_mnist_idx(str(tmp_path / "nowhere"), "train")
+
+
+def test_a_header_whose_size_overflows_int64_is_refused(tmp_path):
+  """2^31 x 2^31 x 4 bytes is 2^64: numpy's int64 product wraps to 0, which
+  an empty data section would match."""
+  path = tmp_path / "crafted-idx3-ubyte"
+  path.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">III", 2**31, 2**31, 4))
+  with pytest.raises(DataError, match=r"announces 18446744073709551616 data "
+                     r"bytes, more than the 1073741824"):
+    idx.read_idx(str(path))
+
+
+def test_gzip_is_never_decompressed_past_the_announced_size(tmp_path):
+  """A header of 10 images whose gzip data inflates to 64 MB: refused after
+  reading one byte more than the 7,840 announced."""
+  import tracemalloc  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "bomb-idx3-ubyte.gz"
+  with gzip.open(path, "wb", compresslevel=9) as f:
+    f.write(b"\x00\x00\x08\x03" + struct.pack(">III", 10, 28, 28))
+    for _ in range(64):
+      f.write(bytes(1 << 20))
+  assert path.stat().st_size < 1 << 20
+  tracemalloc.start()
+  try:
+    with pytest.raises(DataError, match="holds more data bytes than that; its "
+                       r"header \(10, 28, 28\) needs 7840"):
+      idx.read_idx(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 4 << 20, peak  # not the 64 MB
+
+
+def test_a_header_announcing_more_than_the_cap_reads_nothing(tmp_path):
+  path = tmp_path / "big-idx3-ubyte.gz"
+  with gzip.open(path, "wb") as f:
+    f.write(b"\x00\x00\x08\x03" + struct.pack(">III", 100000, 200, 200))
+  with pytest.raises(DataError, match="announces 4000000000 data bytes"):
+    idx.read_idx(str(path))
+  # With a higher cap, the same file is read and found truncated.
+  with pytest.raises(DataError, match="holds 0 data bytes"):
+    idx.read_idx(str(path), max_bytes=5 * 10**9)

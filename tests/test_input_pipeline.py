@@ -6,10 +6,11 @@ import hashlib
 import numpy as np
 import pytest
 
+from capsnet_jax import experiment
 from capsnet_jax.data import input_pipeline
 from capsnet_jax.errors import DataError
 from configs import default
-from conftest import SHARED_MNIST
+import conftest
 
 
 def _config(**overrides):
@@ -18,16 +19,22 @@ def _config(**overrides):
   return config
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no ../shared/data/mnist")
+def _load(config):
+  """(train, test, info) of process 0 of 1, as training reads them."""
+  splits = experiment.resolve(config).load_splits(0, 1)
+  return splits.train, splits.test, splits.info
+
+
 def test_real_mnist_idx_folder():
+  SHARED_MNIST = conftest.shared_mnist()  # pylint: disable=invalid-name
   sums = dict(line.split()[::-1] for line in
               (SHARED_MNIST / "MD5SUMS").read_text().splitlines() if line.strip())
   for name, digest in sums.items():
     path = SHARED_MNIST / name
     if path.exists():
       assert hashlib.md5(path.read_bytes()).hexdigest() == digest, name
-  train, test, info = input_pipeline.load_datasets(
-      _config(idx_dir=str(SHARED_MNIST), data_setup="paper"), 0, 1)
+  train, test, info = _load(_config(idx_dir=str(SHARED_MNIST),
+                                    data_setup="paper"))
   assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (
       10000, 28, 28, 1)
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
@@ -35,7 +42,8 @@ def test_real_mnist_idx_folder():
   assert (info.num_train, info.num_test, info.image_shape) == (60000, 10000,
                                                                (28, 28, 1))
   # The reference setup holds out 6,000 training images for validation.
-  splits = input_pipeline.load_splits(_config(idx_dir=str(SHARED_MNIST)), 0, 1)
+  splits = experiment.resolve(_config(idx_dir=str(SHARED_MNIST))).load_splits(
+      0, 1)
   assert (len(splits.train), len(splits.validation)) == (54000, 6000)
   assert (splits.info.num_train, splits.info.num_validation) == (54000, 6000)
 
@@ -47,10 +55,9 @@ def test_real_mnist_idx_folder():
     ("cifar10", "paper", (32, 32, 3), 12),
 ])
 def test_tfds_loading_under_mock_data(dataset, setup, stored, num_train):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  tfds = conftest.require("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):
-    train, test, info = input_pipeline.load_datasets(
-        _config(dataset=dataset, data_setup=setup), 0, 1)
+    train, test, info = _load(_config(dataset=dataset, data_setup=setup))
   assert train.images.shape == (num_train, *stored)
   assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
   assert 0 <= train.labels.min() and train.labels.max() < info.num_classes
@@ -61,7 +68,7 @@ def test_offline_tfds_fails_at_once_and_points_at_idx_dir(tmp_path, monkeypatch)
   """No prepared copy and a name lookup that fails (as offline, simulated so
   that the test behaves the same on a machine with internet): a one-line
   error at once, without tfds's minutes of download retries."""
-  pytest.importorskip("tensorflow_datasets")
+  conftest.require("tensorflow_datasets")
   import socket  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core.download import downloader
   lookups = []
@@ -73,7 +80,7 @@ def test_offline_tfds_fails_at_once_and_points_at_idx_dir(tmp_path, monkeypatch)
   monkeypatch.setattr(socket, "getaddrinfo", no_dns)
   monkeypatch.setattr(downloader, "MAX_RETRIES", 0)  # were it to try anyway
   with pytest.raises(DataError, match="there is no network .*idx_dir"):
-    input_pipeline.load_datasets(_config(tfds_data_dir=str(tmp_path)), 0, 1)
+    _load(_config(tfds_data_dir=str(tmp_path)))
   assert lookups == ["storage.googleapis.com"]
   assert not list(tmp_path.rglob("*.tar.gz"))  # nothing was downloaded
 
@@ -81,7 +88,7 @@ def test_offline_tfds_fails_at_once_and_points_at_idx_dir(tmp_path, monkeypatch)
 def test_tfds_download_path_dependencies_installed():
   # download_and_prepare imports these lazily; without them a machine with
   # internet fails to download with a ModuleNotFoundError.
-  pytest.importorskip("tensorflow_datasets")
+  conftest.require("tensorflow_datasets")
   from tensorflow_datasets.core import dataset_builder
   assert dataset_builder.importlib_resources.abc.Traversable is not None
   assert dataset_builder.termcolor.colored is not None

@@ -1,12 +1,12 @@
-"""Tests of the margin and reconstruction losses and of masking."""
+"""Tests of the margin and reconstruction losses and of masking (the
+reconstruction weight's schedules: test_schedules.py)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from capsnet_jax.model import masking
 from capsnet_jax.training import losses
-from configs import default
 
 
 def test_margin_loss_hand_computed():
@@ -28,9 +28,15 @@ def test_reconstruction_sse_is_per_image_sum():
 
 def test_mask_capsules_keeps_only_the_label():
   caps = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
-  masked = losses.mask_capsules(caps, jnp.array([1, 2]))
+  masked = masking.mask_capsules(caps, jnp.array([1, 2]))
   np.testing.assert_array_equal(np.asarray(masked),
                                 [[0, 0, 2, 3, 0, 0], [0, 0, 0, 0, 10, 11]])
+
+
+def test_top_k_labels_are_the_longest_capsules_longest_first():
+  lengths = jnp.array([[0.1, 0.9, 0.5, 0.7], [0.8, 0.2, 0.3, 0.1]])
+  np.testing.assert_array_equal(np.asarray(masking.top_k_labels(lengths, 2)),
+                                [[1, 3], [0, 2]])
 
 
 def test_reconstruction_loss_l1_and_l2_per_image():
@@ -60,38 +66,6 @@ def test_margin_loss_orphan_capsule_is_always_absent():
   np.testing.assert_allclose(
       np.asarray(losses.margin_loss(jnp.array([[0.95, 0.3, 0.05, 0.5]]),
                                     jnp.array([0]))), [0.10], rtol=1e-5)
-
-
-# The reference's get_alpha(epoch), alpha = 0.0005, T = 8, typed from a
-# calculator: (tanh(e / 8 - pi) + 1) / 2 and tanh(e / 16).
-TANH_SHIFTED = {0: 9.319809e-07, 8: 6.805414e-06, 25: 2.458522e-04,
-                50: 4.990042e-04}
-TANH = {0: 0.0, 8: 2.310586e-04, 16: 3.807971e-04, 48: 4.975274e-04}
-
-
-@pytest.mark.parametrize("name,alias,expected", [
-    ("tanh_shifted", "1", TANH_SHIFTED), ("tanh", "2", TANH),
-    ("none", "none", {0: 5e-4, 8: 5e-4, 300: 5e-4})])
-def test_annealed_alpha_hand_computed(name, alias, expected):
-  for epoch, value in expected.items():
-    for schedule in (name, alias):
-      got = float(losses.annealed_alpha(5e-4, schedule, epoch, 8.0))
-      assert got == pytest.approx(value, rel=1e-5, abs=1e-12), (schedule, epoch)
-
-
-def test_alpha_schedule_takes_the_epoch_from_the_step():
-  config = default.get_config()
-  config.alpha_schedule = "tanh"
-  fn = losses.alpha_schedule(config, steps_per_epoch=100)
-  # Steps 0-99 are epoch 0 (the reference's first epoch is 0), 800 is 8.
-  for step, value in {0: 0.0, 99: 0.0, 100: 0.0005 * 0.06241881,
-                      800: TANH[8], 899: TANH[8]}.items():
-    assert float(fn(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
-  config.alpha_fractional_epochs = True
-  fn = losses.alpha_schedule(config, steps_per_epoch=100)
-  # Step 50 is epoch 0.5: 0.0005 * tanh(0.5 / 16) = 0.0005 * 0.03123983.
-  assert float(fn(50)) == pytest.approx(0.0005 * 0.03123983, rel=1e-5)
-  assert float(jax.jit(fn)(800)) == pytest.approx(TANH[8], rel=1e-5)
 
 
 def test_authors_margin_loss_is_their_formula_by_hand():

@@ -39,7 +39,7 @@ def test_event_writer_scalars_images_hparams_read_back(tmp_path):
                           "rgb": np.zeros((2, 4, 3, 3), np.uint8)})
   writer.flush()
   writer.close()
-  scalars = curves.read_scalars(str(tmp_path))
+  scalars = curves.from_events(str(tmp_path))
   np.testing.assert_array_equal(scalars["train_loss"][0], [1, 2])
   np.testing.assert_allclose(scalars["train_loss"][1], [0.5, 0.25])
   np.testing.assert_allclose(scalars["test_accuracy"][1], [0.9], rtol=1e-6)
@@ -81,10 +81,10 @@ def test_progress_excludes_timed_sections(tmp_path):
   clock[0] += 5.0
   progress(21)  # 10 steps in 5 s
   writer.flush()
-  steps, rates = curves.read_scalars(str(tmp_path))["steps_per_sec"]
+  steps, rates = curves.from_events(str(tmp_path))["steps_per_sec"]
   np.testing.assert_array_equal(steps, [11, 21])
   np.testing.assert_allclose(rates, [10 / 6, 10 / 5])
-  steps, uptime = curves.read_scalars(str(tmp_path))["uptime"]
+  steps, uptime = curves.from_events(str(tmp_path))["uptime"]
   np.testing.assert_allclose(uptime, [36.0, 41.0])
   assert isinstance(metric_logging.create_progress(100, writer),
                     metric_logging.Progress)
@@ -116,8 +116,8 @@ def test_training_from_idx_needs_no_tensorflow(idx_dir, tmp_path):
   assert "TensorFlow not available" in result.stderr
   with open(workdir / "results.json") as f:
     assert json.load(f)["step"] == 6
-  scalars = curves.read_scalars(str(workdir))
-  for tag in ("train_loss", "train_accuracy", "learning_rate",
+  scalars = curves.from_events(str(workdir))
+  for tag in ("train_loss", "train_accuracy", "train_learning_rate",
               "test_accuracy", "test_reconstruction_loss"):
     assert tag in scalars, (tag, sorted(scalars))
   np.testing.assert_array_equal(scalars["train_loss"][0], [3, 6])

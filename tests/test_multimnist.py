@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from capsnet_jax import experiment
 from capsnet_jax.data import datasets
 from capsnet_jax.data import input_pipeline
 from capsnet_jax.training import losses
 from capsnet_jax.data import multimnist
 from capsnet_jax import validation
 from capsnet_jax.errors import ConfigError
+from capsnet_jax.errors import DataError
 from configs import multimnist as multimnist_config
 
 
@@ -139,7 +141,7 @@ def test_fixed_test_pairs():
   np.testing.assert_array_equal(
       np.concatenate([x["label"] for x in batches])[:60], split.labels)
   np.testing.assert_array_equal(batches[1]["image"], split.images[16:32])
-  with pytest.raises(Exception, match="> 0"):
+  with pytest.raises(DataError, match="> 0"):
     multimnist.fixed_pairs(labels, 0)
 
 
@@ -147,20 +149,20 @@ def test_load_splits_on_idx_files(idx_dir):
   config = multimnist_config.get_config()
   config.idx_dir = str(idx_dir)  # 256 synthetic training, 100 test digits
   config.multimnist_test_pairs = 150
-  splits = input_pipeline.load_splits(config, 0, 1)
+  splits = experiment.resolve(config).load_splits(0, 1)
   assert splits.info.image_shape == (36, 36, 1)
   assert splits.info.num_train == 256 and splits.info.num_test == 150
   assert len(splits.test) == 150 and splits.validation is None
   assert splits.test.images[:3].shape == (3, 36, 36, 1)
   # Two processes evaluate disjoint halves of the same 150 pairs.
-  halves = [input_pipeline.load_splits(config, p, 2).test for p in (0, 1)]
+  halves = [experiment.resolve(config).load_splits(p, 2).test for p in (0, 1)]
   assert [len(h) for h in halves] == [75, 75]
   np.testing.assert_array_equal(
       np.concatenate([h.labels for h in halves]), splits.test.labels)
   np.testing.assert_array_equal(halves[1].images[:2], splits.test.images[75:77])
   # A validation hold-out becomes fixed pairs of the held-out digits.
   config.validation_fraction = 0.1
-  splits = input_pipeline.load_splits(config, 0, 1)
+  splits = experiment.resolve(config).load_splits(0, 1)
   assert len(splits.validation) == 25 and splits.info.num_train == 231
 
 
@@ -267,7 +269,7 @@ def test_parameter_count():
 
 @pytest.fixture(name="trained_mm", scope="module")
 def fixture_trained_mm(idx_dir, tmp_path_factory):
-  from capsnet_jax.training import train  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("mm"))
   config = multimnist_config.get_config("smoke")
   config.idx_dir = str(idx_dir)
@@ -276,7 +278,7 @@ def fixture_trained_mm(idx_dir, tmp_path_factory):
   config.multimnist_test_pairs = 120
   config.eval_batch_size = 50  # 3 batches, the last one padded
   config.visualize_num_images = 4
-  results = train.train_and_evaluate(config, workdir)
+  results = loop.train_and_evaluate(config, workdir)
   return workdir, config, results
 
 
@@ -300,14 +302,14 @@ def test_train_and_evaluate(trained_mm):
 
 
 def test_eval_mode_and_tensorboard(trained_mm):
-  from capsnet_jax.training import train  # pylint: disable=g-import-not-at-top
-  from test_train import _scalar_tags  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import curves  # pylint: disable=g-import-not-at-top
   workdir, config, results = trained_mm
-  evaluated = train.evaluate_checkpoint(config, workdir)
+  evaluated = loop.evaluate_checkpoint(config, workdir)
   assert evaluated["test_accuracy"] == pytest.approx(results["test_accuracy"])
   assert evaluated["test_reconstruction_loss"] == pytest.approx(
       results["test_reconstruction_loss"], rel=1e-5)
-  tags = _scalar_tags(workdir)
+  tags = curves.from_events(workdir)
   for tag in ("train_accuracy", "train_reconstruction_loss", "test_accuracy",
               "test_partial_accuracy", "test_reconstruction_loss"):
     assert tag in tags, (tag, sorted(tags))
@@ -369,7 +371,7 @@ def test_predict_image_files(trained_mm, tmp_path):
   from capsnet_jax.data import multimnist as mm  # pylint: disable=g-import-not-at-top
   from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained_mm
-  splits = input_pipeline.load_splits(config, 0, 1)
+  splits = experiment.resolve(config).load_splits(0, 1)
   pair = splits.test.images[:1][0, ..., 0]  # uint8 36x36, light on dark
   # Saved dark on light at 72x72: predict inverts it and resizes to 36x36.
   Image.fromarray(255 - pair).resize((72, 72), Image.NEAREST).save(

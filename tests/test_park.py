@@ -1,19 +1,23 @@
 """capsnet_jax.workdir.park on a workdir of tiny checkpoints: what travels, the
-checksums, and the refusals that keep a newer run from being overwritten.
-(tests/test_reliability.py resumes a parked real run and compares it with
-an uninterrupted one.)"""
+checksums, the refusals that keep a newer run from being overwritten, the
+workdir's lock, symbolic links, and a new park on disk before the old one
+goes. (tests/test_reliability.py resumes a parked real run and compares it
+with an uninterrupted one.)"""
 
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from capsnet_jax import errors
+from capsnet_jax.errors import WorkdirError
 from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import history
+from capsnet_jax.workdir import lock
 from capsnet_jax.workdir import park
-from capsnet_jax.errors import WorkdirError
 from configs import default
 
 # As training writes it: primary_types holds the number (tiny: 4).
@@ -181,9 +185,106 @@ def test_restore_puts_the_checkpoint_in_last(tmp_path, monkeypatch, failing):
 def test_command_line_errors_are_one_line(tmp_path, capsys):
   (tmp_path / "empty").mkdir()
   assert park.main(["save", f"--workdir={tmp_path / 'empty'}",
-                    f"--to={tmp_path / 'p'}"]) == 1
+                    f"--to={tmp_path / 'p'}"]) == errors.EXIT_USER_ERROR == 2
   err = capsys.readouterr().err
   assert err.startswith("error: ") and "no finished checkpoint" in err
+  assert err.count("\n") == 1
   assert park.main(["restore", f"--from={tmp_path / 'empty'}",
-                    f"--workdir={tmp_path / 'w'}"]) == 1
+                    f"--workdir={tmp_path / 'w'}"]) == 2
   assert "holds no parked run" in capsys.readouterr().err
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+  return {os.path.relpath(os.path.join(d, n), folder):
+          open(os.path.join(d, n), "rb").read()  # pylint: disable=consider-using-with
+          for d, _, names in os.walk(folder) for n in names}
+
+
+def test_save_and_restore_refuse_a_workdir_in_use(tmp_path, capsys):
+  src = _workdir(tmp_path / "run")
+  held = lock.acquire(str(src), "training")
+  try:
+    with pytest.raises(WorkdirError, match=rf"in use by training \(pid "
+                       rf"{os.getpid()},"):
+      park.save(str(src), str(tmp_path / "parked"))
+    assert not (tmp_path / "parked").exists()
+    # --live parks a run that keeps training meanwhile.
+    assert park.main(["save", f"--workdir={src}", f"--to={tmp_path / 'parked'}",
+                      "--live"]) == 0
+  finally:
+    held.release()
+  dst = _workdir(tmp_path / "behind", steps=(5,), evaluated=(5,))
+  before = _snapshot(dst)
+  held = lock.acquire(str(dst), "training")
+  try:
+    assert park.main(["restore", f"--from={tmp_path / 'parked'}",
+                      f"--workdir={dst}"]) == 2
+    assert f"in use by training (pid {os.getpid()}," in capsys.readouterr().err
+    assert {k: v for k, v in _snapshot(dst).items()
+            if k != lock.LOCK_FILE} == before  # nothing restored
+  finally:
+    held.release()
+  assert park.restore(str(tmp_path / "parked"), str(dst))["step"] == 10
+  # A run started during a restore is refused: the lock is held meanwhile.
+  seen = []
+  real = park._copy_in  # pylint: disable=protected-access
+
+  def copy_in(src_file, workdir):
+    with pytest.raises(WorkdirError, match="in use by park restore"):
+      lock.acquire(workdir, "training")
+    seen.append(os.path.basename(src_file))
+    return real(src_file, workdir)
+  other = tmp_path / "other"
+  park._copy_in = copy_in  # pylint: disable=protected-access
+  try:
+    park.restore(str(tmp_path / "parked"), str(other))
+  finally:
+    park._copy_in = real  # pylint: disable=protected-access
+  assert "eval_history.jsonl" in seen
+  assert not (other / lock.LOCK_FILE).exists()
+
+
+def test_symbolic_links_are_refused(tmp_path):
+  src = _workdir(tmp_path / "run")
+  park.save(str(src), str(tmp_path / "parked"))
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "secret").write_text("not part of any run")
+  # A park with a linked folder: its content would be copied unchecked.
+  os.symlink(outside, tmp_path / "parked" / "checkpoints" / "10" / "more")
+  with pytest.raises(WorkdirError, match="holds a symbolic link, "
+                     "checkpoints/10/more: parks hold plain files"):
+    park.restore(str(tmp_path / "parked"), str(tmp_path / "moved"))
+  assert not (tmp_path / "moved").exists()
+  os.unlink(tmp_path / "parked" / "checkpoints" / "10" / "more")
+  # Nor does save copy a link inside a checkpoint, or park into a link.
+  os.symlink(outside, src / "checkpoints" / "10" / "more")
+  with pytest.raises(WorkdirError, match="checkpoint .* holds a symbolic "
+                     "link, more"):
+    park.save(str(src), str(tmp_path / "parked2"))
+  os.unlink(src / "checkpoints" / "10" / "more")
+  os.symlink(tmp_path / "parked", tmp_path / "link")
+  with pytest.raises(WorkdirError, match="is a symbolic link: park into a "
+                     "folder"):
+    park.save(str(src), str(tmp_path / "link"))
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".park")]
+
+
+def test_the_new_park_is_on_disk_before_the_old_one_goes(tmp_path,
+                                                         monkeypatch):
+  src = _workdir(tmp_path / "run")
+  park.save(str(src), str(tmp_path / "parked"))
+  events, fsync, rmtree = [], os.fsync, shutil.rmtree
+  monkeypatch.setattr(os, "fsync", lambda fd: (
+      events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), fsync(fd)))
+  monkeypatch.setattr(shutil, "rmtree", lambda p, *a, **k: (
+      events.append(("rmtree", str(p))), rmtree(p, *a, **k)))
+  meta = park.save(str(src), str(tmp_path / "parked"))
+  gone = next(i for i, (what, p) in enumerate(events)
+              if what == "rmtree" and ".park-old-" in p)
+  staging = {p for what, p in events[:gone] if what == "fsync"}
+  names = {os.path.basename(p) for p in staging}
+  # Every file of the new park (and its folders) was synced first.
+  assert {os.path.basename(n) for n in meta["files"]} | {
+      park.PARK_FILE, "checkpoints", "10"} <= names
+  assert any(p == str(tmp_path) for p in staging)  # the rename, too

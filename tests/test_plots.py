@@ -27,7 +27,8 @@ def test_plots_import_no_jax():
             "('jax', 'flax', 'optax') or m.startswith('capsnet_jax.')))")
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                        capture_output=True, text=True, timeout=120, check=True)
-  assert out.stdout.split("\n")[0] == "['capsnet_jax.analysis.plots']"
+  assert out.stdout.split("\n")[0] == (
+      "['capsnet_jax.analysis', 'capsnet_jax.analysis.plots']")
 
 
 def test_red_green():
@@ -75,11 +76,11 @@ def test_figures_are_pngs(tmp_path):
   strip = dict(angles=np.array([-30, 0, 30]), inputs=images[:3],
                reconstructions=images[:3], predictions=labels[:3],
                confidence=np.array([0.5, 0.9, 0.4]))
-  plots.plot_rotation(sweep, strip, NAMES, 1, tmp_path / "rot.png")
+  plots.plot_rotation_robustness(sweep, strip, NAMES, 1, tmp_path / "rot.png")
   # Without reconstructions (bundled weights): the inputs row alone, shorter.
   no_recon = {k: v for k, v in strip.items() if k != "reconstructions"}
-  plots.plot_rotation(sweep, no_recon, NAMES, 1, tmp_path / "rot2.png",
-                      trained_rotation=29)
+  plots.plot_rotation_robustness(sweep, no_recon, NAMES, 1,
+                                 tmp_path / "rot2.png", trained_rotation=29)
   plots.save_rotation_gif(no_recon, tmp_path / "rot2.gif")
   with Image.open(tmp_path / "rot2.gif") as im:  # the input alone, 4x
     assert im.size == (4 * 28, 4 * 28) and im.n_frames == 3

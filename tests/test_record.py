@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from capsnet_jax import experiment
 from capsnet_jax.workdir import record
 from capsnet_jax.errors import WorkdirError
 from configs import default
@@ -16,27 +17,37 @@ def _config(**overrides):
   return config
 
 
+def _identity(**overrides):
+  """The identity fields of the default config with ``overrides``."""
+  return experiment.resolve(_config(**overrides)).identity()
+
+
+def _prepare(workdir, **overrides):
+  exp = experiment.resolve(_config(**overrides))
+  record.prepare(workdir, exp.identity(), exp.record())
+
+
 def test_prepare_records_the_config_with_primary_types_resolved(tmp_path):
-  record.prepare(str(tmp_path), _config(model="tiny", learning_rate=0.01))
+  _prepare(str(tmp_path), model="tiny", learning_rate=0.01)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"] == "tiny" and saved["learning_rate"] == 0.01
   assert saved["primary_types"] == 4  # 0 in the config: the tiny model's own
   assert sorted(os.listdir(tmp_path)) == ["config.json"]  # no temporary left
   # The same model with its 4 types given explicitly is the same run.
-  record.check_compatible(str(tmp_path), _config(model="tiny",
+  record.check_compatible(str(tmp_path), _identity(model="tiny",
                                                    primary_types=4))
   with pytest.raises(WorkdirError, match="primary_types: 4 there, 8 now"):
-    record.check_compatible(str(tmp_path), _config(model="tiny",
+    record.check_compatible(str(tmp_path), _identity(model="tiny",
                                                      primary_types=8))
 
 
 def test_check_compatible_names_each_differing_field(tmp_path):
-  record.prepare(str(tmp_path), _config())
+  _prepare(str(tmp_path))
   # Training-only fields may change.
-  record.check_compatible(str(tmp_path), _config(
+  record.check_compatible(str(tmp_path), _identity(
       learning_rate=0.1, num_train_steps=7, batch_size=16, seed=3))
   with pytest.raises(WorkdirError) as e:
-    record.check_compatible(str(tmp_path), _config(
+    record.check_compatible(str(tmp_path), _identity(
         decoder="deconv", batch_norm=True, routing_iterations=2))
   message = str(e.value)
   assert message.startswith(f"workdir {str(tmp_path)!r} holds a run of a "
@@ -55,24 +66,31 @@ def test_check_compatible_names_each_differing_field(tmp_path):
                        ("validation_fraction", 0.2), ("conv_padding", "same"),
                        ("primary_types", 16)):
     with pytest.raises(WorkdirError, match=f"{field}: "):
-      record.check_compatible(str(tmp_path), _config(**{field: value}))
+      record.check_compatible(str(tmp_path), _identity(**{field: value}))
 
 
 def test_primary_types_zero_matches_a_recorded_32(tmp_path):
   """Records of runs before primary_types=0 existed hold 32 for capsnet."""
-  record = _config().to_dict()
-  record["primary_types"] = 32
-  (tmp_path / "config.json").write_text(json.dumps(record))
-  record.check_compatible(str(tmp_path), _config(primary_types=0))
-  record.check_compatible(str(tmp_path), _config(primary_types=32))
+  saved = experiment.resolve(_config()).record()
+  saved["primary_types"] = 32
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  record.check_compatible(str(tmp_path), _identity(primary_types=0))
+  record.check_compatible(str(tmp_path), _identity(primary_types=32))
   with pytest.raises(WorkdirError, match="primary_types: 32 there, 4 now"):
-    record.check_compatible(str(tmp_path), _config(model="tiny"))
+    record.check_compatible(str(tmp_path), _identity(model="tiny"))
 
 
 def test_fields_missing_from_an_old_record_are_not_compared(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"dataset": "mnist"}))
-  record.check_compatible(str(tmp_path), _config(conv_padding="same"))
-  record.check_compatible(str(tmp_path / "new"), _config())  # no record
+  # Fields added later are read as what runs used before they existed
+  # (record.LEGACY_FIELDS): primary capsules grouped as in the paper, votes
+  # not scaled. Others the old record lacks (conv_padding) are not compared.
+  record.check_compatible(str(tmp_path), _identity(
+      conv_padding="same", primary_grouping="paper", primary_vote_scale="none"))
+  with pytest.raises(WorkdirError,
+                     match="primary_grouping: 'paper' there, 'reference' now"):
+    record.check_compatible(str(tmp_path), _identity())
+  record.check_compatible(str(tmp_path / "new"), _identity())  # no record
 
 
 def test_results_round_trip_and_unwritable_workdir(tmp_path):
@@ -91,12 +109,12 @@ def test_results_round_trip_and_unwritable_workdir(tmp_path):
 def test_primary_types_is_not_compared_for_models_without_it(tmp_path):
   """Efficient-CapsNet has no primary_types: a record from before
   primary_types=0 (32) resumes, and the new record keeps the config's 0."""
-  record = _config(model="efficient_capsnet").to_dict()
-  record["primary_types"] = 32
-  (tmp_path / "config.json").write_text(json.dumps(record))
-  record.check_compatible(str(tmp_path), _config(model="efficient_capsnet"))
+  saved = experiment.resolve(_config(model="efficient_capsnet")).record()
+  saved["primary_types"] = 32
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  record.check_compatible(str(tmp_path), _identity(model="efficient_capsnet"))
   fresh = tmp_path / "fresh"
-  record.prepare(str(fresh), _config(model="efficient_capsnet"))
+  _prepare(str(fresh), model="efficient_capsnet")
   assert json.loads((fresh / "config.json").read_text())["primary_types"] == 0
   with pytest.raises(WorkdirError, match="model: 'efficient_capsnet' there"):
-    record.check_compatible(str(tmp_path), _config(primary_types=32))
+    record.check_compatible(str(tmp_path), _identity(primary_types=32))

@@ -1,46 +1,109 @@
-"""Reliability through the command line: SIGKILL and resume, preemption,
-the non-finite guard, half-written checkpoints, and a clear error (exit
-status, message, no traceback, nothing written) for every bad input."""
+"""Reliability: SIGKILL and resume, preemption (SIGTERM, SIGINT), the
+non-finite guard, half-written checkpoints, and a clear error for each bad
+input, which writes nothing.
 
-import json
+The signals are sent by the training process itself at a chosen step (a
+sitecustomize hook on the data iterator), not by a timer: the step each
+test sees is the one it asks for. What the command line does (exit
+statuses, the one-line "error: ..." of errors.UserError) goes through
+main.py; the rest runs in this process on the tiny model's compiled steps.
+The damaged IDX files of each kind: test_idx.py; every rule of
+validate_config: test_validation.py.
+"""
+
+import logging
 import os
 import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
+from capsnet_jax import cli
+from capsnet_jax import errors
+from capsnet_jax import experiment
+from capsnet_jax.data import input_pipeline
+from capsnet_jax.training import loop
+from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.training import state as state_lib
 from capsnet_jax.workdir import checkpoints
-from capsnet_jax.workdir import park
-from capsnet_jax.training import train
-from conftest import make_idx_dir, subprocess_env, write_idx
-from configs import default
+from capsnet_jax.workdir import history
+import conftest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Put first on a main.py subprocess's PYTHONPATH as sitecustomize.py (which
+# Python imports at start-up): the process sends itself signal NAME when
+# its training loop fetches the batch of step STEP (0-based: STEP steps
+# are done), from CAPSNET_TEST_SIGNAL=NAME@STEP.
+_SIGNAL_HOOK = """
+import os, signal
+from capsnet_jax.data import input_pipeline
+_NAME, _STEP = os.environ["CAPSNET_TEST_SIGNAL"].split("@")
+_train_batches = input_pipeline.train_batches
+
+def train_batches(split, batch_size, seed, start_step=0, *args, **kwargs):
+  batches = _train_batches(split, batch_size, seed, start_step, *args, **kwargs)
+  for step, batch in enumerate(batches, start_step):
+    if step == int(_STEP):
+      os.kill(os.getpid(), getattr(signal, _NAME))
+    yield batch
+
+input_pipeline.train_batches = train_batches
+"""
 
 
-def _env(devices: int = 1) -> dict[str, str]:
-  return subprocess_env(devices=devices)
+def _run_signalled(tmp_path, idx_dir, workdir, sig: signal.Signals, step: int,
+                   expect: int, *extra: str):
+  """main.py on the tiny model, sending itself ``sig`` at ``step``."""
+  hook = tmp_path / "hook"
+  hook.mkdir(exist_ok=True)
+  (hook / "sitecustomize.py").write_text(_SIGNAL_HOOK)
+  env = conftest.subprocess_env(devices=1,
+                                pythonpath=f"{hook}{os.pathsep}{conftest.ROOT}")
+  # No restart for huge pages (hostmem): start-up once, with the hook.
+  env.update(CAPSNET_TEST_SIGNAL=f"{sig.name}@{step}",
+             CAPSNET_JAX_HUGE_PAGES="0")
+  return conftest.run_main(*conftest.tiny_args(idx_dir, workdir, *extra),
+                           expect=expect, env=env)
 
 
-def _args(idx_dir, workdir, *extra):
-  return [sys.executable, str(ROOT / "main.py"), "--config=configs/mnist.py",
-          f"--workdir={workdir}", "--config.model=tiny",
-          f"--config.idx_dir={idx_dir}", "--config.batch_size=16",
-          "--config.num_summary_images=2", *extra]
+def _restore(workdir, config) -> state_lib.TrainState:
+  """The latest checkpoint of ``workdir`` in the state's structure."""
+  exp = experiment.resolve(config)
+  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
+  try:
+    return ckpt.restore(state_lib.abstract(exp, mesh_lib.make_mesh()))
+  finally:
+    ckpt.close()
 
 
-def _run(args, devices: int = 1, timeout: int = 600):
-  return subprocess.run(args, env=_env(devices), cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+def _assert_states_equal(a, b) -> None:
+  """The whole TrainState (step, params, opt_state, batch_stats), bit for
+  bit: CPU XLA is deterministic, so a resumed run must match exactly."""
+  for tree in ("step", "params", "opt_state", "batch_stats"):
+    x, y = getattr(a, tree), getattr(b, tree)
+    assert jax.tree.structure(x) == jax.tree.structure(y), tree
+    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)
+
+
+def _assert_resumed_equals_tiny_run(workdir, tiny_run, results) -> None:
+  """``workdir``'s run, resumed to step 8, ends where the uninterrupted
+  tiny_run does: the same state, metrics and history."""
+  _assert_states_equal(_restore(workdir, tiny_run.config),
+                       _restore(tiny_run.workdir, tiny_run.config))
+  for key in ("step", "test_accuracy", "test_margin_loss",
+              "test_reconstruction_loss", "best_test_accuracy", "best_step",
+              "num_evaluations"):
+    assert results[key] == tiny_run.results[key], key
+  ours, theirs = history.read(str(workdir)), history.read(str(tiny_run.workdir))
+  assert [(r["step"], r["test_margin_loss"]) for r in ours] == [
+      (r["step"], r["test_margin_loss"]) for r in theirs]
 
 
 def _snapshot(path) -> dict[str, tuple[int, int]] | None:
-  """{relative path: (size, mtime_ns)} of every file under path; None if absent."""
+  """{relative path: (size, mtime_ns)} of everything under path; None if
+  it does not exist."""
   path = pathlib.Path(path)
   if not path.exists():
     return None
@@ -48,206 +111,179 @@ def _snapshot(path) -> dict[str, tuple[int, int]] | None:
           for p in path.rglob("*")}
 
 
-def _params(workdir):
-  config = default.get_config()
-  config.model = "tiny"
-  from capsnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  info = input_pipeline.dataset_info("mnist")
-  _, state = train.setup_model_and_state(config, info, train.make_mesh())
-  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
-  state = ckpt.restore(state)
-  ckpt.close()
-  return state
+def _resumed_from(caplog) -> list[str]:
+  return [r.getMessage() for r in caplog.records
+          if r.getMessage().startswith("Resumed from the checkpoint")]
 
 
-def _steps(workdir) -> list[int]:
-  d = pathlib.Path(checkpoints.checkpoint_dir(str(workdir)))
-  if not d.is_dir():
-    return []
-  return sorted(int(p.name) for p in d.iterdir()
-                if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+def test_sigkill_then_resume_equals_uninterrupted(idx_dir, tiny_run, tmp_path,
+                                                  caplog):
+  killed = tmp_path / "killed"
+  # Killed while fetching step 5's batch, checkpoints every 2 steps: the
+  # one of step 4 may still be on its way to the disk (orbax writes into a
+  # temporary folder and renames it when complete), the one of step 2 is
+  # complete.
+  _run_signalled(tmp_path, idx_dir, killed, signal.SIGKILL, 5,
+                 -signal.SIGKILL, "--config.checkpoint_every_steps=2")
+  at_kill = checkpoints.latest_step(str(killed))
+  assert at_kill in (2, 4)
+  assert not (killed / "results.json").exists()
+  # The same command again, here in this process: it resumes there and
+  # ends as the uninterrupted run does.
+  config = conftest.tiny_config(idx_dir, checkpoint_every_steps=2)
+  with caplog.at_level(logging.INFO):
+    results = loop.train_and_evaluate(config, str(killed))
+  assert _resumed_from(caplog) == [
+      f"Resumed from the checkpoint at step {at_kill}"]
+  _assert_resumed_equals_tiny_run(killed, tiny_run, results)
 
 
-def _start_and_wait(args, workdir, min_step: int, timeout: float = 300):
-  """Starts main.py and returns it once a checkpoint >= min_step exists."""
-  proc = subprocess.Popen(args, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if any(s >= min_step for s in _steps(workdir)):
-      return proc
-    if proc.poll() is not None:
-      raise AssertionError("finished before the signal:\n" + proc.stderr.read()[-3000:])
-    time.sleep(0.2)
-  proc.kill()
-  raise AssertionError("no checkpoint in time")
-
-
-LONG = ("--config.num_train_steps=120", "--config.checkpoint_every_steps=5",
-        "--config.log_every_steps=5", "--config.eval_every_steps=60")
-
-
-def test_sigkill_then_resume_equals_uninterrupted_run(idx_dir, tmp_path):
-  killed, straight = tmp_path / "killed", tmp_path / "straight"
-  proc = _start_and_wait(_args(idx_dir, killed, *LONG), killed, min_step=10)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  assert proc.returncode == -signal.SIGKILL
-  at_kill = max(_steps(killed))
-  assert at_kill < 120
-  # The same run parked and brought back in another workdir (as on another
-  # machine) resumes to the same parameters too.
-  moved = tmp_path / "moved"
-  assert park.save(str(killed), str(tmp_path / "parked"))["step"] == at_kill
-  park.restore(str(tmp_path / "parked"), str(moved))
-  resumed = _run(_args(idx_dir, moved, *LONG))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert f"Resumed from the checkpoint at step {at_kill}" in resumed.stderr
-  resumed = _run(_args(idx_dir, killed, *LONG))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resumed from the checkpoint at step" in resumed.stderr
-  full = _run(_args(idx_dir, straight, *LONG))
-  assert full.returncode == 0, full.stderr[-3000:]
-  b = _params(straight)
-  for a in (_params(killed), _params(moved)):
-    assert int(a.step) == int(b.step) == 120
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5,
-                                 atol=1e-6)
-  with open(killed / "results.json") as f:
-    assert json.load(f)["step"] == 120
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_preemption_saves_and_exits_cleanly(idx_dir, tmp_path, sig):
+def test_sigterm_saves_and_exits_cleanly_then_resumes(idx_dir, tiny_run,
+                                                      tmp_path):
   workdir = tmp_path / "w"
-  args = _args(idx_dir, workdir, "--config.num_train_steps=100000",
-               "--config.checkpoint_every_steps=5", "--config.log_every_steps=5",
-               "--config.eval_every_steps=100000")
-  proc = _start_and_wait(args, workdir, min_step=5)
-  proc.send_signal(sig)
-  _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 0, stderr[-3000:]
-  assert "Traceback" not in stderr
-  assert f"Received {sig.name}: saved a checkpoint at step" in stderr
-  step = int(stderr.split("saved a checkpoint at step ")[1].split(";")[0])
-  assert max(_steps(workdir)) == step >= 5
-  assert int(_params(workdir).step) == step
-
-
-def test_non_finite_loss_stops_with_last_good_checkpoint(idx_dir, tmp_path):
-  workdir = tmp_path / "w"
-  out = _run(_args(idx_dir, workdir, "--config.num_train_steps=30",
-                   "--config.inject_nan_at_step=7",
-                   "--config.checkpoint_every_steps=2",
-                   "--config.log_every_steps=4"))
-  assert out.returncode == 1
-  assert "error: non-finite loss (nan) at step 7" in out.stderr
+  # SIGTERM while step 6's batch is fetched (no checkpoint is due then:
+  # every 7 steps, at each evaluation): the step finishes, the loop saves
+  # it and main.py exits with status 0.
+  out = _run_signalled(tmp_path, idx_dir, workdir, signal.SIGTERM, 5, 0)
+  assert ("Received SIGTERM: saved a checkpoint at step 6; rerun the same "
+          "command to resume.") in out.stderr
   assert "Traceback" not in out.stderr
-  assert _steps(workdir) == [2, 4, 6]  # keep_checkpoints=3, none after step 7
-  state = _params(workdir)
-  assert int(state.step) == 6
-  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  assert checkpoints.latest_step(str(workdir)) == 6
   assert not (workdir / "results.json").exists()
+  assert history.read(str(workdir)) == []  # the first evaluation is at 7
+  results = loop.train_and_evaluate(tiny_run.config, str(workdir))
+  _assert_resumed_equals_tiny_run(workdir, tiny_run, results)
 
 
-def test_half_written_checkpoint_is_ignored(idx_dir, tmp_path):
-  workdir = tmp_path / "w"
-  out = _run(_args(idx_dir, workdir, "--config.num_train_steps=4",
-                   "--config.checkpoint_every_steps=2"))
-  assert out.returncode == 0, out.stderr[-3000:]
-  ckpt_dir = pathlib.Path(checkpoints.checkpoint_dir(str(workdir)))
-  # What a save killed midway leaves: orbax writes into a temporary
-  # directory and renames it only when complete.
-  partial = ckpt_dir / "6.orbax-checkpoint-tmp-1234567890"
-  (partial / "default").mkdir(parents=True)
-  (partial / "default" / "garbage").write_bytes(b"\0" * 100)
-  manager = checkpoints.Checkpointer(str(workdir), create=False)
-  assert manager.latest_step() == 4
-  manager.close()
-  assert int(_params(workdir).step) == 4
-  resumed = _run(_args(idx_dir, workdir, "--config.num_train_steps=6",
-                       "--config.checkpoint_every_steps=2"))
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "Resumed from the checkpoint at step 4" in resumed.stderr
+def test_sigint_saves_and_returns(idx_dir, tmp_path, monkeypatch):
+  """SIGINT (Ctrl-C) as SIGTERM, here in this process."""
+  real = input_pipeline.train_batches
+
+  def batches(split, batch_size, seed, start_step, *args):
+    for step, batch in enumerate(real(split, batch_size, seed, start_step,
+                                      *args), start_step):
+      if step == 2:
+        # Never Ctrl-C pytest itself: only under the loop's handler.
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+          raise AssertionError("the training loop has no SIGINT handler")
+        signal.raise_signal(signal.SIGINT)
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "train_batches", batches)
+  results = loop.train_and_evaluate(conftest.tiny_config(idx_dir),
+                                    str(tmp_path))
+  assert results == {"step": 3, "preempted": True}
+  assert checkpoints.latest_step(str(tmp_path)) == 3
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_workdir_of_another_config_is_refused(idx_dir, tmp_path):
-  workdir = tmp_path / "w"
-  out = _run(_args(idx_dir, workdir, "--config.num_train_steps=2"))
-  assert out.returncode == 0, out.stderr[-3000:]
+def test_non_finite_loss_stops_with_the_last_good_checkpoint(idx_dir,
+                                                             tmp_path):
+  # The loss is NaN at step 5 (the sixth); checkpoints every 2 steps.
+  config = conftest.tiny_config(idx_dir, inject_nan_at_step=5,
+                                checkpoint_every_steps=2)
+  with pytest.raises(errors.NonFiniteLossError,
+                     match=r"^non-finite loss \(nan\) at step 5; training "
+                     "stopped and the last checkpoint was left intact"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  # The checkpoint due after the bad step (6) was never written.
+  ckpt = checkpoints.Checkpointer(str(tmp_path), create=False)
+  assert ckpt.all_steps() == [2, 4]
+  ckpt.close()
+  state = _restore(tmp_path, config)
+  assert int(state.step) == 4
+  for leaf in jax.tree.leaves((state.params, state.opt_state)):
+    assert np.all(np.isfinite(leaf))
+  assert not (tmp_path / "results.json").exists()
+  assert history.read(str(tmp_path)) == []
+
+
+def test_half_written_checkpoint_is_ignored(idx_dir, tiny_run, tmp_path,
+                                            caplog):
+  workdir = tiny_run.copy(tmp_path / "w")  # checkpoints of steps 7 and 8
+  # What a save killed midway leaves: orbax writes into a temporary folder
+  # and renames it only when complete.
+  partial = (workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1234567890" /
+             "default")
+  partial.mkdir(parents=True)
+  (partial / "garbage").write_bytes(b"\0" * 100)
+  assert checkpoints.latest_step(str(workdir)) == 8
+  with caplog.at_level(logging.INFO):
+    results = loop.train_and_evaluate(
+        conftest.tiny_config(idx_dir, num_train_steps=10), str(workdir))
+  assert _resumed_from(caplog) == ["Resumed from the checkpoint at step 8"]
+  assert results["step"] == 10
+  assert [r["step"] for r in history.read(str(workdir))] == [7, 8, 10]
+
+
+def test_workdir_of_another_config_is_refused(idx_dir, tiny_run, tmp_path):
+  workdir = tiny_run.copy(tmp_path / "w")
   before = _snapshot(workdir)
-  out = _run(_args(idx_dir, workdir, "--config.num_train_steps=4",
-                   "--config.decoder=deconv"))
-  assert out.returncode == 1
-  assert "holds a run of a different configuration" in out.stderr
-  assert "decoder: 'fc' there, 'deconv' now" in out.stderr
-  assert "delete this one to start fresh" in out.stderr
-  assert "Traceback" not in out.stderr
+  with pytest.raises(errors.WorkdirError) as e:
+    loop.train_and_evaluate(conftest.tiny_config(idx_dir, decoder="deconv"),
+                            str(workdir))
+  assert str(e.value) == (
+      f"workdir {str(workdir)!r} holds a run of a different configuration "
+      "(decoder: 'fc' there, 'deconv' now). Use another --workdir, or "
+      "delete this one to start fresh.")
   assert _snapshot(workdir) == before
 
 
-def _damaged_idx(tmp_path, damage):
-  d = make_idx_dir(tmp_path / "idx", n_train=16, n_test=8)
-  if damage == "missing_file":
-    (d / "train-labels-idx1-ubyte.gz").unlink()
-  elif damage == "magic":
-    (d / "train-images-idx3-ubyte.gz").unlink()
-    write_idx(d / "train-images-idx3-ubyte", np.zeros((16, 28, 28)), compress=False)
-    data = bytearray((d / "train-images-idx3-ubyte").read_bytes())
-    data[3] = 0x02
-    (d / "train-images-idx3-ubyte").write_bytes(bytes(data))
-  elif damage == "truncated":
-    (d / "t10k-images-idx3-ubyte.gz").unlink()
-    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((8, 28, 28)), compress=False)
-    data = (d / "t10k-images-idx3-ubyte").read_bytes()
-    (d / "t10k-images-idx3-ubyte").write_bytes(data[:-100])
-  elif damage == "count":
-    write_idx(d / "train-labels-idx1-ubyte", np.zeros(15))
-  elif damage == "size":
-    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((8, 32, 32)))
-  return d
-
-
-# (config overrides, expected message, idx damage, devices). Each rule of
-# validate_config and its message is tested in process by test_validation;
-# "dataset" and "devices" show such an error through the command line.
-BAD_INPUTS = {
-    "dataset": (["--config.dataset=mnits"], "Unknown dataset 'mnits'; valid: mnist, smallnorb, cifar10", None, 1),
-    "mode": (["--mode=trian"], "error: flag --mode=trian: value should be one of", None, 1),
-    "unknown_field": (["--config.FOO=1"], "error: unknown config field FOO", None, 1),
-    "field_type": (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal", None, 1),
-    "variant": (["--config=configs/mnist.py:bogus"], "Unknown configs/mnist.py variant 'bogus'; valid: paper", None, 1),
-    "batch_too_large": (["--config.batch_size=512"], "batch_size=512 is larger than the 256 training examples", None, 1),
-    "devices": (["--config.batch_size=3"], "batch_size=3 is not divisible by the 2 devices", None, 2),
-    "missing_file": ([], "has no train-labels-idx1-ubyte or train-labels-idx1-ubyte.gz", "missing_file", 1),
-    "magic": ([], "has magic number 0x00000802; expected 0x00000803", "magic", 1),
-    "truncated": ([], "truncated or corrupt", "truncated", 1),
-    "count": ([], "holds 16 images but", "count", 1),
-    "size": ([], "holds 32x32 images; MNIST needs 28x28", "size", 1),
-    "eval_no_checkpoint": (["--mode=eval"], "no checkpoint in", None, 1),
-    "visualize_no_checkpoint": (["--mode=visualize"], "no checkpoint in", None, 1),
+# main.py's own errors: flags, config files and a UserError of the run
+# (errors.EXIT_USER_ERROR, one line, nothing written). (extra flags, the
+# message's start.)
+CLI_ERRORS = {
+    "mode": (["--mode=trian"], "error: flag --mode=trian: value should be "
+             "one of <train|eval|summary|visualize|ensemble|predict"),
+    "unknown_field": (["--config.FOO=1"], "error: unknown config field FOO"),
+    "field_type": (["--config.batch_size=abc"],
+                   "error: flag --config.batch_size=abc: invalid literal"),
+    "variant": (["--config=configs/mnist.py:bogus"],
+                "error: flag --config=configs/mnist.py:bogus: Error whilst "
+                "parsing config file: ValueError: Unknown configs/mnist.py "
+                "variant 'bogus'; valid: paper (the default), reference, "
+                "smoke"),
+    "dataset": (["--config.dataset=mnits"],
+                "error: Unknown dataset 'mnits'; valid: mnist, smallnorb, "
+                "cifar10, multimnist"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_a_clear_error_that_writes_nothing(idx_dir, tmp_path, case):
-  overrides, message, damage, devices = BAD_INPUTS[case]
-  data = _damaged_idx(tmp_path, damage) if damage else idx_dir
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_main_reports_a_user_error_in_one_line(idx_dir, tmp_path, case):
+  extra, message = CLI_ERRORS[case]
   workdir = tmp_path / "w"
-  if case.endswith("no_checkpoint"):
-    workdir.mkdir()  # an existing workdir without a run
-  before = _snapshot(workdir)
-  out = _run(_args(data, workdir, "--config.num_train_steps=2", *overrides),
-             devices=devices)
-  assert out.returncode != 0
-  assert message in out.stderr, out.stderr[-2000:]
+  out = conftest.run_main(*conftest.tiny_args(idx_dir, workdir, *extra),
+                          expect=errors.EXIT_USER_ERROR)
+  lines = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and lines[0].startswith(message), out.stderr[-2000:]
   assert "Traceback" not in out.stderr
-  assert _snapshot(workdir) == before
+  assert not workdir.exists()
+
+
+def test_batch_larger_than_the_data_writes_nothing(idx_dir, tmp_path):
+  workdir = tmp_path / "w"
+  with pytest.raises(errors.ConfigError,
+                     match="^batch_size=512 is larger than the 231 training "
+                     "examples$"):
+    loop.train_and_evaluate(conftest.tiny_config(idx_dir, batch_size=512),
+                            str(workdir))
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("mode", ["eval", "visualize"])
+def test_a_workdir_without_a_checkpoint(idx_dir, tmp_path, mode):
+  workdir = tmp_path / "w"
+  workdir.mkdir()  # an existing workdir without a run
+  with pytest.raises(errors.WorkdirError,
+                     match=f"^no checkpoint in {str(workdir)!r}: train "
+                     "first"):
+    cli.run(mode, conftest.tiny_config(idx_dir), str(workdir))
+  assert _snapshot(workdir) == {}
 
 
 def test_unwritable_workdir(idx_dir, tmp_path):
-  if os.geteuid() == 0:  # root writes anywhere: make the path impossible instead
+  if os.geteuid() == 0:  # root writes anywhere: make the path impossible
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     workdir = blocker / "w"
@@ -255,8 +291,7 @@ def test_unwritable_workdir(idx_dir, tmp_path):
     parent = tmp_path / "ro"
     parent.mkdir(mode=0o500)
     workdir = parent / "w"
-  out = _run(_args(idx_dir, workdir, "--config.num_train_steps=2"))
-  assert out.returncode == 1
-  assert f"workdir {str(workdir)!r} is not writable" in out.stderr
-  assert "Traceback" not in out.stderr
+  with pytest.raises(errors.WorkdirError,
+                     match=f"^workdir {str(workdir)!r} cannot be created "):
+    loop.train_and_evaluate(conftest.tiny_config(idx_dir), str(workdir))
   assert not workdir.exists()

@@ -1,11 +1,14 @@
-"""Tables and curves generated from evaluation histories."""
+"""capsnet_jax.analysis.report: tables and curves generated from evaluation
+histories and visualize summaries, README blocks, exit statuses (0; 1 for a
+stale README block; 2 for a user's error, one line)."""
 
 import json
-import os
 
 import pytest
 
+from capsnet_jax import errors
 from capsnet_jax.analysis import report
+from conftest import ROOT
 
 
 def _workdir(path, records):
@@ -72,7 +75,7 @@ def test_agreement_table_finds_the_first_difference(runs, tmp_path):
                      "test_margin_loss 0.02 vs 0.03 | 0.25 points |")
   assert rows[4] == ("| b | 1 (epoch 1) | 0 of 1 | epoch 1: test_accuracy "
                      "0.98 vs 0.97 | 1.00 points |")
-  with pytest.raises(report.WorkdirError, match="two or more runs"):
+  with pytest.raises(errors.WorkdirError, match="two or more runs"):
     report.agreement_table({"a": a})
 
 
@@ -89,15 +92,16 @@ def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
   assert readme.read_text() == text
   assert report.main([f"--check={readme}"]) == 0
   readme.write_text(text.replace("99.50% (2)", "99.60% (2)"))  # edited by hand
+  capsys.readouterr()
   assert report.main([f"--check={readme}"]) == 1
-  assert "stale report block" in capsys.readouterr().err
+  assert capsys.readouterr().err == (
+      f"stale report block in {readme}: --table=summary fc=a\n")
 
 
 def test_readme_tables_match_the_committed_histories():
   """Every generated table of README.md is what its ARGS give from the files
   committed under docs/ (no table edited by hand, none left stale)."""
-  readme = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
-  assert report.stale_blocks(readme) == []
+  assert report.stale_blocks(str(ROOT / "README.md")) == []
 
 
 def test_curves_png_and_errors(runs, tmp_path, capsys):
@@ -105,8 +109,13 @@ def test_curves_png_and_errors(runs, tmp_path, capsys):
   out = tmp_path / "c.png"
   assert report.main([f"x={a}", f"y={b}", f"--curves={out}"]) == 0
   assert out.stat().st_size > 1000
-  assert report.main([str(tmp_path / "missing")]) == 1
-  assert "no evaluation history" in capsys.readouterr().err
+  capsys.readouterr()
+  missing = tmp_path / "missing"
+  assert report.main([str(missing)]) == errors.EXIT_USER_ERROR == 2
+  assert capsys.readouterr().err == (
+      f"error: no evaluation history in {missing} (eval_history.jsonl)\n")
+  assert report.main([]) == 2
+  assert capsys.readouterr().err == "error: give workdirs or --update=FILE\n"
 
 
 def _visualize_summary(path, step, accuracies, examples=2000):
@@ -145,11 +154,15 @@ def test_rotation_table_and_curves(tmp_path, capsys):
 
 
 def test_rotation_errors(tmp_path, capsys):
-  assert report.main(["--table=rotation", str(tmp_path)]) == 1
-  assert "no visualize summary.json" in capsys.readouterr().err
+  assert report.main(["--table=rotation", str(tmp_path)]) == 2
+  assert capsys.readouterr().err == (
+      f"error: no visualize summary.json at {tmp_path} (run "
+      "--mode=visualize)\n")
   (tmp_path / "summary.json").write_text(json.dumps({"checkpoint_step": 1}))
-  assert report.main(["--table=rotation", str(tmp_path)]) == 1
-  assert "has no rotation sweep" in capsys.readouterr().err
+  assert report.main(["--table=rotation", str(tmp_path)]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {tmp_path / 'summary.json'} has no rotation sweep "
+      "(rotation_accuracy)\n")
 
 
 def test_plateau_table_spreads_over_the_floor(tmp_path, capsys):
@@ -170,9 +183,11 @@ def test_plateau_table_spreads_over_the_floor(tmp_path, capsys):
   assert capsys.readouterr().out.splitlines()[2] == (
       "| r | 2-6 | 5 | 0.0001-0.0002 | 99.60% / 99.67% / 99.75% | 0.051 points "
       "| 99.75% (2) | 0.0200-0.0600 | 15.00 / 5.00 |")
-  assert report.main(["--table=plateau", "--from_epoch=7", f"r={run}"]) == 1
-  assert "no evaluation from epoch 7 on" in capsys.readouterr().err
+  assert report.main(["--table=plateau", "--from_epoch=7", f"r={run}"]) == 2
+  assert capsys.readouterr().err == (
+      f"error: {run} has no evaluation from epoch 7 on\n")
   bare = _workdir(tmp_path / "bare", [
       {k: v for k, v in r.items() if k != "learning_rate"} for r in records])
-  assert report.main(["--table=plateau", bare]) == 1
-  assert "records no learning rate" in capsys.readouterr().err
+  assert report.main(["--table=plateau", bare]) == 2
+  assert capsys.readouterr().err == (
+      "error: the history records no learning rate: give --from_epoch\n")

@@ -40,9 +40,12 @@ def test_defaults_and_every_mode_are_valid(tmp_path):
     ("data_setup", "papers", "reference, paper, efficient"),
     ("model", "caps", "capsnet, tiny, efficient_capsnet, efficient_tiny"),
     ("decoder", "conv", "fc, deconv"),
-    ("init", "glorot", "default, reference"),
+    ("init", "glorot", "auto, default, reference, authors"),
+    ("primary_grouping", "rows", "auto, paper, reference"),
+    ("primary_vote_scale", "half", "auto, none, authors"),
+    ("margin_reduction", "max", "auto, sum, authors"),
     ("conv_impl", "fft", "auto, xla, patches, rows, dft"),
-    ("compute_dtype", "float16", "float32, bfloat16, auto"),
+    ("compute_dtype", "float16", "float32, tf32, bfloat16, auto"),
     ("lr_schedule", "cosine", "auto, constant, exponential, staircase"),
     ("conv_padding", "full", "valid, same"),
 ])
@@ -54,7 +57,7 @@ def test_unknown_names_list_the_valid_ones(field, value, valid):
 def test_unknown_mode():
   assert _message(mode="trian") == (
       "Unknown mode 'trian'; valid: train, eval, summary, visualize, "
-      "ensemble, predict")
+      "ensemble, predict, explore")
 
 
 # Float fields hold floats: ConfigDict turns 0 into 0.0.
@@ -70,7 +73,7 @@ def test_positive_fields(field, zero, negative):
 @pytest.mark.parametrize("field,negative", [
     ("primary_types", "-1"), ("alpha", "-1.0"), ("eval_batch_size", "-1"),
     ("eval_every_steps", "-1"), ("checkpoint_every_steps", "-1"),
-    ("lr_decay_steps", "-1"), ("lr_min", "-1.0")])
+    ("lr_decay_steps", "-1")])
 def test_non_negative_fields(field, negative):
   assert _message(**{field: -1}) == f"{field} must be >= 0, got {negative}"
 

@@ -31,6 +31,7 @@ from scipy import ndimage
 from capsnet_jax.model import conv
 from capsnet_jax.model import decoders
 from capsnet_jax.inference import trained
+from capsnet_jax.workdir import files
 
 PERTURBATION_OFFSETS = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0  # 11 values
 PRIMARY_KEYS = ("primary_caps", "coupling", "predictions")
@@ -238,21 +239,40 @@ def train_primary_decoder(model: trained.TrainedModel, images: np.ndarray,
 
 def read_primary_decoder(path: str, template, step: int) -> Any | None:
   """Parameters saved by write_primary_decoder for checkpoint ``step``, in
-  the structure of ``template``; None if there are none (or of another step)."""
+  the structure of ``template``; None if there are none, of another step,
+  or a cache that cannot be used (truncated, damaged, of another shape:
+  it is then recomputed, with a warning)."""
   try:
     with open(path, "rb") as f:
       saved = flax.serialization.msgpack_restore(f.read())
   except FileNotFoundError:
     return None
-  if int(saved.get("step", -1)) != step:
+  except Exception as e:  # pylint: disable=broad-except  # msgpack's errors
+    logging.warning("the primary-capsule decoder cache %s cannot be read "
+                    "(%s: %s); training the decoder again", path,
+                    type(e).__name__, e)
     return None
-  return flax.serialization.from_state_dict(template, saved["params"])
+  try:
+    if not isinstance(saved, dict) or int(saved.get("step", -1)) != step:
+      return None
+    params = flax.serialization.from_state_dict(template, saved["params"])
+    same = jax.tree.map(lambda a, b: np.shape(a) == np.shape(b),
+                        template, params)
+    if not all(jax.tree.leaves(same)):
+      raise ValueError("its parameters have other shapes")
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("the primary-capsule decoder cache %s does not fit this "
+                    "model (%s: %s); training the decoder again", path,
+                    type(e).__name__, e)
+    return None
+  return params
 
 
 def write_primary_decoder(path: str, params, step: int) -> None:
-  with open(path, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(
-        {"step": step, "params": flax.serialization.to_state_dict(params)}))
+  """Saves ``params`` for checkpoint ``step`` atomically (a reader sees the
+  old cache or the new one, never a part)."""
+  files.atomic_write_bytes(path, flax.serialization.msgpack_serialize(
+      {"step": step, "params": flax.serialization.to_state_dict(params)}))
 
 
 def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,

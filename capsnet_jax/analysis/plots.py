@@ -63,7 +63,7 @@ def plot_reconstructions(inputs, recons, predictions, labels, class_names, path)
 
 
 def plot_rotation_robustness(sweep, strip, class_names, true_label, path,
-                  trained_rotation: int = 0):
+                             trained_rotation: int = 0):
   """arrays.rotation_sweep's curves above arrays.rotation_strip's
   inputs and reconstructions (the inputs alone, titled with the prediction,
   for a strip without reconstructions). trained_rotation: the largest

@@ -31,8 +31,9 @@ import shlex
 import sys
 from typing import Sequence
 
+from capsnet_jax.workdir import files
 from capsnet_jax.workdir import history
-from capsnet_jax.errors import WorkdirError
+from capsnet_jax.errors import EXIT_USER_ERROR, WorkdirError
 
 # ../shared/REFERENCE.md: the reference's decoder study, MNIST, 25 epochs.
 REFERENCE_DECODER_STUDY = {
@@ -381,8 +382,7 @@ def update_file(path: str) -> int:
     return m.group(1) + render(shlex.split(m.group(2)), base) + "\n" + m.group(4)
 
   text = _BLOCK.sub(replace, text)
-  with open(path, "w") as f:
-    f.write(text)
+  files.atomic_write_text(path, text)  # the old file or the new, never a part
   return count
 
 
@@ -436,11 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 1 if stale else 0
     if not args.workdirs:
       print("error: give workdirs or --update=FILE", file=sys.stderr)
-      return 1
+      return EXIT_USER_ERROR
     print(render(argv if argv is not None else sys.argv[1:]))
   except WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return EXIT_USER_ERROR
   return 0
 
 

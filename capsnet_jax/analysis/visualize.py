@@ -26,10 +26,11 @@ step for another) and writes into WORKDIR/figures/:
   summary.json          the numbers behind the figures
 
 ``--out=DIR`` writes them into DIR instead. Bundled weights
-(``--workdir=bundled:NAME``) are read-only and have no reconstruction decoder:
-they need ``--out``, and reconstructions.png and perturbation.png are skipped
-(the rotation strip shows the inputs alone; primary_caps.png trains its own
-decoder), with the reasons in the log and in summary.json's ``skipped``.
+(``--workdir=bundled:NAME``) are read-only: they need ``--out``. Weights
+without a reconstruction decoder (a bundle exported without it) skip
+reconstructions.png and perturbation.png (the rotation strip shows the
+inputs alone; primary_caps.png trains its own decoder), with the reasons in
+the log and in summary.json's ``skipped``.
 
 For MultiMNIST workdirs (two digits per image) it writes multimnist.png
 instead (the paper's Figure 5: each input, the reconstructions from the two
@@ -67,6 +68,7 @@ from capsnet_jax.data import input_pipeline
 from capsnet_jax.inference import bundled
 from capsnet_jax.inference import trained
 from capsnet_jax.workdir import files
+from capsnet_jax.workdir import lock
 from capsnet_jax.workdir import metric_logging
 
 PRIMARY_DECODER_FILE = "primary_decoder.msgpack"
@@ -84,9 +86,10 @@ MULTIMNIST_SKIPPED = {
     "misclassified": "multimnist.png shows failures",
 }
 NO_DECODER_SKIPPED = {
-    "reconstructions": "the weights have no reconstruction decoder (bundled)",
+    "reconstructions": "the weights have no reconstruction decoder (a bundle "
+                       "exported without it)",
     "perturbation": "it decodes perturbed capsules, and the weights have no "
-                    "reconstruction decoder (bundled)",
+                    "reconstruction decoder (a bundle exported without it)",
 }
 # Misclassified images drawn at most (in rows of ten); the JSON lists all.
 MISCLASSIFIED_SHOWN = 40
@@ -232,10 +235,10 @@ def confusion_matrix_figure(ctx: Context, path: str | None) -> dict[str, Any]:
                                      ctx.model.info.num_classes)
   if path:
     plots.plot_confusion(matrix, ctx.class_names, path)
-    with open(os.path.join(os.path.dirname(path), "confusion_matrix.json"),
-              "w") as f:
-      json.dump({"class_names": list(ctx.class_names),
-                 "rows_true_columns_predicted": matrix.tolist()}, f, indent=1)
+    files.atomic_write_text(
+        os.path.join(os.path.dirname(path), "confusion_matrix.json"),
+        json.dumps({"class_names": list(ctx.class_names),
+                    "rows_true_columns_predicted": matrix.tolist()}, indent=1))
   return dict(matrix=matrix, predictions=predictions)
 
 
@@ -250,11 +253,12 @@ def misclassified_figure(ctx: Context, path: str | None) -> dict[str, Any]:
     plots.plot_misclassified(shown, len(errors["index"]), len(ctx.test),
                              ctx.class_names, path)
     keys = ("index", "label", "prediction", "predicted_length", "true_length")
-    with open(os.path.join(os.path.dirname(path), "misclassified.json"),
-              "w") as f:
-      json.dump({"num_test": len(ctx.test), "order": "most confident first",
-                 "errors": [{k: errors[k][i].item() for k in keys}
-                            for i in range(len(errors["index"]))]}, f, indent=1)
+    files.atomic_write_text(
+        os.path.join(os.path.dirname(path), "misclassified.json"),
+        json.dumps({"num_test": len(ctx.test), "order": "most confident first",
+                    "errors": [{k: errors[k][i].item() for k in keys}
+                               for i in range(len(errors["index"]))]},
+                   indent=1))
   return dict(errors=errors, shown=shown)
 
 
@@ -388,5 +392,14 @@ def make_figures(config, workdir: str, out: str | None = None
 
 
 def visualize(config, workdir: str, out: str | None = None) -> dict[str, Any]:
-  """--mode=visualize: make_figures; returns the summary."""
-  return make_figures(config, workdir, out)[0]
+  """--mode=visualize: make_figures; returns the summary.
+
+  On a training workdir (not bundled weights) it holds the workdir's lock
+  (capsnet_jax.workdir.lock): it writes the figures, the primary-capsule
+  decoder's cache and TensorBoard images there, so it refuses a workdir in
+  use, and a run started meanwhile refuses it.
+  """
+  if bundled.is_bundle(workdir) or not os.path.isdir(workdir):
+    return make_figures(config, workdir, out)[0]
+  with lock.hold(workdir, "--mode=visualize", create=False):
+    return make_figures(config, workdir, out)[0]

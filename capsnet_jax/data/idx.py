@@ -5,13 +5,16 @@ Synopsis::
   images, labels = idx.load_mnist_idx("data/mnist", "train")  # [N,28,28,1] uint8, [N] int32
 
 Every problem (missing file, wrong magic number, truncated data, mismatched
-counts, wrong image size) raises errors.DataError naming the file and what was
-expected.
+counts, wrong image size, a header announcing more than MAX_DATA_BYTES)
+raises errors.DataError naming the file and what was expected. A gzip file
+is never decompressed past the size its header announces.
 """
 
 import gzip
+import math
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -25,6 +28,8 @@ FILES = {
 IMAGE_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 LABEL_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 MNIST_IMAGE_SIZE = (28, 28)
+# The most data one IDX file may announce: MNIST's largest holds 47 MB.
+MAX_DATA_BYTES = 1 << 30
 
 
 def find_file(directory: str, stem: str) -> str:
@@ -37,30 +42,47 @@ def find_file(directory: str, stem: str) -> str:
                   f"the four MNIST files: {', '.join(sum(FILES.values(), ()))}")
 
 
-def read_idx(path: str) -> np.ndarray:
-  """The uint8 array stored in an IDX file (gzip-compressed if it ends in .gz)."""
+def read_idx(path: str, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
+  """The uint8 array stored in an IDX file (gzip-compressed if it ends in .gz).
+
+  The header is read first and the data size computed from it with Python
+  integers (no overflow on a crafted header); a header that announces more
+  than ``max_bytes`` is refused before anything is decompressed, and no
+  more than the announced size (plus one byte, to notice extra data) is
+  ever read or decompressed.
+  """
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
-      data = f.read()
-  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError.
+      head = f.read(4)
+      if len(head) < 4:
+        raise DataError(f"{path!r} is too short ({len(head)} bytes) to be an "
+                        "IDX file")
+      zero, dtype_code, ndim = struct.unpack(">HBB", head)
+      if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise DataError(
+            f"{path!r} has magic number 0x{struct.unpack('>I', head)[0]:08x}; "
+            f"expected 0x{IMAGE_MAGIC:08x} (images) or 0x{LABEL_MAGIC:08x} "
+            "(labels)")
+      dims = f.read(4 * ndim)
+      if len(dims) < 4 * ndim:
+        raise DataError(f"{path!r} is truncated inside its header")
+      shape = struct.unpack(f">{ndim}I", dims)
+      expected = math.prod(int(d) for d in shape)  # Python int: exact
+      if expected > max_bytes:
+        raise DataError(
+            f"{path!r}: its header {tuple(shape)} announces {expected} data "
+            f"bytes, more than the {max_bytes} this reader accepts (a "
+            "corrupt or crafted file?)")
+      data = f.read(expected + 1)
+  except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError.
     raise DataError(f"cannot read {path!r}: {e}") from e
-  if len(data) < 4:
-    raise DataError(f"{path!r} is too short ({len(data)} bytes) to be an IDX file")
-  zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-  if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
-    raise DataError(
-        f"{path!r} has magic number 0x{struct.unpack('>I', data[:4])[0]:08x}; "
-        f"expected 0x{IMAGE_MAGIC:08x} (images) or 0x{LABEL_MAGIC:08x} (labels)")
-  header = 4 + 4 * ndim
-  if len(data) < header:
-    raise DataError(f"{path!r} is truncated inside its header")
-  shape = struct.unpack(f">{ndim}I", data[4:header])
-  expected = int(np.prod(shape))
-  if len(data) - header != expected:
-    raise DataError(f"{path!r} holds {len(data) - header} data bytes; its header "
-                    f"{tuple(shape)} needs {expected} (truncated or corrupt)")
-  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+  if len(data) != expected:
+    got = (f"{len(data)} data bytes" if len(data) < expected
+           else "more data bytes than that")
+    raise DataError(f"{path!r} holds {got}; its header {tuple(shape)} needs "
+                    f"{expected} (truncated or corrupt)")
+  return np.frombuffer(data, np.uint8).reshape(shape)
 
 
 def load_mnist_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:

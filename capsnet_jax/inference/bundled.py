@@ -11,15 +11,19 @@ A bundle is a folder ``capsnet_jax/weights/NAME/`` holding
 
 - ``config.json``: the training run's config (what builds the model);
 - ``weights.msgpack``: the inference variables (``params`` and the batch-norm
-  statistics, no optimiser state) in flax's msgpack format, without the
-  reconstruction decoder (it holds most of the parameters and is not needed
-  to classify), so that a bundle stays under 1 MB;
+  statistics, no optimiser state) in flax's msgpack format; the
+  reconstruction decoder, which holds most of the parameters, stored as
+  float16 (or left out: then no reconstructions), so that a bundle stays
+  under 4 MB;
 - ``weights.json``: where the weights come from (workdir, step, the test
   accuracy at that step, the date), ``sha256`` and ``bytes`` of
-  ``weights.msgpack``, and ``decoder`` (false: no reconstructions).
+  ``weights.msgpack``, ``config_sha256`` of ``config.json``, ``decoder``
+  (false: no reconstructions) and ``decoder_dtype``.
 
-The checksum is verified on every load. capsnet_jax.inference.export makes
-a bundle from a trained workdir.
+Both checksums are verified on every load: a damaged or replaced
+``weights.msgpack`` or ``config.json`` is a WorkdirError, as is a
+``weights.json`` that is not a JSON object holding both.
+capsnet_jax.inference.export makes a bundle from a trained workdir.
 """
 
 import json
@@ -40,7 +44,7 @@ WEIGHTS_DIR = os.path.join(
 WEIGHTS_FILE = "weights.msgpack"
 META_FILE = "weights.json"
 CONFIG_FILE = "config.json"
-# Top-level parameter groups left out of a bundle.
+# Top-level parameter groups left out of a bundle without its decoder.
 LEFT_OUT = ("decoder",)
 
 
@@ -77,13 +81,25 @@ def read(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
   for path in (meta_path, weights_path, os.path.join(folder, CONFIG_FILE)):
     if not os.path.exists(path):
       raise WorkdirError(f"bundle {folder!r} has no {os.path.basename(path)}")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  actual = files.sha256(weights_path)
-  if actual != meta.get("sha256"):
-    raise WorkdirError(f"{weights_path}: sha256 {actual} differs from the "
-                       f"{meta.get('sha256')} recorded in {META_FILE}; the "
-                       "file is damaged or was replaced")
+  try:
+    with open(meta_path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{meta_path} cannot be read ({e}); the bundle is "
+                       "damaged") from None
+  if not isinstance(meta, dict):
+    raise WorkdirError(f"{meta_path} is not a JSON object; the bundle is "
+                       "damaged")
+  for key, name in (("sha256", WEIGHTS_FILE), ("config_sha256", CONFIG_FILE)):
+    path = os.path.join(folder, name)
+    if not isinstance(meta.get(key), str):
+      raise WorkdirError(f"{meta_path} records no {key} of {name}: export "
+                         "the bundle again (capsnet_jax.inference.export)")
+    actual = files.sha256(path)
+    if actual != meta[key]:
+      raise WorkdirError(f"{path}: sha256 {actual} differs from the "
+                         f"{meta[key]} recorded in {META_FILE}; the file is "
+                         "damaged or was replaced")
   with open(weights_path, "rb") as f:
     variables = serialization.msgpack_restore(f.read())
   return meta, variables

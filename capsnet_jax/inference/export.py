@@ -8,18 +8,27 @@ or the latest)::
 
 ``--only_if_better`` keeps an existing bundle whose recorded test accuracy is
 at least the checkpoint's (a run that goes on after its best was bundled).
+
+The bundle is written whole into a temporary folder beside it, fsynced and
+renamed into place (an existing bundle is moved aside first and deleted
+last), so a bundle is the old one or the new one, never a mix. weights.json
+records the sha256 of weights.msgpack and of config.json, which
+capsnet_jax.inference.bundled.read verifies.
 """
 
 import datetime
 import json
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from flax import serialization
 import jax
 import numpy as np
 
+from capsnet_jax import errors
 from capsnet_jax.errors import WorkdirError
 from capsnet_jax.inference import bundled
 from capsnet_jax.inference import trained
@@ -34,15 +43,33 @@ def _existing_meta(folder: str) -> dict[str, Any] | None:
   path = os.path.join(folder, bundled.META_FILE)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{path} cannot be read ({e}); delete the bundle "
+                       "folder to export it afresh") from None
+  if not isinstance(meta, dict):
+    raise WorkdirError(f"{path} is not a JSON object; delete the bundle "
+                       "folder to export it afresh")
+  return meta
+
+
+DECODER_DTYPES = ("float16", "float32", "none")
 
 
 def export(workdir: str, name: str, which="best",
            out_root: str = WEIGHTS_DIR,
-           only_if_better: bool = False) -> dict[str, Any]:
+           only_if_better: bool = False,
+           decoder_dtype: str = "float16") -> dict[str, Any]:
   """Writes the bundle ``out_root/name`` from a checkpoint of ``workdir``
   (``which``: "best", "latest" or a step); returns its metadata.
+
+  The reconstruction decoder holds most of the parameters (1.41M of
+  Efficient-CapsNet's 1.57M): ``decoder_dtype`` "float16" (default) stores
+  it at half size (reconstructions change by less than 1e-3 a pixel),
+  "float32" as trained, "none" leaves it out (the bundle then classifies
+  but cannot reconstruct). The encoder is always stored as trained.
 
   With ``only_if_better``, an existing bundle of that name whose recorded
   test accuracy is at least the checkpoint's stays as it is, and its
@@ -50,7 +77,11 @@ def export(workdir: str, name: str, which="best",
   checkpoint cannot replace the better weights bundled before."""
   if jax.process_count() > 1:
     raise WorkdirError("make a bundle in one process")
+  if decoder_dtype not in DECODER_DTYPES:
+    raise WorkdirError(f"Unknown decoder_dtype {decoder_dtype!r}; valid: "
+                       f"{', '.join(DECODER_DTYPES)}")
   model = trained.load(workdir, which=which)
+  with_decoder = decoder_dtype != "none" and model.has_decoder
   record = next((r for r in history.read(workdir) if r["step"] == model.step),
                 {})
   folder = os.path.join(out_root, name)
@@ -60,32 +91,55 @@ def export(workdir: str, name: str, which="best",
         and (record.get("test_accuracy") is None
              or record["test_accuracy"] <= old["test_accuracy"])):
       return old
-  variables = {k: {g: v for g, v in dict(tree).items() if g not in bundled.LEFT_OUT}
-               for k, tree in model.variables.items()}
+  variables = jax.tree.map(np.asarray, model.variables)  # replicated: any shard
+  variables = {k: {g: v for g, v in dict(tree).items()
+                   if with_decoder or g not in bundled.LEFT_OUT}
+               for k, tree in variables.items()}
   variables = {k: v for k, v in variables.items() if v}
-  variables = jax.tree.map(np.asarray, variables)  # replicated: any shard
-  os.makedirs(folder, exist_ok=True)
-  weights_path = os.path.join(folder, bundled.WEIGHTS_FILE)
-  with open(weights_path, "wb") as f:
-    f.write(serialization.msgpack_serialize(variables))
+  if with_decoder and "decoder" in variables["params"]:
+    variables["params"]["decoder"] = jax.tree.map(
+        lambda x: np.asarray(x, decoder_dtype), variables["params"]["decoder"])
   config = model.config.to_dict()
   for key in ("idx_dir", "tfds_data_dir", "ensemble_workdirs"):
     config[key] = ""
-  with open(os.path.join(folder, bundled.CONFIG_FILE), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(variables["params"]))
-  meta = dict(
-      name=name, source_workdir=os.path.normpath(workdir), which=str(which),
-      step=model.step, epoch=record.get("epoch"),
-      test_accuracy=record.get("test_accuracy"),
-      model=model.config.model, dataset=model.config.dataset,
-      data_setup=model.config.data_setup, params=num_params,
-      left_out=list(bundled.LEFT_OUT), decoder=False,
-      bytes=os.path.getsize(weights_path), sha256=files.sha256(weights_path),
-      created=datetime.date.today().isoformat())
-  with open(os.path.join(folder, bundled.META_FILE), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
-    f.write("\n")
+  os.makedirs(out_root, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
+  try:
+    weights_path = os.path.join(staging, bundled.WEIGHTS_FILE)
+    config_path = os.path.join(staging, bundled.CONFIG_FILE)
+    files.atomic_write_bytes(weights_path,
+                             serialization.msgpack_serialize(variables))
+    files.atomic_write_text(config_path,
+                            json.dumps(config, indent=2, sort_keys=True))
+    num_params = sum(int(np.size(x))
+                     for x in jax.tree.leaves(variables["params"]))
+    meta = dict(
+        name=name, source_workdir=os.path.normpath(workdir), which=str(which),
+        step=model.step, epoch=record.get("epoch"),
+        test_accuracy=record.get("test_accuracy"),
+        model=model.config.model, dataset=model.config.dataset,
+        data_setup=model.config.data_setup, params=num_params,
+        left_out=[] if with_decoder else list(bundled.LEFT_OUT),
+        decoder=with_decoder,
+        decoder_dtype=decoder_dtype if with_decoder else None,
+        bytes=os.path.getsize(weights_path),
+        sha256=files.sha256(weights_path),
+        config_sha256=files.sha256(config_path),
+        created=datetime.date.today().isoformat())
+    files.atomic_write_json(os.path.join(staging, bundled.META_FILE), meta)
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 is for the writing only
+    files.fsync_tree(staging)
+    # Swap: the old bundle aside, the new one in, then the old one out.
+    aside = None
+    if os.path.exists(folder):
+      aside = tempfile.mkdtemp(prefix=f".{name}.old.", dir=out_root)
+      os.replace(folder, os.path.join(aside, name))
+    os.replace(staging, folder)
+    files.fsync_dir(out_root)
+    if aside:
+      shutil.rmtree(aside, ignore_errors=True)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return meta
 
 
@@ -103,15 +157,19 @@ def main(argv: list[str]) -> int:
       "--only_if_better", action="store_true",
       help="keep an existing bundle whose test accuracy is at least the "
       "checkpoint's")
+  parser.add_argument(
+      "--decoder_dtype", default="float16", choices=DECODER_DTYPES,
+      help="how the reconstruction decoder is stored: float16 (default, "
+      "half size), float32, or none (left out: no reconstructions)")
   args = parser.parse_args(argv)
   which = int(args.which) if args.which.isdigit() else args.which
   before = _existing_meta(os.path.join(args.out_root, args.name))
   try:
     meta = export(args.workdir, args.name, which, args.out_root,
-                  args.only_if_better)
+                  args.only_if_better, args.decoder_dtype)
   except WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return errors.EXIT_USER_ERROR
   if args.only_if_better and meta == before:
     print(f"kept the bundle {args.name}: its test accuracy "
           f"{meta['test_accuracy']} (step {meta['step']}) is at least the "

@@ -5,20 +5,44 @@ Synopsis::
   python main.py --config=configs/mnist.py --workdir=runs/mnist --mode=predict \\
       --images=digit.png,scans/,"photos/*.jpg" [--out=predicted] [--invert=auto]
 
-prints one JSON line per image on stdout::
+prints one JSON line per image on stdout, as each batch of images is done::
 
   {"image": "digit.png", "prediction": 7, "class_name": "7", "capsule_lengths": [...]}
 
-and, with --out=DIR, writes DIR/<name>.png: the input as the model saw it
-beside its reconstruction. A file that cannot be read as an image gives
-``error: <file>: <why>`` on stderr; the others are still predicted and the
-exit status is 1. From Python::
+and, with --out=DIR, writes a figure per image into DIR: the input as the
+model saw it beside its reconstruction, as ``<name>.png``, or
+``<name>-2.png``, ``<name>-3.png``... where that name is taken: an existing
+file is never replaced, so --out may be the folder of the images themselves.
+--out is checked (a folder, or one that can be created) before anything is
+computed. From Python::
 
   from capsnet_jax.inference import trained
   for r in trained.load("runs/mnist").predict_files(["digit.png"]):
     print(r["image"], r["prediction"], r["class_name"])
 
-Preprocessing (``to_stored``) turns any PNG/JPEG (grayscale or colour, any
+Hostile files. A file that cannot be predicted gives one line
+``error: <file>: <why>`` on stderr and the others are still predicted; the
+exit status is then errors.EXIT_SOME_FAILED (3). Such a file is one that
+
+  - is not a regular file (a folder, a FIFO, a device: never opened in a
+    way that could block), cannot be read, or does not exist;
+  - is not an image in one of ALLOWED_FORMATS (PNG, JPEG, BMP, GIF, TIFF,
+    WEBP), whatever its name: no other Pillow decoder (EPS, which runs
+    Ghostscript, among them) is ever reached;
+  - holds more than MAX_MEGAPIXELS (50) megapixels, judged from its header
+    before it is decoded; Pillow's DecompressionBombWarning counts as an
+    error too, and running out of memory on one file fails that file only;
+  - holds NaN or infinite pixels (float TIFFs).
+
+Memory stays bounded for any number of files: the file names are listed
+first (before any figure is written, so figures never become inputs), then
+the images are read, predicted and printed in batches of the model's batch
+size. With several JAX processes, process 0 reads the files and broadcasts
+each batch to the others (jax.experimental.multihost_utils, after a barrier
+with a timeout of BATCH_TIMEOUT_S); every process runs the sharded
+inference, and only process 0 prints and writes figures.
+
+Preprocessing (``to_stored``) turns any image (grayscale or colour, any
 size, alpha composited over white) into an image as the dataset stores it:
 
   MNIST       grayscale; inverted when the background is light
@@ -39,21 +63,40 @@ then the dataset's own test preprocessing (centre crops, standardisation)
 runs on the device as for the test set.
 """
 
+import contextlib
 import glob
+import io
+import itertools
 import json
 import os
+import re
+import stat
+import struct
 import sys
-from typing import Any, Sequence
+import tempfile
+import warnings
+from typing import Any, BinaryIO, Iterator, Sequence, TextIO
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
 from capsnet_jax import errors
+from capsnet_jax.workdir import files
 
 INVERT = ("auto", "always", "never")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff",
                     ".webp")
+# The only Pillow decoders reached, whatever a file's name.
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# The largest image read: 50 megapixels (a 8660 x 5774 photo) decodes to at
+# most 200 MB (RGBA) and 600 MB as float RGB; Pillow's own limit (89 MP,
+# and only a warning up to 179 MP) lets a kilobyte PNG make gigabytes.
+MAX_MEGAPIXELS = 50
+MAX_PIXELS = MAX_MEGAPIXELS * 1_000_000
+# Multi-process: how long the other processes wait for process 0 to read
+# the next batch of files.
+BATCH_TIMEOUT_S = 1800
 MNIST_BOX = 20  # The digit's bounding box is scaled to fit this square...
 MNIST_SIZE = 28  # ...and centred by its centre of mass in this one.
 _INK = 0.1  # Pixels above this (after normalisation) count for the bounding box.
@@ -61,7 +104,7 @@ _INK = 0.1  # Pixels above this (after normalisation) count for the bounding box
 
 class ImageReadError(ValueError):
   """A path that cannot be read as an image (reported, not raised, by
-  predict_files)."""
+  predict_files and run)."""
 
 
 # --------------------------------------------------------------------------
@@ -71,33 +114,40 @@ class ImageReadError(ValueError):
 def expand_paths(specs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
   """Files named by ``specs`` (files, folders, globs), in order, each once.
 
-  A folder gives its files with an image extension (sorted, not recursive);
-  a glob its matches (sorted); a file itself, whatever its extension.
+  A folder gives its entries with an image extension that are not folders
+  (sorted, not recursive; a FIFO or a broken link among them is then
+  reported when read); a glob its matches (sorted); a file itself, whatever
+  its extension.
 
   Returns:
-    (paths, errors): errors are (spec, why) for specs that name nothing.
+    (paths, errors): errors are (spec, why) for specs that name nothing or
+    a folder that cannot be listed.
   """
-  paths, errors, seen = [], [], set()
+  paths, problems, seen = [], [], set()
 
   def add(path):
     if path not in seen:
       seen.add(path)
       paths.append(path)
 
-  def add_folder(folder):
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(folder, n)))
+  def add_folder(folder) -> int:
+    try:
+      names = sorted(n for n in os.listdir(folder)
+                     if n.lower().endswith(IMAGE_EXTENSIONS)
+                     and not os.path.isdir(os.path.join(folder, n)))
+    except OSError as e:
+      problems.append((folder, f"cannot list this folder ({e.strerror or e})"))
+      return -1
     for name in names:
       add(os.path.join(folder, name))
     return len(names)
 
   for spec in specs:
     if os.path.isdir(spec):
-      if not add_folder(spec):
-        errors.append((spec, "no image files (" + ", ".join(IMAGE_EXTENSIONS)
-                       + ") in this folder"))
-    elif os.path.exists(spec):
+      if add_folder(spec) == 0:
+        problems.append((spec, "no image files (" + ", ".join(IMAGE_EXTENSIONS)
+                         + ") in this folder"))
+    elif os.path.lexists(spec):
       add(spec)
     elif glob.has_magic(spec):
       matches = sorted(glob.glob(spec))
@@ -107,53 +157,123 @@ def expand_paths(specs: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]
         else:
           add(match)
       if not matches:
-        errors.append((spec, "no file matches"))
+        problems.append((spec, "no file matches"))
     else:
-      errors.append((spec, "no such file or folder"))
-  return paths, errors
+      problems.append((spec, "no such file or folder"))
+  return paths, problems
+
+
+def _kind(mode: int) -> str:
+  for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                     (stat.S_ISCHR, "a character device"),
+                     (stat.S_ISBLK, "a block device"),
+                     (stat.S_ISSOCK, "a socket")):
+    if test(mode):
+      return name
+  return "not a regular file"
 
 
 def read_image(path: str) -> np.ndarray:
-  """float32 [H, W, 3] (colour) or [H, W, 1] (grayscale) in [0, 1].
+  """float32 [H, W, 3] (colour) or [H, W, 1] (grayscale) in [0, 1] of the
+  image file ``path`` (see decode_image).
 
-  EXIF orientation is applied; transparent pixels are composited over white;
+  The file is opened without blocking and must be a regular file: a FIFO,
+  a device or a folder is refused before anything is read.
+
+  Raises:
+    ImageReadError: not a readable image (one line saying why).
+  """
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+  except FileNotFoundError:
+    raise ImageReadError("no such file") from None
+  except OSError as e:
+    raise ImageReadError(f"cannot be opened ({e.strerror or e})") from None
+  try:
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+      kind = _kind(mode)
+      raise ImageReadError(f"is {kind}, not an image file" if kind.startswith(
+          "a ") else f"is {kind}")
+    with os.fdopen(fd, "rb") as f:
+      fd = None
+      return decode_image(f)
+  finally:
+    if fd is not None:
+      os.close(fd)
+
+
+def decode_image(fp: BinaryIO | bytes) -> np.ndarray:
+  """float32 [H, W, 3] (colour) or [H, W, 1] (grayscale) in [0, 1] of an
+  image file's bytes (a binary file object or ``bytes``).
+
+  Only ALLOWED_FORMATS are decoded, at most MAX_MEGAPIXELS. EXIF
+  orientation is applied; transparent pixels are composited over white;
   16-bit and float images are scaled by their range.
 
   Raises:
-    ImageReadError: not a readable image.
+    ImageReadError: not an image of an allowed format, too large, NaN or
+      infinite pixels, damaged, or too large for the memory left.
   """
+  if isinstance(fp, (bytes, bytearray, memoryview)):
+    fp = io.BytesIO(bytes(fp))
   try:
-    with Image.open(path) as im:
-      im.load()
-      im = ImageOps.exif_transpose(im)
-      mode = im.mode
-      if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        x = np.asarray(im, np.float32)
-        if mode != "F":
-          x = x / (65535.0 if mode.startswith("I;16") or x.max() > 255 else 255.0)
-        return np.clip(x, 0.0, 1.0)[..., None]
-      has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-          mode == "P" and "transparency" in im.info)
-      if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)
-      gray = im.mode in ("1", "L", "LA", "La") or (
-          has_alpha and mode in ("LA", "La"))
-      im = im.convert("L" if gray else "RGB")
-      x = np.asarray(im, np.float32) / 255.0
-  except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(fp, formats=ALLOWED_FORMATS) as im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+          raise ImageReadError(_too_large(w * h))
+        im.load()
+        x = _to_array(im)
+  except ImageReadError:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    raise ImageReadError(_too_large(int(found.group(1)) if found else None)
+                         ) from None
+  except MemoryError:
+    raise ImageReadError("not enough memory to decode it") from None
+  except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
     why = str(e) or type(e).__name__
     if isinstance(e, Image.UnidentifiedImageError) or "cannot identify" in why:
-      why = "not an image file PIL can read"
-    elif isinstance(e, FileNotFoundError):
-      why = "no such file"
-    elif isinstance(e, IsADirectoryError):
-      why = "is a folder"
+      why = ("not an image file of an accepted format ("
+             + ", ".join(ALLOWED_FORMATS) + ")")
     raise ImageReadError(why) from None
   if x.size == 0:
     raise ImageReadError("empty image")
+  if not np.all(np.isfinite(x)):
+    raise ImageReadError("holds NaN or infinite pixels")
   return x if x.ndim == 3 else x[..., None]
+
+
+def _too_large(pixels: int | None) -> str:
+  size = f"{pixels / 1e6:.1f} megapixels, " if pixels else ""
+  return (f"too large: {size}more than the {MAX_MEGAPIXELS} megapixels this "
+          "reads (capsnet_jax.inference.predict.MAX_MEGAPIXELS)")
+
+
+def _to_array(im: Image.Image) -> np.ndarray:
+  """A loaded PIL image -> float32 [H, W] or [H, W, 3] in [0, 1]."""
+  im = ImageOps.exif_transpose(im)
+  mode = im.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    x = np.asarray(im, np.float32)
+    if not np.all(np.isfinite(x)):
+      return x  # refused by the caller
+    if mode != "F":
+      x = x / (65535.0 if mode.startswith("I;16") or x.max() > 255 else 255.0)
+    return np.clip(x, 0.0, 1.0)[..., None]
+  has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+      mode == "P" and "transparency" in im.info)
+  if has_alpha:
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    im = Image.alpha_composite(white, rgba)
+  gray = im.mode in ("1", "L", "LA", "La") or (
+      has_alpha and mode in ("LA", "La"))
+  im = im.convert("L" if gray else "RGB")
+  return np.asarray(im, np.float32) / 255.0
 
 
 # --------------------------------------------------------------------------
@@ -273,12 +393,147 @@ def to_stored(image: np.ndarray, info, invert: str = "auto") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# Predicting.
+# Predicting, batch by batch.
+
+
+def _read_stored(path: str, info, invert: str) -> np.ndarray:
+  """The file as the dataset stores its images; ImageReadError otherwise
+  (also where preprocessing runs out of memory)."""
+  try:
+    return to_stored(read_image(path), info, invert)
+  except MemoryError:
+    raise ImageReadError("not enough memory to preprocess it") from None
+
+
+def _entries(model, specs: Sequence[str], invert: str
+             ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+  """(path or spec, stored image or None, error or None), in order, one
+  file at a time."""
+  paths, missing = expand_paths(specs)
+  for spec, why in missing:
+    yield spec, None, why
+  for path in paths:
+    try:
+      yield path, _read_stored(path, model.info, invert), None
+    except ImageReadError as e:
+      yield path, None, str(e)
+
+
+def _lead_batches(model, specs, invert):
+  """Process 0: lists of entries holding at most model.batch_size images
+  each (the errors between them ride along), read one batch at a time."""
+  batch, images = [], 0
+  for entry in _entries(model, specs, invert):
+    batch.append(entry)
+    images += entry[1] is not None
+    if images == model.batch_size:
+      yield batch
+      batch, images = [], 0
+  if batch:
+    yield batch
+
+
+_barriers = itertools.count()
+
+
+def _broadcast(model, tree):
+  """process 0's ``tree`` on every process, after a barrier that waits at
+  most BATCH_TIMEOUT_S for them all."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.global_state.client.wait_at_barrier(
+        f"capsnet_jax/predict/{next(_barriers)}", BATCH_TIMEOUT_S * 1000)
+  except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError
+    raise errors.UserError(
+        f"process {jax.process_index()}: the other processes did not reach "
+        f"the next batch of images within {BATCH_TIMEOUT_S} s "
+        f"({str(e).strip().splitlines()[0]})") from None
+  return multihost_utils.broadcast_one_to_all(tree)
+
+
+def _predict_batch(model, stored: np.ndarray, figures: bool):
+  """(outputs, model inputs as displayed or None) of a stored batch: the
+  same calls on every process."""
+  keys = ("lengths", "predictions") + (
+      ("reconstructions",) if figures and model.has_decoder else ())
+  out = model.predict(stored, keys)
+  shown = model.display(model.preprocess(stored)) if figures else None
+  return out, shown
+
+
+def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
+                     figures: bool = True) -> Iterator[dict[str, Any]]:
+  """Predictions of a trained.TrainedModel for image files, folders and
+  globs, yielded batch by batch (at most model.batch_size images in memory).
+
+  Yields:
+    One dict per file (and per spec naming nothing), in order: either
+    {"image", "prediction", "class_name", "capsule_lengths"} (MultiMNIST:
+    also "predictions") plus, with ``figures``, "input" (the model input as
+    displayed) and "reconstruction" (the decoder's output, None without a
+    decoder), both [H, W, C] in [0, 1]; or {"image", "error"}.
+
+    With several JAX processes every process must call this alike: process
+    0 reads the files and yields; the others receive each batch, run the
+    same inference and yield nothing.
+  """
+  if invert not in INVERT:
+    raise ValueError(f"Unknown invert {invert!r}; valid: {', '.join(INVERT)}")
+  import jax  # pylint: disable=g-import-not-at-top
+  several = jax.process_count() > 1
+  lead = jax.process_index() == 0
+  shape, b = tuple(model.info.stored_shape), model.batch_size
+  batches = _lead_batches(model, specs, invert) if lead else None
+  names = model.info.class_names
+  while True:
+    batch = next(batches, None) if lead else None
+    if lead and batch is not None:
+      good = [e for e in batch if e[1] is not None]
+      stored = (np.stack([e[1] for e in good]) if good
+                else np.zeros((0, *shape), np.uint8))
+    else:
+      good, stored = [], np.zeros((0, *shape), np.uint8)
+    if several:  # process 0's batch (count -1: the end) on every process
+      padded = np.zeros((b, *shape), np.uint8)
+      padded[:len(stored)] = stored
+      count = len(stored) if batch is not None else -1
+      count, padded = _broadcast(model, (np.int32(count), padded))
+      if int(count) < 0:
+        return
+      stored = np.asarray(padded)[:int(count)]
+    elif batch is None:
+      return
+    out, shown = (_predict_batch(model, stored, figures) if len(stored)
+                  else (None, None))
+    if not lead:
+      continue
+    index = {id(e): i for i, e in enumerate(good)}
+    for entry in batch:
+      path, _, why = entry
+      if why is not None:
+        yield {"image": path, "error": why}
+        continue
+      i = index[id(entry)]
+      pred = int(out["predictions"][i])
+      result = dict(image=path, prediction=pred, class_name=names[pred],
+                    capsule_lengths=[round(float(v), 6)
+                                     for v in out["lengths"][i]])
+      if model.info.name == "multimnist":  # two digits: the two longest
+        result["predictions"] = [
+            int(k) for k in np.argsort(-out["lengths"][i], kind="stable")[:2]]
+      if figures:
+        result["input"] = shown[i]
+        result["reconstruction"] = (out["reconstructions"][i]
+                                    if model.has_decoder else None)
+      yield result
 
 
 def predict_files(model, specs: Sequence[str], invert: str = "auto"
                   ) -> list[dict[str, Any]]:
-  """Predictions of a trained.TrainedModel for image files, folders, globs.
+  """iter_predictions as a list (every result in memory: for a few files;
+  ``run`` streams).
 
   Returns:
     One dict per file (and per spec naming nothing), in order: either
@@ -287,39 +542,7 @@ def predict_files(model, specs: Sequence[str], invert: str = "auto"
     the decoder's output, both [H, W, C] in [0, 1]; None for a model without
     decoder, bundled weights) or {"image", "error"}.
   """
-  if invert not in INVERT:
-    raise ValueError(f"Unknown invert {invert!r}; valid: {', '.join(INVERT)}")
-  paths, missing = expand_paths(specs)
-  results = [{"image": spec, "error": why} for spec, why in missing]
-  stored, good = [], []
-  for path in paths:
-    try:
-      stored.append(to_stored(read_image(path), model.info, invert))
-      good.append(path)
-    except ImageReadError as e:
-      results.append({"image": path, "error": str(e)})
-  if not stored:
-    return results
-  stored = np.stack(stored)
-  inputs = model.preprocess(stored)
-  keys = ("lengths", "predictions") + (
-      ("reconstructions",) if model.has_decoder else ())
-  out = model.predict_preprocessed(inputs, keys)
-  shown = model.display(inputs)
-  names = model.info.class_names
-  by_path = {r["image"]: r for r in results}
-  for i, path in enumerate(good):
-    pred = int(out["predictions"][i])
-    by_path[path] = dict(
-        image=path, prediction=pred, class_name=names[pred],
-        capsule_lengths=[round(float(v), 6) for v in out["lengths"][i]],
-        input=shown[i], reconstruction=(out["reconstructions"][i]
-                                        if model.has_decoder else None))
-    if model.info.name == "multimnist":  # two digits: the two longest
-      by_path[path]["predictions"] = [
-          int(k) for k in np.argsort(-out["lengths"][i], kind="stable")[:2]]
-  order = [spec for spec, _ in missing] + paths
-  return [by_path[p] for p in order]
+  return list(iter_predictions(model, specs, invert, figures=True))
 
 
 def side_by_side(inputs: np.ndarray, reconstruction: np.ndarray | None,
@@ -341,26 +564,84 @@ def side_by_side(inputs: np.ndarray, reconstruction: np.ndarray | None,
                    Image.Resampling.NEAREST)
 
 
-def _figure_name(path: str, used: set[str]) -> str:
-  stem = os.path.splitext(os.path.basename(path))[0] or "image"
-  name, k = f"{stem}.png", 2
-  while name in used:
-    name, k = f"{stem}-{k}.png", k + 1
-  used.add(name)
-  return name
+def prepare_out(out_dir: str) -> None:
+  """Checks --out before anything is computed: an existing folder that can
+  be written, or one that can be created (it is).
+
+  Raises:
+    errors.ConfigError: --out names a file, or a folder that cannot be
+      created or written.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise errors.ConfigError(f"--out={out_dir} is a file, not a folder: "
+                             "name a folder for the figures")
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".write-test.")
+    os.close(fd)
+    os.unlink(tmp)
+  except OSError as e:
+    raise errors.ConfigError(f"--out={out_dir} cannot be used as the "
+                             f"figures' folder ({e.strerror or e})") from None
+
+
+def _write_figure(out_dir: str, result: dict[str, Any]) -> str:
+  """The figure of one result, under a new name (see files.write_new)."""
+  stem = os.path.splitext(os.path.basename(result["image"]))[0] or "image"
+  png = io.BytesIO()
+  side_by_side(result["input"], result["reconstruction"]).save(png, "PNG")
+  return files.write_new(out_dir, stem, ".png", png.getvalue())
+
+
+@contextlib.contextmanager
+def json_only_stdout() -> Iterator[TextIO]:
+  """A text file on the process's standard output for the JSON lines, with
+  file descriptor 1 pointed at standard error meanwhile: what libraries
+  print there themselves (gloo's "[Gloo] Rank 0 is connected ...") goes to
+  stderr, not between the JSON lines."""
+  sys.stdout.flush()
+  try:
+    if sys.stdout.fileno() != 1:
+      raise OSError("sys.stdout is not file descriptor 1")
+    saved = os.dup(1)
+    os.dup2(2, 1)
+  except (OSError, ValueError, AttributeError):  # replaced (a test, a
+    yield sys.stdout                             # notebook): as it is
+    return
+  try:
+    with os.fdopen(os.dup(saved), "w", buffering=1) as out:
+      yield out
+  finally:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
 
 
 def run(model, specs: Sequence[str], out_dir: str | None = None,
         invert: str = "auto", stdout=None, stderr=None) -> int:
-  """--mode=predict: JSON lines on stdout, errors on stderr; returns the exit
-  status (errors.EXIT_SOME_FAILED if any file could not be predicted)."""
-  stdout = stdout or sys.stdout
+  """--mode=predict: a JSON line per image on stdout as each batch is done,
+  ``error: PATH: why`` on stderr per file that failed, a figure per image
+  in ``out_dir`` (never replacing a file); only process 0 prints and
+  writes. Standard output holds nothing but the JSON lines (see
+  json_only_stdout) unless ``stdout`` is given.
+
+  Returns:
+    The exit status: errors.EXIT_SOME_FAILED if any file could not be
+    predicted, else errors.EXIT_OK (the same on every process).
+
+  Raises:
+    errors.ConfigError: ``out_dir`` is not a folder and cannot be one
+      (checked before anything is computed).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if stdout is None:
+    with json_only_stdout() as out:
+      return run(model, specs, out_dir, invert, out, stderr)
   stderr = stderr or sys.stderr
-  results = predict_files(model, specs, invert)
-  if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-  used, failed = set(), False
-  for r in results:
+  if out_dir:  # on every process: each fails alike, none waits for another
+    prepare_out(out_dir)
+  failed = False
+  for r in iter_predictions(model, specs, invert, figures=bool(out_dir)):
     if "error" in r:
       failed = True
       print(f"error: {r['image']}: {r['error']}", file=stderr, flush=True)
@@ -368,8 +649,13 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
     record = {k: r[k] for k in ("image", "prediction", "predictions",
                                 "class_name", "capsule_lengths") if k in r}
     if out_dir:
-      figure = os.path.join(out_dir, _figure_name(r["image"], used))
-      side_by_side(r["input"], r["reconstruction"]).save(figure)
-      record["figure"] = figure
+      try:
+        record["figure"] = _write_figure(out_dir, r)
+      except OSError as e:
+        failed = True
+        print(f"error: {r['image']}: its figure cannot be written to "
+              f"{out_dir} ({e.strerror or e})", file=stderr, flush=True)
     print(json.dumps(record), file=stdout, flush=True)
+  if jax.process_count() > 1:  # process 0's outcome is every process's
+    failed = bool(_broadcast(model, np.int32(failed)))
   return errors.EXIT_SOME_FAILED if failed else errors.EXIT_OK

@@ -57,8 +57,9 @@ from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import record
 
 WHICH = ("latest", "best")
-# What predict returns by default; OUTPUT_KEYS adds the routing internals.
-PREDICT_KEYS = ("lengths", "predictions", "reconstructions", "class_caps")
+# What predict returns by default; OUTPUT_KEYS adds the routing internals
+# (the order of the fields of Prediction).
+PREDICT_KEYS = ("lengths", "predictions", "class_caps", "reconstructions")
 OUTPUT_KEYS = PREDICT_KEYS + ("primary_caps", "coupling")
 # Fields of a config that only say where the training data was.
 _DATA_LOCATION_FIELDS = ("idx_dir", "tfds_data_dir")
@@ -168,9 +169,9 @@ def load(workdir: str, which="latest", config=None,
   """
   if bundled.is_bundle(workdir):
     return _load_bundle(bundled.resolve(workdir), which, config, batch_size)
-  exp = _experiment(workdir, config)
-  ckpt = open_checkpoints(workdir)
+  ckpt = open_checkpoints(workdir)  # first: an empty folder needs training
   try:
+    exp = _experiment(workdir, config)
     step = _select_step(ckpt, which, workdir)
     mesh = mesh_lib.make_mesh()
     try:
@@ -473,8 +474,10 @@ class TrainedModel:
       raise ValueError(f"predict_preprocessed takes float model inputs, got "
                        f"{inputs.dtype} images: {where}")
     if inputs.ndim != 4 or tuple(inputs.shape[1:]) != shape:
-      raise ValueError(f"model inputs must be [N, {', '.join(map(str, shape))}"
-                       f"], got {list(inputs.shape)}")
+      raise ValueError(
+          f"model inputs must be [N, {', '.join(map(str, shape))}], got "
+          f"{list(inputs.shape)}: predict() takes images of the dataset's "
+          "stored size in any layout, predict_files image files of any size")
     inputs = inputs.astype(np.float32, copy=False)
     if not np.all(np.isfinite(inputs)):
       raise ValueError("model inputs hold NaN or infinite values")

@@ -14,6 +14,7 @@ best_test_accuracy is the maximum over that history, whatever stops and
 resumes happened.
 """
 
+import os
 import signal
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from capsnet_jax.training.state import TrainState
 from capsnet_jax.training.steps import COLLAPSED_STD, Steps
 from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import history
+from capsnet_jax.workdir import lock
 from capsnet_jax.workdir import metric_logging
 from capsnet_jax.workdir import record as record_lib
 
@@ -274,8 +276,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     test_margin_loss, test_reconstruction_loss (per-image SSE), num_params,
     best_test_accuracy, best_step and timing; {"step", "preempted": True}
     after a SIGTERM/SIGINT (a checkpoint is saved; rerun to resume).
+
+  Raises:
+    errors.WorkdirError: among others, at once when another run holds the
+      workdir (capsnet_jax.workdir.lock), having changed nothing there.
   """
   exp = experiment.ensure(config, "train")
+  # One run per workdir: the lock comes before anything is written, and a
+  # history that resuming would lose is refused under it.
+  with lock.hold(workdir, "training", check=history.check_resumable):
+    return _train_and_evaluate(exp, workdir)
+
+
+def _train_and_evaluate(exp: experiment.Experiment, workdir: str
+                        ) -> dict[str, Any]:
+  """train_and_evaluate, under the workdir's lock."""
   config = exp.config
   # Every check of the user's input runs before anything is written.
   record_lib.check_compatible(workdir, exp.identity())
@@ -428,8 +443,19 @@ def _log_train(writer, step: int, pending: list[dict], schedule,
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, Any]:
   """--mode=eval: evaluates the latest checkpoint, appends the evaluation to
-  WORKDIR/eval_history.jsonl (source "eval") and updates results.json."""
+  WORKDIR/eval_history.jsonl (source "eval") and updates results.json.
+  Holds the workdir's lock (refused at once when another run holds it)."""
   exp = experiment.ensure(config, "eval")
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "
+                       f"--mode=train --workdir={workdir}")
+  with lock.hold(workdir, "--mode=eval", create=False):
+    return _evaluate_checkpoint(exp, workdir)
+
+
+def _evaluate_checkpoint(exp: experiment.Experiment, workdir: str
+                         ) -> dict[str, Any]:
+  """evaluate_checkpoint, under the workdir's lock."""
   record_lib.check_compatible(workdir, exp.identity())
   if checkpoints.latest_step(workdir) is None:
     raise WorkdirError(f"no checkpoint in {workdir!r}: train first with "

@@ -10,9 +10,13 @@ Synopsis::
 ``save`` copies what resuming needs: the latest complete checkpoint (the
 whole training state: parameters, optimiser moments, batch statistics, step),
 ``config.json``, ``eval_history.jsonl`` and ``results.json`` when present,
-and the TensorBoard event files, and writes ``park.json`` with the step and the sha256 of every file. It
-replaces an earlier park in the same folder. The run may keep training while
-it is saved: finished checkpoints do not change.
+and the TensorBoard event files, and writes ``park.json`` with the step and
+the sha256 of every file. It replaces an earlier park in the same folder:
+the new park is written beside it and fsynced, swapped in by a rename, and
+only then is the earlier one deleted. ``save`` takes the workdir's lock
+(capsnet_jax.workdir.lock), so it refuses a workdir in use; ``--live``
+parks a run that keeps training meanwhile (finished checkpoints do not
+change, and a checkpoint deleted while it is copied is refused).
 
 ``restore`` checks every checksum, then copies the checkpoint and the files
 into the workdir. The training command then resumes from that step exactly
@@ -20,7 +24,13 @@ as it would have on the first machine. It refuses a workdir that already
 holds a checkpoint at or after the parked step (nothing to bring back;
 ``--only_if_newer`` leaves such a workdir as it is and exits 0) or a
 history or config that differs from the parked one, so it cannot overwrite
-a newer run.
+a newer run. It takes the workdir's lock: it refuses a workdir in use, and
+a run started meanwhile refuses it.
+
+Parks hold plain files and folders: ``read`` and ``restore`` refuse one
+with a symbolic link anywhere (it would copy what the link points to
+unchecked), and ``save`` refuses a checkpoint that holds one (orbax writes
+none) or a destination that is one.
 
 Only the latest checkpoint travels: the best one by test accuracy, if older,
 stays behind; ``eval_history.jsonl`` keeps every evaluation, so the best
@@ -36,9 +46,11 @@ import sys
 import tempfile
 from typing import Any
 
+from capsnet_jax import errors
 from capsnet_jax.errors import WorkdirError
 from capsnet_jax.workdir import files as file_lib
 from capsnet_jax.workdir import history
+from capsnet_jax.workdir import lock
 from capsnet_jax.workdir import record
 
 PARK_FILE = "park.json"
@@ -61,7 +73,21 @@ def _each_file(root: str, measure) -> dict[str, Any]:
 
 
 def _files(root: str) -> dict[str, str]:
-  return _each_file(root, sha256)
+  return _each_file(root, file_lib.sha256)
+
+
+def _refuse_links(root: str, what: str) -> None:
+  """WorkdirError if ``root`` is, or holds anywhere, a symbolic link."""
+  if os.path.islink(root):
+    raise WorkdirError(f"{what} {root!r} is a symbolic link: give the "
+                       "folder itself")
+  for folder, dirs, names in os.walk(root):
+    for name in dirs + names:
+      if os.path.islink(os.path.join(folder, name)):
+        raise WorkdirError(
+            f"{what} {root!r} holds a symbolic link, "
+            f"{os.path.relpath(os.path.join(folder, name), root)}: parks "
+            "hold plain files and folders only")
 
 
 def _step_folders(workdir: str, finished: bool) -> list[int]:
@@ -99,11 +125,22 @@ def _inside(path: str, folder: str) -> bool:
   return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def save(workdir: str, to: str) -> dict[str, Any]:
+def save(workdir: str, to: str, live: bool = False) -> dict[str, Any]:
   """Parks the latest checkpoint of ``workdir`` in ``to``; returns park.json.
 
   ``to`` must be new, empty or an earlier park (exactly park.json and the
-  files it lists), which is then replaced as a whole."""
+  files it lists), which is then replaced as a whole. Holds the workdir's
+  lock meanwhile, unless ``live`` (a run trains in it meanwhile)."""
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"{workdir!r} has no finished checkpoint to park "
+                       "(no such folder)")
+  if live:
+    return _save(workdir, to)
+  with lock.hold(workdir, "park save", create=False):
+    return _save(workdir, to)
+
+
+def _save(workdir: str, to: str) -> dict[str, Any]:
   steps = complete_steps(workdir)
   if not steps:
     raise WorkdirError(f"{workdir!r} has no finished checkpoint to park")
@@ -111,6 +148,8 @@ def save(workdir: str, to: str) -> dict[str, Any]:
   if _inside(workdir, to) or _inside(to, os.path.join(workdir, CHECKPOINTS)):
     raise WorkdirError(f"park {workdir!r} into a folder outside it and its "
                        "checkpoints, not above it")
+  if os.path.islink(to):
+    raise WorkdirError(f"{to!r} is a symbolic link: park into a folder")
   if os.path.exists(to) and not (
       os.path.isdir(to) and (not os.listdir(to) or _is_park(to))):
     raise WorkdirError(f"{to!r} is neither empty nor an earlier park (only "
@@ -122,6 +161,7 @@ def save(workdir: str, to: str) -> dict[str, Any]:
   try:
     src = os.path.join(workdir, CHECKPOINTS, str(step))
     dst = os.path.join(staging, CHECKPOINTS, str(step))
+    _refuse_links(src, "checkpoint")
     before = _sizes(src)
     try:
       shutil.copytree(src, dst)
@@ -133,7 +173,8 @@ def save(workdir: str, to: str) -> dict[str, Any]:
       raise WorkdirError(f"checkpoint {step} changed while it was copied; "
                          "park again")
     for name in _workdir_files(workdir):
-      shutil.copy2(os.path.join(workdir, name), staging)
+      file_lib.copy_file(os.path.join(workdir, name),
+                         os.path.join(staging, name))
     # The history may hold an evaluation after the checkpoint (written just
     # before the next checkpoint): resuming would drop it, so drop it here.
     if os.path.exists(os.path.join(staging, history.HISTORY_FILE)):
@@ -149,15 +190,16 @@ def save(workdir: str, to: str) -> dict[str, Any]:
         parked=datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         files=_files(staging))
-    with open(os.path.join(staging, PARK_FILE), "w") as f:
-      json.dump(meta, f, indent=2, sort_keys=True)
-      f.write("\n")
+    file_lib.atomic_write_json(os.path.join(staging, PARK_FILE), meta)
+    # The new park is on disk before anything of the earlier one goes.
+    file_lib.fsync_tree(staging)
     # Swap: the earlier park aside, the new one in, then the earlier one out.
     old = None
     if os.path.exists(to):
       old = tempfile.mkdtemp(prefix=".park-old-", dir=parent)
       os.replace(to, os.path.join(old, "park"))
     os.replace(staging, to)
+    file_lib.fsync_dir(parent)
     if old:
       shutil.rmtree(old, ignore_errors=True)
   finally:
@@ -170,6 +212,7 @@ def read(folder: str) -> dict[str, Any]:
   meta_path = os.path.join(folder, PARK_FILE)
   if not os.path.exists(meta_path):
     raise WorkdirError(f"{folder!r} holds no parked run (no {PARK_FILE})")
+  _refuse_links(folder, "parked run")
   try:
     with open(meta_path) as f:
       meta = json.load(f)
@@ -205,10 +248,9 @@ def _evaluations(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _copy_in(src: str, workdir: str) -> None:
-  """Copies a file into workdir under a temporary name, then renames it."""
-  tmp = os.path.join(workdir, "." + os.path.basename(src) + ".restoring")
-  shutil.copy2(src, tmp)
-  os.replace(tmp, os.path.join(workdir, os.path.basename(src)))
+  """Copies a file into workdir atomically (a unique temporary name,
+  fsynced, renamed)."""
+  file_lib.copy_file(src, os.path.join(workdir, os.path.basename(src)))
 
 
 def restore(folder: str, workdir: str, only_if_newer: bool = False
@@ -218,9 +260,14 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   With ``only_if_newer``, a workdir already at or after the parked step is
   left as it is and None is returned (instead of an error). The files come
   first and the checkpoint last, so a restore that stops midway is redone
-  by the next one."""
-  from capsnet_jax.workdir import record  # pylint: disable=g-import-not-at-top
+  by the next one. Holds the workdir's lock meanwhile."""
   meta = read(folder)
+  with lock.hold(workdir, "park restore"):
+    return _restore(folder, workdir, meta, only_if_newer)
+
+
+def _restore(folder: str, workdir: str, meta: dict[str, Any],
+             only_if_newer: bool) -> dict[str, Any] | None:
   step = int(meta["step"])
   have = _step_folders(workdir, finished=False)  # what orbax would restore
   if have and have[-1] >= step:
@@ -237,7 +284,7 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   # the later ones) must be the parked run's first ones.
   finished = complete_steps(workdir)
   mine = [r for r in history.read(workdir)
-          if finished and int(r["step"]) <= finished[-1]]
+          if finished and r["step"] <= finished[-1]]
   parked = history.read(folder)
   if _evaluations(mine) != _evaluations(parked[:len(mine)]):
     raise WorkdirError(f"{history.path(workdir)} differs from the parked "
@@ -254,8 +301,10 @@ def restore(folder: str, workdir: str, only_if_newer: bool = False
   try:
     shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)),
                     os.path.join(staging, "step"))
+    file_lib.fsync_tree(staging)
     shutil.rmtree(target, ignore_errors=True)  # unfinished (not in have)
     os.replace(os.path.join(staging, "step"), target)
+    file_lib.fsync_dir(os.path.dirname(target))
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   return meta
@@ -271,6 +320,9 @@ def main(argv: list[str]) -> int:
   p = sub.add_parser("save", help="park WORKDIR's latest checkpoint in TO")
   p.add_argument("--workdir", required=True)
   p.add_argument("--to", required=True)
+  p.add_argument("--live", action="store_true",
+                 help="park a run that keeps training in WORKDIR meanwhile "
+                 "(without the workdir's lock)")
   r = sub.add_parser("restore", help="copy a parked run into WORKDIR")
   r.add_argument("--from", dest="source", required=True)
   r.add_argument("--workdir", required=True)
@@ -280,18 +332,18 @@ def main(argv: list[str]) -> int:
   args = parser.parse_args(argv)
   try:
     if args.command == "save":
-      meta = save(args.workdir, args.to)
+      meta = save(args.workdir, args.to, args.live)
       verb = f"parked step {meta['step']} of {args.workdir} in {args.to}"
     else:
       meta = restore(args.source, args.workdir, args.only_if_newer)
       if meta is None:
         print(f"{args.workdir} is at or after the parked step: left as it is")
-        return 0
+        return errors.EXIT_OK
       verb = (f"restored step {meta['step']} into {args.workdir}; the "
               "training command resumes from it")
   except (WorkdirError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return errors.EXIT_USER_ERROR
   size = sum(_sizes(args.to if args.command == "save" else args.source
                     ).values())
   print(f"{verb} ({size / 1e6:.1f} MB; best test accuracy "

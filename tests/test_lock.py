@@ -1,0 +1,174 @@
+"""One run per workdir (capsnet_jax.workdir.lock): a second taker is refused
+at once with the holder's pid and changes nothing; the lock of a dead
+process is taken over; training, --mode=eval and --mode=visualize take it.
+(park save/restore: tests/test_park.py; two processes and the command line:
+tests/test_hostile.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from capsnet_jax.errors import DataError, WorkdirError
+from capsnet_jax.workdir import lock
+from conftest import ROOT, subprocess_env, tiny_config
+
+# Takes the lock of argv[1] and keeps it until its standard input closes;
+# with argv[2] == "fork", forks a child that inherits the lock file, prints
+# the child's pid and exits at once (the child waits on standard input).
+HOLDER = """
+import os, sys
+from capsnet_jax.workdir import lock
+held = lock.acquire(sys.argv[1], "training")
+if sys.argv[2:] == ["fork"]:
+  child = os.fork()
+  if child == 0:
+    sys.stdin.read()
+    os._exit(0)
+  print(child, flush=True)
+  os._exit(0)
+print("held", flush=True)
+sys.stdin.read()
+held.release()
+"""
+
+
+def _holder(workdir, *extra) -> tuple[subprocess.Popen, str]:
+  proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir), *extra],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True,
+                          env=subprocess_env(), cwd=ROOT)
+  line = proc.stdout.readline().strip()
+  assert line, proc.stderr.read()[-3000:]
+  return proc, line
+
+
+def _snapshot(folder) -> dict[str, tuple[bytes, int]]:
+  """{name: (bytes, mtime_ns)} of every file under folder."""
+  out = {}
+  for d, _, names in os.walk(folder):
+    for n in names:
+      p = os.path.join(d, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, folder)] = (f.read(), os.stat(p).st_mtime_ns)
+  return out
+
+
+def _refused_at_once(call):
+  """The WorkdirError ``call`` raises, run in a thread: a taker that waited
+  for the lock instead would still be running after a minute."""
+  caught = []
+
+  def target():
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except
+      caught.append(e)
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(60)
+  assert not thread.is_alive(), "the second taker waited for the lock"
+  assert len(caught) == 1 and isinstance(caught[0], WorkdirError), caught
+  return caught[0]
+
+
+def test_a_second_taker_is_refused_at_once_naming_the_holder(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("mine")
+  proc, _ = _holder(workdir)
+  before = _snapshot(workdir)
+  error = _refused_at_once(lambda: lock.acquire(str(workdir), "--mode=eval"))
+  assert f"is in use by training (pid {proc.pid}, since " in str(error)
+  assert "\n" not in str(error)
+  assert _snapshot(workdir) == before  # the refused taker changed nothing
+  holder = json.loads((workdir / lock.LOCK_FILE).read_text())
+  assert holder["pid"] == proc.pid and holder["what"] == "training"
+  proc.stdin.close()
+  assert proc.wait(timeout=60) == 0
+  assert os.listdir(workdir) == ["notes.txt"]  # released: the file is gone
+  with lock.hold(str(workdir), "evaluation") as held:
+    assert held.held
+    assert json.loads((workdir / lock.LOCK_FILE).read_text())["pid"] == (
+        os.getpid())
+  assert os.listdir(workdir) == ["notes.txt"]
+
+
+def test_the_lock_does_not_nest_within_a_process(tmp_path):
+  with lock.hold(str(tmp_path), "training"):
+    with pytest.raises(WorkdirError,
+                       match=rf"in use by training \(pid {os.getpid()},"):
+      lock.acquire(str(tmp_path), "again")
+
+
+def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
+  proc, _ = _holder(tmp_path)
+  proc.kill()
+  proc.wait(timeout=60)
+  # Its line stays behind; the kernel released its flock.
+  assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == proc.pid
+  with lock.hold(str(tmp_path), "training"):
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == (
+        os.getpid())
+
+
+def test_a_dead_holders_child_does_not_keep_the_workdir(tmp_path):
+  """The holder forked a child that inherited the locked file, then died:
+  its recorded pid is gone, so the lock is taken over."""
+  proc, child = _holder(tmp_path, "fork")
+  child = int(child)
+  try:
+    assert proc.wait(timeout=60) == 0
+    os.kill(child, 0)  # alive, and holding the old file's flock
+    with lock.hold(str(tmp_path), "training"):
+      assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == (
+          os.getpid())
+  finally:
+    proc.stdin.close()  # the child reads the same pipe: it ends now
+    try:
+      os.kill(child, 9)
+    except ProcessLookupError:
+      pass
+
+
+def test_a_folder_made_for_the_lock_goes_when_nothing_was_written(tmp_path):
+  held = lock.acquire(str(tmp_path / "new"), "training")
+  held.release()
+  assert not (tmp_path / "new").exists()
+  with pytest.raises(WorkdirError, match="does not exist"):
+    lock.acquire(str(tmp_path / "new"), "eval", create=False)
+  # A training refused for missing data leaves no workdir behind.
+  (tmp_path / "no_data").mkdir()
+  with pytest.raises(DataError, match="has no train-images-idx3-ubyte"):
+    from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+    loop.train_and_evaluate(tiny_config(tmp_path / "no_data"),
+                            str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_training_eval_and_visualize_refuse_a_workdir_in_use(idx_dir, tmp_path):
+  """Each refuses at once, naming the holder, before writing anything."""
+  from capsnet_jax.analysis import visualize  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  config = tiny_config(idx_dir)
+  (workdir / "eval_history.jsonl").write_text(
+      json.dumps({"step": 7, "source": "train", "test_accuracy": 0.5}) + "\n")
+  (workdir / "checkpoints").mkdir()
+  before = _snapshot(workdir)
+  held = lock.acquire(str(workdir), "park restore")
+  try:
+    for call in (lambda: loop.train_and_evaluate(config, str(workdir)),
+                 lambda: loop.evaluate_checkpoint(config, str(workdir)),
+                 lambda: visualize.visualize(config, str(workdir))):
+      error = _refused_at_once(call)
+      assert f"in use by park restore (pid {os.getpid()}," in str(error)
+    assert _snapshot(workdir) == {**before, lock.LOCK_FILE: _snapshot(
+        workdir)[lock.LOCK_FILE]}
+  finally:
+    held.release()
+  assert _snapshot(workdir) == before
