@@ -15,6 +15,11 @@ lists them). --config is a file, relative to the current directory as
 ml_collections reads it; where no such file exists, ``configs/NAME.py``,
 ``NAME.py`` and ``NAME`` name the config bundled with the package (so
 ``--config=mnist`` works anywhere). See README.md.
+
+The terminal (capsnet_jax.training.progress): our own lines, a live
+progress display on process 0 (a bar where standard error is a terminal,
+else a line every 30 s), one line per evaluation and a summary at the end;
+the libraries' INFO lines are hidden unless ``--verbosity=1``.
 """
 
 import hashlib
@@ -22,7 +27,9 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -33,6 +40,7 @@ from ml_collections import config_flags
 from capsnet_jax import errors
 from capsnet_jax import hostmem
 from capsnet_jax import validation
+from capsnet_jax.training import progress
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration.",
@@ -117,7 +125,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
     # A bad flag, an unknown --config.FOO, a value of the wrong type or a
-    # config file that fails: one line, exit status 1.
+    # config file that fails: one line, exit status 2.
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     if any(l.startswith("Traceback") for l in lines):  # keep what failed
       lines = [lines[0], lines[-1]]
@@ -267,14 +275,70 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
   return visualize.visualize(exp, workdir, out)
 
 
+# --------------------------------------------------------------------------
+# The summary at the end.
+
+
+def command(mode: str, workdir: str, argv: list[str] | None = None) -> str:
+  """The command line of ``mode`` on ``workdir`` with this command's
+  --config and --config.NAME flags (``argv``, default sys.argv), as the
+  program was started (python main.py, python -m capsnet_jax, capsnet-jax)."""
+  argv = sys.argv if argv is None else argv
+  program = os.path.basename(argv[0]) if argv else "main.py"
+  if program == "main.py":
+    words = ["python", argv[0]]
+  elif program in ("__main__.py", "cli.py"):
+    words = ["python", "-m", "capsnet_jax"]
+  else:
+    words = [program or "capsnet-jax"]
+  args = iter(argv[1:])
+  for arg in args:
+    if arg == "--":
+      break
+    name = arg.lstrip("-").partition("=")[0]
+    if arg.startswith("-") and (name == "config" or
+                                name.startswith("config.")):
+      words.append(arg)
+      if "=" not in arg:  # --config FILE
+        words.append(next(args, ""))
+  words += [f"--workdir={workdir}", f"--mode={mode}"]
+  return " ".join(shlex.quote(w) for w in words)
+
+
+def summary(mode: str, workdir: str, results, seconds: float,
+            argv: list[str] | None = None) -> str | None:
+  """The terminal's last lines after --mode=train or eval: the result, where
+  results.json is, the command for the figures and TensorBoard's (None
+  after a preempted run, whose warning says what to do)."""
+  if not isinstance(results, dict) or "test_accuracy" not in results:
+    return None
+  from capsnet_jax.workdir import record  # pylint: disable=g-import-not-at-top
+  line = (f"{'Trained' if mode == 'train' else 'Evaluated'} in "
+          f"{progress.duration(seconds)}: step {results['step']}")
+  if "epoch" in results:
+    line += f" (epoch {results['epoch']:.2f})"
+  line += f", test accuracy {100 * results['test_accuracy']:.2f}%"
+  if results.get("best_test_accuracy") is not None:
+    line += (f" (best {100 * results['best_test_accuracy']:.2f}% at step "
+             f"{results['best_step']})")
+  return "\n".join([
+      line + ".",
+      f"  results:     {os.path.join(workdir, record.RESULTS_FILE)}",
+      f"  figures:     {command('visualize', workdir, argv)}",
+      f"  TensorBoard: tensorboard --logdir={shlex.quote(workdir)}"])
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]} (flags are --NAME=VALUE; "
           "--helpfull lists them)", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
+  progress.configure_logging(FLAGS.verbosity)
+  t = time.monotonic()
   try:
     if FLAGS.mode != "summary":
       _initialize_distributed()
+      progress.set_lead(jax.process_index() == 0)
       logging.info("JAX process %d of %d; %d local / %d global devices (%s)",
                    jax.process_index(), jax.process_count(),
                    jax.local_device_count(), jax.device_count(),
@@ -286,6 +350,10 @@ def main(argv):
     sys.exit(errors.EXIT_USER_ERROR)
   if FLAGS.mode == "predict":
     sys.exit(result)
+  if FLAGS.mode in ("train", "eval") and progress.is_lead():
+    lines = summary(FLAGS.mode, FLAGS.workdir, result, time.monotonic() - t)
+    if lines:
+      logging.info("%s", lines)
 
 
 def entry_point():

@@ -7,6 +7,7 @@ Helpers every test module uses (none imports another test module):
   require(module)           importorskip that fails under CI=true
   tiny_config(idx_dir)      the tiny test model on a synthetic IDX folder
   run_main(*args)           main.py in a subprocess, its exit status checked
+                            (tty=True: standard error on a pseudo-terminal)
   subprocess_env(devices)   the environment of a test's python subprocess
   idx_dir (fixture)         a synthetic MNIST-format IDX folder
   tiny_run (fixture)        one tiny training run of the session, read-only
@@ -111,19 +112,69 @@ def subprocess_env(devices: int | None = None,
 
 def run_main(*args: str, expect: int | None = 0, devices: int | None = None,
              env: dict[str, str] | None = None, timeout: float = 600,
-             stdin=None, cwd=ROOT) -> subprocess.CompletedProcess:
+             stdin=None, cwd=ROOT, tty: bool = False
+             ) -> subprocess.CompletedProcess:
   """``python main.py ARGS`` from the checkout's root, output captured as
-  text. ``expect``: the exact exit status required (None: any)."""
-  proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *args],
-                        env=env or subprocess_env(devices), cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout,
-                        stdin=stdin)
+  text. ``expect``: the exact exit status required (None: any). ``tty``:
+  standard error is a pseudo-terminal (what a person watching sees; its
+  line ends read as "\\r\\n"), standard output a pipe."""
+  command = [sys.executable, str(ROOT / "main.py"), *args]
+  if tty:
+    proc = _run_on_tty(command, env=env or subprocess_env(devices), cwd=cwd,
+                       timeout=timeout, stdin=stdin)
+  else:
+    proc = subprocess.run(command, env=env or subprocess_env(devices),
+                          cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=stdin)
   if expect is not None and proc.returncode != expect:
     raise AssertionError(
         f"main.py {' '.join(args)}: exit status {proc.returncode}, expected "
         f"{expect}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n"
         f"{proc.stderr[-5000:]}")
   return proc
+
+
+def _run_on_tty(command, env, cwd, timeout, stdin, columns: int = 120
+                ) -> subprocess.CompletedProcess:
+  """``command`` with standard error on a pseudo-terminal of ``columns``
+  columns (read while it runs), standard output captured."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import pty  # pylint: disable=g-import-not-at-top
+  import termios  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  master, slave = pty.openpty()
+  fcntl.ioctl(slave, termios.TIOCSWINSZ,
+              struct.pack("HHHH", 40, columns, 0, 0))
+  chunks = []
+
+  def read():
+    while True:
+      try:
+        data = os.read(master, 65536)
+      except OSError:  # EIO: every holder of the terminal closed it
+        return
+      if not data:
+        return
+      chunks.append(data)
+
+  try:
+    child = subprocess.Popen(command, env=env, cwd=cwd, stdin=stdin,
+                             stdout=subprocess.PIPE, stderr=slave)
+  finally:
+    os.close(slave)
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  try:
+    stdout, _ = child.communicate(timeout=timeout)
+  finally:
+    if child.poll() is None:
+      child.kill()
+      child.wait()
+    reader.join(timeout=30)
+    os.close(master)
+  return subprocess.CompletedProcess(
+      command, child.returncode, stdout.decode(errors="replace"),
+      b"".join(chunks).decode(errors="replace"))
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Files written whole or not at all (capsnet_jax.workdir.files) and the
 writers that use them: the workdir's history and records, the report's
-README rewrite, the primary-capsule decoder's cache and bundle export.
+README rewrite, figures, the primary-capsule decoder's cache and bundle
+export.
 A failed write leaves the old file; temporary names are unique; a damaged
 file is a one-line error or, for a cache, recomputed."""
 
@@ -134,6 +135,31 @@ def test_the_report_rewrite_is_atomic(tmp_path, monkeypatch):
   assert report.update_file(str(readme)) == 1
   assert readme.read_text() == text.replace(
       "old table", "new table of --table=summary run")
+
+
+# --------------------------------------------------------------------------
+# Figures (capsnet_jax.analysis.plots): visualize's, the report's curves.
+
+
+def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+  from capsnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  png, gif = tmp_path / "confusion.png", tmp_path / "rotation.gif"
+  plots.plot_confusion(np.eye(3, dtype=np.int64) * 5, ["a", "b", "c"],
+                       str(png))
+  strip = {"inputs": np.zeros((2, 4, 4, 1), np.float32),
+           "reconstructions": np.ones((2, 4, 4, 1), np.float32)}
+  plots.save_rotation_gif(strip, str(gif))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert gif.read_bytes()[:6] == b"GIF89a"
+  before = {p.name: p.read_bytes() for p in (png, gif)}
+  _disk_full_at_fsync(monkeypatch)
+  with pytest.raises(OSError, match="No space left"):
+    plots.plot_confusion(np.eye(3, dtype=np.int64), ["a", "b", "c"], str(png))
+  with pytest.raises(OSError, match="No space left"):
+    plots.save_rotation_gif({"inputs": strip["inputs"]}, str(gif))
+  monkeypatch.undo()
+  assert {p.name: p.read_bytes() for p in (png, gif)} == before
+  assert sorted(os.listdir(tmp_path)) == ["confusion.png", "rotation.gif"]
 
 
 # --------------------------------------------------------------------------

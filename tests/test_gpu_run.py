@@ -1,21 +1,26 @@
-"""scripts/gpu_run.py on CPU with the tiny model: chained runs, chunks that
-stop at a deadline and resume, and the collected results."""
+"""scripts/gpu_run.py on CPU with the tiny model: the experiment list, runs
+started in priority order within --max_parallel, a chunk stopped at its
+deadline and resumed from its checkpoint, a run continued from a finished
+one's copy, and the collected results."""
 
 import json
-import pathlib
+import re
 import sys
 import tarfile
+import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import ROOT, subprocess_env  # pylint: disable=g-import-not-at-top
+
 sys.path.insert(0, str(ROOT / "scripts"))
 import gpu_run  # pylint: disable=g-import-not-at-top,wrong-import-position
-from conftest import subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# 256 synthetic training images (conftest.make_idx_dir), batch 32.
 TINY = ["--override=--config.model=tiny", "--override=--config.primary_types=4",
         "--override=--config.num_summary_images=2",
         "--override=--config.log_every_steps=4",
+        "--override=--config.multimnist_test_pairs=200",
         "--batch_size=32", "--num_train=256", "--poll_seconds=0.5"]
 
 
@@ -32,60 +37,135 @@ def _history(workdir):
           (workdir / "eval_history.jsonl").read_text().splitlines()]
 
 
-def test_experiment_table():
-  args = gpu_run.main.__globals__["argparse"].Namespace(
-      num_train=60000, batch_size=128, paper_epochs=50, long_epochs=120,
-      decoder_epochs=25, ref_long_epochs=113, only="")
-  exps = {e.name: e for e in gpu_run.experiments(args)}
-  assert sorted(exps) == ["dec_deconv", "dec_deconv_bn", "dec_fc", "dec_fc_bn",
-                          "mnist_paper", "mnist_paper_long", "ref_fc_long"]
-  assert exps["mnist_paper"].total_steps == 50 * 468
-  assert exps["mnist_paper_long"].total_steps == 120 * 468
-  assert exps["dec_deconv_bn"].total_steps == 25 * 421  # 54,000 // 128
-  assert exps["dec_deconv_bn"].overrides == ("--config.decoder=deconv",
-                                             "--config.batch_norm=True")
-  assert exps["ref_fc_long"].after == "dec_fc"
-  assert exps["dec_fc"].config == "configs/mnist.py:reference"
+def _starts(workdir):
+  return (workdir / gpu_run.LOG_FILE).read_text().count("main.py --config=")
 
 
-def test_chained_runs_and_collected_results(idx_dir, tmp_path):
+def test_the_experiment_list():
+  args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out"])
+  exps = gpu_run.experiments(args)
+  assert [e.name for e in exps] == [
+      "mnist_paper_s0", "mnist_paper_s1", "mnist_paper_s2", "dec_fc",
+      "dec_fc_bn", "dec_deconv", "dec_deconv_bn", "ref_fc_long", "multimnist"]
+  by_name = {e.name: e for e in exps}
+  for seed in (0, 1, 2):
+    e = by_name[f"mnist_paper_s{seed}"]
+    assert (e.config, e.overrides) == ("configs/mnist.py",
+                                       (f"--config.seed={seed}",))
+    assert e.total_steps == 120 * 468  # 60,000 // 128
+  assert by_name["dec_deconv_bn"].config == "configs/mnist.py:reference"
+  assert by_name["dec_deconv_bn"].overrides == ("--config.decoder=deconv",
+                                                "--config.batch_norm=True")
+  assert by_name["dec_deconv_bn"].total_steps == 25 * 421  # 54,000 // 128
+  assert (by_name["ref_fc_long"].after, by_name["ref_fc_long"].total_steps) == (
+      "dec_fc", 113 * 421)
+  assert by_name["multimnist"].config == "configs/multimnist.py"
+  assert by_name["multimnist"].total_steps == 1000 * 468
+  assert args.max_parallel == 7  # not all 9 at once
+  # The old flag, other seeds, a subset, and runs turned off.
+  args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out", "--long_epochs=90",
+                             "--seeds=3,4", "--ref_long_epochs=0",
+                             "--multimnist_epochs=0", "--only=mnist_paper_s4,dec_fc"])
+  assert [(e.name, e.overrides, e.epochs) for e in gpu_run.experiments(args)
+          ] == [("mnist_paper_s4", ("--config.seed=4",), 90),
+                ("dec_fc", ("--config.decoder=fc", "--config.batch_norm=False"),
+                 25)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--only=mnist_paper,dec_fc"], "--only names no experiment: mnist_paper;"),
+    (["--max_parallel=0"], "--max_parallel must be at least 1"),
+    (["--seeds=0,one"], "--seeds takes comma-separated integers"),
+])
+def test_bad_flags_are_refused(flags, message, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    gpu_run.parse_args(["--idx_dir=mnist", "--out=out", *flags])
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_runs_start_in_priority_order_within_max_parallel(idx_dir, tmp_path,
+                                                          monkeypatch):
   runs, out = tmp_path / "runs", tmp_path / "out"
+  started = []  # (name, the runs that were running or finished then)
+  start = gpu_run.start
+
+  def recording_start(e, runs_dir, args):
+    started.append((e.name,
+                    {n: ("running" if gpu_run.running_pid(runs_dir / n) else
+                         "finished" if (runs_dir / n / "results.json").exists()
+                         else None) for n in ("mnist_paper_s1", "multimnist")}))
+    return start(e, runs_dir, args)
+
+  monkeypatch.setattr(gpu_run, "start", recording_start)
   rc = gpu_run.main([f"--idx_dir={idx_dir}", f"--runs={runs}", f"--out={out}",
-                     "--only=mnist_paper,mnist_paper_long", "--paper_epochs=2",
-                     "--long_epochs=3", *TINY])
+                     "--only=multimnist,mnist_paper_s1", "--max_parallel=1",
+                     "--paper_epochs=1", "--multimnist_epochs=1", *TINY])
   assert rc == 0
-  paper, long = _history(runs / "mnist_paper"), _history(runs / "mnist_paper_long")
-  assert [r["step"] for r in paper] == [8, 16]
-  assert [r["step"] for r in long] == [8, 16, 24]
-  assert long[:2] == paper  # continued from a copy of the finished run
-  assert json.loads((runs / "mnist_paper_long" / "results.json").read_text())[
-      "step"] == 24
+  # MultiMNIST last, once the seed's run has finished and exited.
+  assert started == [
+      ("mnist_paper_s1", {"mnist_paper_s1": None, "multimnist": None}),
+      ("multimnist", {"mnist_paper_s1": "finished", "multimnist": None})]
+  paper = runs / "mnist_paper_s1"
+  assert json.loads((paper / "config.json").read_text())["seed"] == 1
+  assert "--config.seed=1" in (paper / gpu_run.LOG_FILE).read_text()
+  assert [r["step"] for r in _history(paper)] == [8]  # 256 // 32
+  # One pair per training digit an epoch, none held out: 256 // 32 steps.
+  pairs = _history(runs / "multimnist")
+  assert [r["step"] for r in pairs] == [8]
+  assert pairs[0]["epoch"] == 1.0
+  assert json.loads((runs / "multimnist" / "config.json").read_text())[
+      "dataset"] == "multimnist"
   status = (out / "status.txt").read_text()
-  assert "mnist_paper | finished | 16 | 16" in status
-  assert "mnist_paper_long | finished | 24 | 24" in status
+  assert "mnist_paper_s1 | finished | 8 | 8" in status
+  assert "multimnist | finished | 8 | 8" in status
   with tarfile.open(out / "gpu_runs.tar.gz") as tar:
     names = set(tar.getnames())
-  for name in ("gpu_runs/mnist_paper_long/eval_history.jsonl",
-               "gpu_runs/mnist_paper/results.json", "gpu_runs/report.md",
-               "gpu_runs/curves.png", "gpu_runs/mnist_paper/train.log"):
+  for name in ("gpu_runs/multimnist/eval_history.jsonl",
+               "gpu_runs/mnist_paper_s1/results.json", "gpu_runs/report.md",
+               "gpu_runs/curves.png", "gpu_runs/multimnist/train.log"):
     assert name in names, (name, sorted(names))
-  assert "| mnist_paper_long | 3 |" in (out / "gpu_runs" / "report.md").read_text()
+  assert "| multimnist | 1 |" in (out / "gpu_runs" / "report.md").read_text()
 
 
-@pytest.mark.parametrize("keep_running", [False, True])
-def test_a_chunk_stops_at_its_deadline_and_the_next_resumes(idx_dir, tmp_path,
-                                                            keep_running):
+def test_a_chunk_stops_at_its_deadline_resumes_and_is_continued(idx_dir,
+                                                                tmp_path):
   runs, out = tmp_path / "runs", tmp_path / "out"
   common = [f"--idx_dir={idx_dir}", f"--runs={runs}", f"--out={out}",
-            "--only=dec_fc", "--decoder_epochs=6", *TINY]
-  first = common + ["--deadline_seconds=3"] + (["--keep_running"] if keep_running else [])
-  assert gpu_run.main(first) == 0
-  workdir = runs / "dec_fc"
-  if not keep_running:  # SIGTERMed at the deadline: nothing left running
-    assert gpu_run.running_pid(workdir) is None
+            "--only=dec_fc,ref_fc_long", "--decoder_epochs=6",
+            "--ref_long_epochs=7", *TINY]
+  dec_fc, ref_long = runs / "dec_fc", runs / "ref_fc_long"
+  # A chunk that leaves its run going: ref_fc_long waits for dec_fc.
+  assert gpu_run.main(common + ["--deadline_seconds=1", "--keep_running"]) == 0
+  assert gpu_run.running_pid(dec_fc) is not None
+  assert not ref_long.exists()
+  assert "ref_fc_long | waiting for dec_fc | 0 |" in (out / "status.txt"
+                                                     ).read_text()
+  history = dec_fc / "eval_history.jsonl"
+  limit = time.monotonic() + 300
+  while not (history.exists() and history.read_text().strip()):
+    assert gpu_run.running_pid(dec_fc), (dec_fc / "train.log").read_text()
+    assert time.monotonic() < limit, "no epoch of dec_fc within 300 s"
+    time.sleep(0.2)
+  # The next chunk finds it (no second start) and, at its deadline, stops it.
+  assert gpu_run.main(common + ["--deadline_seconds=0"]) == 0
+  assert gpu_run.running_pid(dec_fc) is None
+  assert _history(dec_fc)[-1]["step"] < 42  # stopped before its end
+  assert _starts(dec_fc) == 1
+  # The last chunk resumes dec_fc from its checkpoint, then continues a copy.
   assert gpu_run.main(common + ["--deadline_seconds=600"]) == 0
-  steps = [r["step"] for r in _history(workdir)]
-  assert steps == [7, 14, 21, 28, 35, 42]  # (256 - 25) // 32 = 7 per epoch
-  starts = (workdir / "train.log").read_text().count("main.py --config=")
-  # A detached run is found by the next call, not started twice.
-  assert starts == (1 if keep_running else 2)
+  assert _starts(dec_fc) == 2, (dec_fc / gpu_run.LOG_FILE).read_text()
+  resumed = re.findall(r"Resumed from the checkpoint at step (\d+)",
+                       (dec_fc / "train.log").read_text())
+  assert len(resumed) == 1 and 7 <= int(resumed[0]) < 42, resumed
+  fc = _history(dec_fc)
+  assert [r["step"] for r in fc] == [7, 14, 21, 28, 35, 42]  # 231 // 32 = 7
+  long = _history(ref_long)
+  assert long[:6] == fc  # continued from a copy of the finished run
+  assert [r["step"] for r in long[6:]] == [49]
+  assert _starts(ref_long) == 1
+  assert json.loads((ref_long / "results.json").read_text())["step"] == 49
+  status = (out / "status.txt").read_text()
+  assert "dec_fc | finished | 42 | 42" in status
+  assert "ref_fc_long | finished | 49 | 49" in status
+  assert "| ref_fc_long | 7 |" in (out / "gpu_runs" / "report.md").read_text()

@@ -9,7 +9,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "capsnet_jax"
 # Lower layers never import higher ones (docs/development.md).
 LAYERS = (
-    ("capsnet_jax.errors", "capsnet_jax.hostmem"),
+    ("capsnet_jax.errors", "capsnet_jax.hostmem", "capsnet_jax.processes"),
     ("capsnet_jax.model",),
     ("capsnet_jax.data",),
     ("capsnet_jax.workdir",),

@@ -214,6 +214,18 @@ def test_each_hostile_file_is_refused_with_its_reason(hostile, case, why,
   assert not opened  # the EPS decoder is never reached
 
 
+def test_pillows_decompression_bomb_warning_is_an_error(hostile, monkeypatch):
+  """Above our own cap, Pillow's warning (89 to 179 MP) still refuses a
+  file: nothing between the two limits is decoded."""
+  monkeypatch.setattr(predict, "MAX_PIXELS", 10**9)
+  loaded = []
+  monkeypatch.setattr(Image.Image, "load", lambda self: loaded.append(self))
+  error = _read_in_thread(hostile["100mp.png"])
+  assert isinstance(error, predict.ImageReadError)
+  assert str(error).startswith("too large: 100.0 megapixels, ")
+  assert not loaded
+
+
 def test_an_unreadable_file_and_memory_errors_are_reasons_too(
     hostile, tmp_path, monkeypatch):
   good = tmp_path / "digit.png"
@@ -298,7 +310,8 @@ def test_real_digits_from_files_as_from_arrays(model, digits, tmp_path):
   for r in results:
     i = int(os.path.basename(r["image"])[:3])
     assert r["prediction"] == out.predictions[i] == labels[i], r["image"]
-    assert r["input"].shape == (28, 28, 1) and r["reconstruction"] is None
+    # The bundle carries the decoder (float16): a reconstruction per file.
+    assert r["input"].shape == r["reconstruction"].shape == (28, 28, 1)
 
 
 def _write_digits(folder, images, labels, n):
@@ -422,8 +435,8 @@ def test_out_never_overwrites_even_the_images_themselves(model, digits,
       n.replace(".png", "-2.png") for n in names]
   after = _snapshot(folder)
   assert {n: after[n] for n in inputs} == inputs  # bytes and times
-  with Image.open(lines[0]["figure"]) as im:  # the input alone: no decoder
-    assert im.size == (4 * 28, 4 * 28)
+  with Image.open(lines[0]["figure"]) as im:  # input | line | reconstruction
+    assert im.size == (4 * (28 + 1 + 28), 4 * 28)
   # Again, over the images and the figures: new names, nothing replaced.
   assert predict.run(model, [str(folder)], out_dir=str(folder),
                      stdout=io.StringIO()) == 0

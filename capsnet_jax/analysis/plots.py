@@ -10,13 +10,19 @@ Synopsis::
 
 Every function takes numpy arrays (those of capsnet_jax.analysis.arrays) and the
 path of the file to write; images are floats in [0, 1], [H, W, C] with one
-channel (gray), two (the first shown) or three (RGB).
+channel (gray), two (the first shown) or three (RGB). Each file is written
+atomically (capsnet_jax.workdir.files): the old figure or the new one,
+never a part.
 """
+
+import os
 
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from capsnet_jax.workdir import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def red_green(pair: np.ndarray) -> np.ndarray:
@@ -42,8 +48,13 @@ def _show(ax, image, title=None):
 
 
 def _save(fig, path):
-  fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  """Writes ``fig`` to ``path`` (its format from the extension) atomically."""
+  try:
+    with files.atomic_open(path, "wb") as f:
+      fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=100,
+                  bbox_inches="tight")
+  finally:
+    plt.close(fig)
 
 
 def plot_reconstructions(inputs, recons, predictions, labels, class_names, path):
@@ -116,8 +127,9 @@ def save_rotation_gif(strip, path):
     pair = (np.clip(pair, 0, 1) * 255).astype(np.uint8)
     frames.append(Image.fromarray(pair).resize((pair.shape[1] * 4, pair.shape[0] * 4),
                                                Image.NEAREST))
-  frames[0].save(path, save_all=True, append_images=frames[1:], duration=150,
-                 loop=0)
+  with files.atomic_open(path, "wb") as f:
+    frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=150, loop=0)
 
 
 def plot_perturbations(grids, capsules, offsets, class_names, path):

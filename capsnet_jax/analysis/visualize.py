@@ -56,17 +56,18 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from capsnet_jax import errors
 from capsnet_jax import experiment
+from capsnet_jax import processes
 from capsnet_jax.analysis import arrays
 from capsnet_jax.analysis import plots
 from capsnet_jax.data import augment
 from capsnet_jax.data import input_pipeline
 from capsnet_jax.inference import bundled
 from capsnet_jax.inference import trained
+from capsnet_jax.training import progress
 from capsnet_jax.workdir import files
 from capsnet_jax.workdir import lock
 from capsnet_jax.workdir import metric_logging
@@ -213,9 +214,11 @@ def _primary_decoder(ctx: Context) -> tuple[Any, bool]:
   lead = jax.process_index() == 0
   params = arrays.read_primary_decoder(cache, template, model.step) if lead else None
   if jax.process_count() > 1:  # process 0's file decides, on every process
-    found = multihost_utils.broadcast_one_to_all(np.int32(params is not None))
-    params = multihost_utils.broadcast_one_to_all(
-        params if params is not None else template) if found else None
+    found = processes.broadcast_one_to_all(
+        np.int32(params is not None), "process 0's primary-decoder cache")
+    params = processes.broadcast_one_to_all(
+        params if params is not None else template,
+        "the cached primary-capsule decoder") if found else None
   if params is not None:
     return params, False
   pool = ctx.train.images[:config.visualize_primary_examples]
@@ -369,8 +372,16 @@ def make_figures(config, workdir: str, out: str | None = None
                  model.info.name, why)
   figures = tuple((n, f) for n, f in figures if n not in skipped)
   paths = {name: os.path.join(ctx.out_dir, f"{name}.png") for name, _ in figures}
-  arrays = {name: figure(ctx, paths[name] if lead else None)
-            for name, figure in figures}
+  arrays = {}
+  # Process 0 shows the figures done (a bar on a terminal).
+  with progress.Progress("figures", len(figures), "figure",
+                         enabled=lead) as shown:
+    for name, figure in figures:
+      shown.desc = f"figures, drawing {name}"
+      shown.show(force=True)
+      arrays[name] = figure(ctx, paths[name] if lead else None)
+      shown.desc = "figures"
+      shown.update()
   summary = dict(checkpoint_step=model.step, **(
       _two_digit_summary if two_digits else _single_digit_summary)(ctx, arrays),
                  seconds=time.time() - t0)

@@ -36,6 +36,7 @@ import numpy as np
 from capsnet_jax.data import datasets
 from capsnet_jax.data import idx
 from capsnet_jax.data import multimnist
+from capsnet_jax import processes
 from capsnet_jax.errors import DataError
 
 DATASETS = datasets.DATASETS
@@ -300,10 +301,10 @@ def _total(local: int, process_count: int, nominal: int) -> int:
   if process_count == 1:
     return local
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if jax.process_count() != process_count:  # Not a real multi-process run.
     return nominal
-  return int(np.sum(multihost_utils.process_allgather(np.array(local))))
+  return int(np.sum(processes.process_allgather(
+      np.array(local), "the count of every process's examples")))
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 from capsnet_jax import experiment
 from capsnet_jax.errors import WorkdirError
 from capsnet_jax.inference import trained
+from capsnet_jax.training import progress
 from capsnet_jax.workdir import files
 from capsnet_jax.workdir import record
 
@@ -86,11 +87,15 @@ def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
   splits = first.load_splits(process_index=0, process_count=1)
   test, info = splits.test, splits.info
   lengths, accuracies = [], []
-  for member, cfg in zip(members, configs):
-    member_lengths = test_lengths(cfg, member, test.images)
-    accuracies.append(accuracy(member_lengths, test.labels))
-    logging.info("member %s: test accuracy %.4f", member, accuracies[-1])
-    lengths.append(member_lengths)
+  # Process 0 shows the members done (a bar on a terminal).
+  with progress.Progress("ensemble", len(members), "member",
+                         enabled=jax.process_index() == 0) as shown:
+    for member, cfg in zip(members, configs):
+      member_lengths = test_lengths(cfg, member, test.images)
+      accuracies.append(accuracy(member_lengths, test.labels))
+      logging.info("member %s: test accuracy %.4f", member, accuracies[-1])
+      lengths.append(member_lengths)
+      shown.update()
   mean_lengths, _ = ensemble_predictions(lengths)
   results = dict(
       ensemble_workdirs=members, member_test_accuracies=accuracies,

@@ -8,6 +8,14 @@ or the latest)::
 
 ``--only_if_better`` keeps an existing bundle whose recorded test accuracy is
 at least the checkpoint's (a run that goes on after its best was bundled).
+The reconstruction decoder is stored as float16 (``--decoder_dtype``:
+float16, float32 or none).
+
+Add a decoder to a bundle that has none, from a checkpoint that continues
+the same run (how the shipped mnist_efficient bundle got its decoder)::
+
+  python -m capsnet_jax.inference.export --add_decoder --name=mnist_efficient \
+      --workdir=runs/eff_recover --which=277500
 
 The bundle is written whole into a temporary folder beside it, fsynced and
 renamed into place (an existing bundle is moved aside first and deleted
@@ -102,6 +110,70 @@ def export(workdir: str, name: str, which="best",
   config = model.config.to_dict()
   for key in ("idx_dir", "tfds_data_dir", "ensemble_workdirs"):
     config[key] = ""
+  meta = dict(
+      name=name, source_workdir=os.path.normpath(workdir), which=str(which),
+      step=model.step, epoch=record.get("epoch"),
+      test_accuracy=record.get("test_accuracy"),
+      model=model.config.model, dataset=model.config.dataset,
+      data_setup=model.config.data_setup,
+      left_out=[] if with_decoder else list(bundled.LEFT_OUT),
+      decoder=with_decoder,
+      decoder_dtype=decoder_dtype if with_decoder else None)
+  return _write_bundle(out_root, name, variables, config, meta)
+
+
+def add_decoder(name: str, workdir: str, which="latest",
+                out_root: str = WEIGHTS_DIR,
+                decoder_dtype: str = "float16") -> dict[str, Any]:
+  """Adds to the bundle ``out_root/name`` the reconstruction decoder of a
+  checkpoint of ``workdir``; returns the new metadata.
+
+  The bundle keeps its encoder, step and recorded test accuracy; its
+  weights.json gains ``decoder_source`` (the workdir, step and test
+  reconstruction SSE of the checkpoint the decoder comes from). For a
+  bundle exported without its decoder whose run went on: the checkpoint
+  must be of the same configuration (model, dataset, setup), and should
+  continue the same run, so that its decoder reads the bundle's capsules.
+  How well it does is for the caller to measure (docs/results.md gives the
+  shipped bundle's figures).
+  """
+  if decoder_dtype not in DECODER_DTYPES[:2]:
+    raise WorkdirError(f"decoder_dtype must be float16 or float32, got "
+                       f"{decoder_dtype!r}")
+  folder = os.path.join(out_root, name)
+  meta, variables = bundled.read(folder)
+  with open(os.path.join(folder, bundled.CONFIG_FILE)) as f:
+    config = json.load(f)
+  model = trained.load(workdir, which=which)
+  for key in ("model", "dataset", "data_setup"):
+    if model.config[key] != config[key]:
+      raise WorkdirError(f"{workdir} is a run of {key} {model.config[key]!r}, "
+                         f"the bundle {name} of {config[key]!r}")
+  if not model.has_decoder:
+    raise WorkdirError(f"{workdir} has no decoder")
+  decoder = jax.tree.map(lambda x: np.asarray(x, decoder_dtype),
+                         model.variables["params"]["decoder"])
+  variables["params"]["decoder"] = decoder
+  record = next((r for r in history.read(workdir) if r["step"] == model.step),
+                {})
+  meta = {k: v for k, v in meta.items()
+          if k not in ("bytes", "sha256", "config_sha256", "params", "created")}
+  meta.update(left_out=[], decoder=True, decoder_dtype=decoder_dtype,
+              decoder_source=dict(
+                  workdir=os.path.normpath(workdir), step=model.step,
+                  epoch=record.get("epoch"),
+                  test_accuracy=record.get("test_accuracy"),
+                  test_reconstruction_loss=record.get(
+                      "test_reconstruction_loss")))
+  return _write_bundle(out_root, name, variables, config, meta)
+
+
+def _write_bundle(out_root: str, name: str, variables: dict[str, Any],
+                  config: dict[str, Any], meta: dict[str, Any]
+                  ) -> dict[str, Any]:
+  """Writes the bundle out_root/name whole (see the module docstring):
+  ``meta`` completed with the parameter count, sizes, checksums and date."""
+  folder = os.path.join(out_root, name)
   os.makedirs(out_root, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
   try:
@@ -111,17 +183,9 @@ def export(workdir: str, name: str, which="best",
                              serialization.msgpack_serialize(variables))
     files.atomic_write_text(config_path,
                             json.dumps(config, indent=2, sort_keys=True))
-    num_params = sum(int(np.size(x))
-                     for x in jax.tree.leaves(variables["params"]))
     meta = dict(
-        name=name, source_workdir=os.path.normpath(workdir), which=str(which),
-        step=model.step, epoch=record.get("epoch"),
-        test_accuracy=record.get("test_accuracy"),
-        model=model.config.model, dataset=model.config.dataset,
-        data_setup=model.config.data_setup, params=num_params,
-        left_out=[] if with_decoder else list(bundled.LEFT_OUT),
-        decoder=with_decoder,
-        decoder_dtype=decoder_dtype if with_decoder else None,
+        meta,
+        params=sum(int(np.size(x)) for x in jax.tree.leaves(variables["params"])),
         bytes=os.path.getsize(weights_path),
         sha256=files.sha256(weights_path),
         config_sha256=files.sha256(config_path),
@@ -150,6 +214,10 @@ def main(argv: list[str]) -> int:
       description="Make a bundle of inference weights from a trained workdir.")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--name", required=True)
+  parser.add_argument(
+      "--add_decoder", action="store_true",
+      help="keep the bundle NAME's encoder and add the decoder of the "
+      "checkpoint --which of --workdir (a continuation of the same run)")
   parser.add_argument("--which", default="best",
                       help="best, latest or a step number (default: best)")
   parser.add_argument("--out_root", default=WEIGHTS_DIR)
@@ -165,8 +233,12 @@ def main(argv: list[str]) -> int:
   which = int(args.which) if args.which.isdigit() else args.which
   before = _existing_meta(os.path.join(args.out_root, args.name))
   try:
-    meta = export(args.workdir, args.name, which, args.out_root,
-                  args.only_if_better, args.decoder_dtype)
+    if args.add_decoder:
+      meta = add_decoder(args.name, args.workdir, which, args.out_root,
+                         args.decoder_dtype)
+    else:
+      meta = export(args.workdir, args.name, which, args.out_root,
+                    args.only_if_better, args.decoder_dtype)
   except WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     return errors.EXIT_USER_ERROR

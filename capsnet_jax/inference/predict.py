@@ -38,8 +38,8 @@ Memory stays bounded for any number of files: the file names are listed
 first (before any figure is written, so figures never become inputs), then
 the images are read, predicted and printed in batches of the model's batch
 size. With several JAX processes, process 0 reads the files and broadcasts
-each batch to the others (jax.experimental.multihost_utils, after a barrier
-with a timeout of BATCH_TIMEOUT_S); every process runs the sharded
+each batch to the others (capsnet_jax.processes: after a barrier with a
+timeout of BATCH_TIMEOUT_S); every process runs the sharded
 inference, and only process 0 prints and writes figures.
 
 Preprocessing (``to_stored``) turns any image (grayscale or colour, any
@@ -66,7 +66,6 @@ runs on the device as for the test set.
 import contextlib
 import glob
 import io
-import itertools
 import json
 import os
 import re
@@ -82,6 +81,8 @@ from PIL import Image
 from PIL import ImageOps
 
 from capsnet_jax import errors
+from capsnet_jax import processes
+from capsnet_jax.training import progress
 from capsnet_jax.workdir import files
 
 INVERT = ("auto", "always", "never")
@@ -405,11 +406,13 @@ def _read_stored(path: str, info, invert: str) -> np.ndarray:
     raise ImageReadError("not enough memory to preprocess it") from None
 
 
-def _entries(model, specs: Sequence[str], invert: str
+def _entries(model, specs: Sequence[str], invert: str, on_listed=None
              ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
   """(path or spec, stored image or None, error or None), in order, one
-  file at a time."""
+  file at a time; ``on_listed(n)`` first, with the number of entries."""
   paths, missing = expand_paths(specs)
+  if on_listed is not None:
+    on_listed(len(paths) + len(missing))
   for spec, why in missing:
     yield spec, None, why
   for path in paths:
@@ -419,11 +422,11 @@ def _entries(model, specs: Sequence[str], invert: str
       yield path, None, str(e)
 
 
-def _lead_batches(model, specs, invert):
+def _lead_batches(model, specs, invert, on_listed=None):
   """Process 0: lists of entries holding at most model.batch_size images
   each (the errors between them ride along), read one batch at a time."""
   batch, images = [], 0
-  for entry in _entries(model, specs, invert):
+  for entry in _entries(model, specs, invert, on_listed):
     batch.append(entry)
     images += entry[1] is not None
     if images == model.batch_size:
@@ -433,24 +436,11 @@ def _lead_batches(model, specs, invert):
     yield batch
 
 
-_barriers = itertools.count()
-
-
-def _broadcast(model, tree):
+def _broadcast(model, tree, what: str = "the next batch of images"):
   """process 0's ``tree`` on every process, after a barrier that waits at
-  most BATCH_TIMEOUT_S for them all."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  try:
-    distributed.global_state.client.wait_at_barrier(
-        f"capsnet_jax/predict/{next(_barriers)}", BATCH_TIMEOUT_S * 1000)
-  except Exception as e:  # pylint: disable=broad-except  # XlaRuntimeError
-    raise errors.UserError(
-        f"process {jax.process_index()}: the other processes did not reach "
-        f"the next batch of images within {BATCH_TIMEOUT_S} s "
-        f"({str(e).strip().splitlines()[0]})") from None
-  return multihost_utils.broadcast_one_to_all(tree)
+  most BATCH_TIMEOUT_S for them all (capsnet_jax.processes)."""
+  del model
+  return processes.broadcast_one_to_all(tree, what, BATCH_TIMEOUT_S)
 
 
 def _predict_batch(model, stored: np.ndarray, figures: bool):
@@ -464,7 +454,8 @@ def _predict_batch(model, stored: np.ndarray, figures: bool):
 
 
 def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
-                     figures: bool = True) -> Iterator[dict[str, Any]]:
+                     figures: bool = True, on_listed=None
+                     ) -> Iterator[dict[str, Any]]:
   """Predictions of a trained.TrainedModel for image files, folders and
   globs, yielded batch by batch (at most model.batch_size images in memory).
 
@@ -478,6 +469,9 @@ def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
     With several JAX processes every process must call this alike: process
     0 reads the files and yields; the others receive each batch, run the
     same inference and yield nothing.
+
+    ``on_listed(n)``, where given, is called on process 0 once the specs
+    are listed, with the number of results to come.
   """
   if invert not in INVERT:
     raise ValueError(f"Unknown invert {invert!r}; valid: {', '.join(INVERT)}")
@@ -485,7 +479,7 @@ def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
   several = jax.process_count() > 1
   lead = jax.process_index() == 0
   shape, b = tuple(model.info.stored_shape), model.batch_size
-  batches = _lead_batches(model, specs, invert) if lead else None
+  batches = _lead_batches(model, specs, invert, on_listed) if lead else None
   names = model.info.class_names
   while True:
     batch = next(batches, None) if lead else None
@@ -623,7 +617,9 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
   ``error: PATH: why`` on stderr per file that failed, a figure per image
   in ``out_dir`` (never replacing a file); only process 0 prints and
   writes. Standard output holds nothing but the JSON lines (see
-  json_only_stdout) unless ``stdout`` is given.
+  json_only_stdout) unless ``stdout`` is given. The files done show as a
+  progress bar on ``stderr`` where it is a terminal (capsnet_jax.training.
+  progress; elsewhere a log line every PLAIN_EVERY_S seconds).
 
   Returns:
     The exit status: errors.EXIT_SOME_FAILED if any file could not be
@@ -641,21 +637,33 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
   if out_dir:  # on every process: each fails alike, none waits for another
     prepare_out(out_dir)
   failed = False
-  for r in iter_predictions(model, specs, invert, figures=bool(out_dir)):
-    if "error" in r:
-      failed = True
-      print(f"error: {r['image']}: {r['error']}", file=stderr, flush=True)
-      continue
-    record = {k: r[k] for k in ("image", "prediction", "predictions",
-                                "class_name", "capsule_lengths") if k in r}
-    if out_dir:
-      try:
-        record["figure"] = _write_figure(out_dir, r)
-      except OSError as e:
+  shown = progress.Progress("predict", None, "file", stream=stderr,
+                            enabled=jax.process_index() == 0)
+
+  def say(line: str, file) -> None:
+    shown.clear_for_line()  # the bar redraws below the line
+    print(line, file=file, flush=True)
+
+  with shown:
+    for r in iter_predictions(model, specs, invert, figures=bool(out_dir),
+                              on_listed=lambda n: shown.set(0, n)):
+      if "error" in r:
         failed = True
-        print(f"error: {r['image']}: its figure cannot be written to "
-              f"{out_dir} ({e.strerror or e})", file=stderr, flush=True)
-    print(json.dumps(record), file=stdout, flush=True)
+        say(f"error: {r['image']}: {r['error']}", stderr)
+        shown.update()
+        continue
+      record = {k: r[k] for k in ("image", "prediction", "predictions",
+                                  "class_name", "capsule_lengths") if k in r}
+      if out_dir:
+        try:
+          record["figure"] = _write_figure(out_dir, r)
+        except OSError as e:
+          failed = True
+          say(f"error: {r['image']}: its figure cannot be written to "
+              f"{out_dir} ({e.strerror or e})", stderr)
+      say(json.dumps(record), stdout)
+      shown.update()
   if jax.process_count() > 1:  # process 0's outcome is every process's
-    failed = bool(_broadcast(model, np.int32(failed)))
+    failed = bool(_broadcast(model, np.int32(failed),
+                             "the end of the predictions"))
   return errors.EXIT_SOME_FAILED if failed else errors.EXIT_OK

@@ -14,21 +14,23 @@ best_test_accuracy is the maximum over that history, whatever stops and
 resumes happened.
 """
 
+import contextlib
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 from capsnet_jax import experiment
+from capsnet_jax import processes
 from capsnet_jax.data import input_pipeline
 from capsnet_jax.errors import ConfigError, NonFiniteLossError, WorkdirError
 from capsnet_jax.training import mesh as mesh_lib
+from capsnet_jax.training import progress
 from capsnet_jax.training import schedules
 from capsnet_jax.training import state as state_lib
 from capsnet_jax.training.state import TrainState
@@ -44,9 +46,25 @@ from capsnet_jax.workdir import record as record_lib
 # Evaluation.
 
 
+def num_eval_batches(num_test: int, local_batch_size: int) -> int:
+  """The batches ``evaluate`` runs on each process."""
+  per_process = -(-num_test // jax.process_count())
+  return input_pipeline.num_eval_batches(per_process, local_batch_size)
+
+
 def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
-             local_batch_size: int, num_test: int) -> dict[str, float]:
+             local_batch_size: int, num_test: int,
+             done: Callable[[int], None] | None = None) -> dict[str, float]:
   """Metrics over every test example exactly once (all processes together).
+
+  Args:
+    steps, state: the compiled steps and the state evaluated.
+    test: the split (this process's share).
+    local_batch_size: this process's batch.
+    num_test: the split's examples over all processes.
+    done: called with the number of batches finished (a progress
+      display); the batches are then waited for one behind the last one
+      dispatched, so that the count follows the device.
 
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
@@ -56,13 +74,18 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
     the test set; with several objects per image, partial_accuracy (at least
     one label among the longest capsules) too.
   """
-  per_process = -(-num_test // jax.process_count())
-  num_batches = input_pipeline.num_eval_batches(per_process, local_batch_size)
+  num_batches = num_eval_batches(num_test, local_batch_size)
   totals = None
-  for batch in input_pipeline.eval_batches(test, local_batch_size, num_batches):
+  batches = input_pipeline.eval_batches(test, local_batch_size, num_batches)
+  for i, batch in enumerate(batches):
     sums = steps.eval(state, mesh_lib.global_batch(batch, steps.sharded))
+    if done is not None and totals is not None:
+      jax.block_until_ready(totals)
+      done(i)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
+  if done is not None:
+    done(num_batches)
   count = float(totals["count"])
   metrics = dict(
       accuracy=float(totals["correct"]) / count,
@@ -87,7 +110,8 @@ def reconstruction_grid(steps: Steps, state: TrainState,
   """
   raw = test.images[:n]
   if jax.process_count() > 1:  # The replicated input must agree everywhere.
-    raw = multihost_utils.broadcast_one_to_all(raw)
+    raw = processes.broadcast_one_to_all(raw, "the reconstruction grid's "
+                                         "test images")
   images = steps.preprocess_eval(jax.device_put(raw, steps.replicated),
                                  jax.random.key(0))
   recon = steps.predict(state, images)["reconstructions"]
@@ -121,32 +145,51 @@ class _Evaluator:
 
   def __init__(self, exp: experiment.Experiment, steps: Steps,
                splits: input_pipeline.Splits, steps_per_epoch: int,
-               num_params: int):
+               num_params: int, records: list[dict[str, Any]] = (),
+               display: progress.TrainProgress | None = None):
     self.exp, self.steps, self.splits = exp, steps, splits
     self.steps_per_epoch = steps_per_epoch
     self.num_params = num_params
     self.local_batch = exp.eval_batch_size // jax.process_count()
+    # The best test accuracy so far (for the line of each evaluation).
+    self.best = history.best(list(records))
+    self.display = display
 
   def epoch(self, step: int) -> float:
     return round(step / self.steps_per_epoch, 4)
+
+  def _evaluate(self, state: TrainState, step: int, name: str,
+                split: input_pipeline.Split, num: int) -> dict[str, float]:
+    """evaluate() under a progress display of its batches."""
+    batches = num_eval_batches(num, self.local_batch)
+    if self.display is not None:
+      counting = self.display.evaluating(name, batches)
+    else:
+      counting = _counting(f"evaluating step {step} ({name})", batches)
+    with counting as done:
+      return evaluate(self.steps, state, split, self.local_batch, num, done)
 
   def run(self, state: TrainState, step: int
           ) -> tuple[dict[str, float], dict[str, Any]]:
     """(test metrics, the history record without its timing fields)."""
     info = self.splits.info
-    metrics = evaluate(self.steps, state, self.splits.test, self.local_batch,
-                       info.num_test)
+    t = time.monotonic()
+    metrics = self._evaluate(state, step, "test", self.splits.test,
+                             info.num_test)
     record = dict(step=step, epoch=self.epoch(step),
                   **_prefixed("test", metrics))
     if self.splits.validation is not None:
-      record.update(_prefixed("validation", evaluate(
-          self.steps, state, self.splits.validation, self.local_batch,
+      record.update(_prefixed("validation", self._evaluate(
+          state, step, "validation", self.splits.validation,
           info.num_validation)))
     record["alpha"] = float(self.steps.eval_alpha(step))
-    logging.info("step %d (epoch %.2f): test accuracy %.4f, margin loss %.5f, "
-                 "reconstruction loss %.3f", step, record["epoch"],
-                 metrics["accuracy"], metrics["margin_loss"],
-                 metrics["reconstruction_loss"])
+    seconds = time.monotonic() - t
+    if self.display is not None:
+      self.display.evaluation_done(seconds)
+    best, best_step = self.best
+    if best is None or metrics["accuracy"] > best:
+      self.best = best, best_step = metrics["accuracy"], step
+    logging.info("%s", evaluation_line(record, best, best_step, seconds))
     warn_if_collapsed(metrics, step)
     return metrics, record
 
@@ -172,6 +215,32 @@ class _Evaluator:
       results["test_partial_accuracy"] = metrics["partial_accuracy"]
     results.update(_best_of(records))
     return results
+
+
+@contextlib.contextmanager
+def _counting(desc: str, total: int):
+  """A progress display of ``total`` batches; yields its ``set(done)``."""
+  with progress.Progress(desc, total, "batch", leave=False) as display:
+    yield display.set
+
+
+def evaluation_line(record: dict[str, Any], best: float, best_step: int,
+                    seconds: float) -> str:
+  """The terminal's line of one evaluation, in words: step, epoch, test
+  accuracy and losses (validation accuracy with a validation split), the
+  best test accuracy so far and the time it took."""
+  step = record["step"]
+  line = (f"step {step} (epoch {record['epoch']:.2f}): test accuracy "
+          f"{100 * record['test_accuracy']:.2f}%")
+  if best_step == step:
+    line += " (the best so far)"
+  else:
+    line += f" (best so far {100 * best:.2f}% at step {best_step})"
+  line += (f", margin loss {record['test_margin_loss']:.5f}, "
+           f"reconstruction loss {record['test_reconstruction_loss']:.3f}")
+  if "validation_accuracy" in record:
+    line += f", validation accuracy {100 * record['validation_accuracy']:.2f}%"
+  return line + f"; evaluated in {progress.duration(seconds)}"
 
 
 def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -220,7 +289,8 @@ class _Preemption:
 def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
-  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+  return bool(np.any(processes.process_allgather(
+      np.array(flag), "the check for a stop signal")))
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -318,7 +388,8 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
   lead = jax.process_index() == 0
   if lead:  # Evaluations after the restored step are redone below.
     history.truncate_after(workdir, start)
-  previous = history.last(history.read(workdir))
+  records = history.read(workdir)
+  previous = history.last(records)
   clock = Clock(previous["wall_seconds"] if previous and
                 "wall_seconds" in previous else 0.0, clock_start)
   writer = metric_logging.create_writer(workdir, lead)
@@ -331,7 +402,13 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
                steps_per_epoch, total_steps, num_params, jax.device_count(),
                jax.process_count())
 
-  evaluator = _Evaluator(exp, steps, splits, steps_per_epoch, num_params)
+  # Process 0's live display (a bar on a terminal, else a line every
+  # progress.PLAIN_EVERY_S); None when there is nothing left to train.
+  display = progress.TrainProgress(
+      total_steps, start, steps_per_epoch, config.batch_size, eval_every,
+      enabled=lead) if start < total_steps else None
+  evaluator = _Evaluator(exp, steps, splits, steps_per_epoch, num_params,
+                         records, display)
   schedule = schedules.learning_rate(exp)
 
   def evaluate_all(state, step):
@@ -369,6 +446,8 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
         step += 1
         for hook in hooks:
           hook(step)
+        if display is not None:
+          display.step(step, metrics)
         last = step == total_steps
         if step % config.log_every_steps == 0 or last:
           _log_train(writer, step, pending, schedule, data_wait)
@@ -392,6 +471,8 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
           preempted = preemption.signal or "a signal on another process"
           break
   finally:  # Also on errors: finish the pending checkpoint writes.
+    if display is not None:
+      display.close()
     ckpt.close()
     writer.flush()
   if preempted:
@@ -472,7 +553,8 @@ def _evaluate_checkpoint(exp: experiment.Experiment, workdir: str
                                                    exp.config.batch_size)
   steps = Steps(exp, mesh, steps_per_epoch)
   evaluator = _Evaluator(exp, steps, splits, steps_per_epoch,
-                         state_lib.count_params(state.params))
+                         state_lib.count_params(state.params),
+                         history.read(workdir))
   t = time.monotonic()
   step = int(state.step)
   metrics, record = evaluator.run(state, step)
