@@ -9,6 +9,7 @@ import json
 import os
 import stat
 
+import jax
 import numpy as np
 import pytest
 
@@ -230,3 +231,46 @@ def test_bundle_export_is_whole_and_checksums_its_config(tiny_run, tmp_path,
   (folder / "weights.json").write_text("{not json")
   with pytest.raises(WorkdirError, match="weights.json cannot be read"):
     bundled.read(str(folder))
+
+
+def test_bundle_decoder_float16_none_and_added_later(tiny_run, tmp_path):
+  from capsnet_jax.inference import bundled  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import export  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path / "weights")
+  workdir = str(tiny_run.workdir)
+  source = trained.load(workdir, which="latest")
+  caps = np.asarray(source.predict(
+      np.zeros((2, 28, 28), np.uint8), keys=("class_caps",)).class_caps)
+  want = source.decode(caps, [1, 2])
+  # The tiny model's decoder: 160x16 + 16, 16x32 + 32, 32x784 + 784 = 28,992
+  # of its parameters.
+  decoder_params = 160 * 16 + 16 + 16 * 32 + 32 + 32 * 784 + 784
+  meta = export.export(workdir, "tiny", which="latest", out_root=root)
+  assert (meta["decoder"], meta["decoder_dtype"], meta["left_out"]) == (
+      True, "float16", [])
+  _, variables = bundled.read(os.path.join(root, "tiny"))
+  assert {np.asarray(x).dtype for x in
+          jax.tree.leaves(variables["params"]["decoder"])} == {
+              np.dtype(np.float16)}
+  assert np.asarray(variables["params"]["stem"]["conv"]["kernel"]).dtype == (
+      np.float32)
+  half = trained.load(os.path.join(root, "tiny"))
+  assert half.has_decoder
+  # float16 storage: a pixel moves by far less than one grey level.
+  np.testing.assert_allclose(half.decode(caps, [1, 2]), want, atol=2e-3)
+  lean = export.export(workdir, "lean", which="latest", out_root=root,
+                       decoder_dtype="none")
+  assert (lean["decoder"], lean["left_out"]) == (False, ["decoder"])
+  assert lean["params"] == meta["params"] - decoder_params
+  with pytest.raises(ValueError, match="has no decoder"):
+    trained.load(os.path.join(root, "lean")).decode(caps, [1, 2])
+  added = export.add_decoder("lean", workdir, which="latest", out_root=root,
+                             decoder_dtype="float32")
+  assert added["decoder"] and added["params"] == meta["params"]
+  assert added["test_accuracy"] == lean["test_accuracy"]  # the encoder's
+  assert added["decoder_source"]["step"] == source.step
+  np.testing.assert_array_equal(
+      trained.load(os.path.join(root, "lean")).decode(caps, [1, 2]), want)
+  with pytest.raises(WorkdirError, match="Unknown decoder_dtype 'int8'"):
+    export.export(workdir, "x", out_root=root, decoder_dtype="int8")
