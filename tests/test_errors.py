@@ -17,8 +17,3 @@ def test_error_kinds(kind, builtin):
     raise kind("the message")
   with pytest.raises(builtin):
     raise kind("x")
-
-
-def test_a_plain_value_error_is_not_a_user_error():
-  assert not issubclass(ValueError, errors.UserError)
-  assert not issubclass(errors.WorkdirError, ValueError)

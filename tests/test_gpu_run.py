@@ -38,7 +38,9 @@ def _history(workdir):
 
 
 def _starts(workdir):
-  return (workdir / gpu_run.LOG_FILE).read_text().count("main.py --config=")
+  """How many times gpu_run started main.py in workdir (its "# DATE CMD")."""
+  return len(re.findall(r"^# .*/main\.py --config=",
+                        (workdir / gpu_run.LOG_FILE).read_text(), re.M))
 
 
 def test_the_experiment_list():

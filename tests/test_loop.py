@@ -86,7 +86,9 @@ def test_history_records_each_evaluation(tiny_run):
       last["test_margin_loss"] + last["alpha"] *
       last["test_reconstruction_loss"], rel=1e-5)
   assert last["alpha"] == pytest.approx(0.0005)
-  assert 0.0 <= last["validation_accuracy"] <= 1.0
+  # 25 held-out synthetic digits, all right (2-core Intel Xeon: 1.0, as the
+  # test split's 100).
+  assert last["validation_accuracy"] >= 0.96
   assert last["learning_rate"] == pytest.approx(3e-3)  # constant: reference
 
 

@@ -2,13 +2,11 @@
 parameters whole on each. A subprocess, since the device count is fixed
 when JAX starts."""
 
-import pathlib
 import subprocess
 import sys
 import textwrap
-from conftest import subprocess_env
+from conftest import ROOT, subprocess_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _SCRIPT = textwrap.dedent("""
     import jax, numpy as np

@@ -11,9 +11,8 @@ import pytest
 
 from capsnet_jax.analysis import curves
 from capsnet_jax.workdir import metric_logging
-from conftest import subprocess_env
+from conftest import ROOT, subprocess_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _images(workdir):
