@@ -30,7 +30,7 @@ def _checkpoint_shapes(workdir, step):
           for keys, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-@pytest.mark.parametrize("config_name,image_shape,num_primary,classes", [
+_CONFIGS = [
     # Primary capsules of the tiny model (4 types unless the config sets
     # 64): VALID 9x9 conv1, then 9x9 stride 2: 28 -> 20 -> 6 (6x6x4 = 144),
     # 32 -> 24 -> 8 (8x8x4 = 256); SAME: 24 -> 24 -> 12 (12x12x64 = 9,216).
@@ -39,36 +39,66 @@ def _checkpoint_shapes(workdir, step):
     ("smallnorb_paper", (32, 32, 2), 256, 5),
     ("cifar10", (32, 32, 3), 256, 10),
     ("cifar10_paper", (24, 24, 3), 9216, 10),
-])
-def test_train_and_evaluate_through_tfds(config_name, image_shape, num_primary,
-                                         classes, tmp_path):
-  tfds = conftest.require("tensorflow_datasets")
+]
+
+
+def _tiny(config_name):
   config = importlib.import_module(f"configs.{config_name}").get_config()
   config.model = "tiny"
   config.batch_size = 8
   config.num_train_steps = 3
   config.log_every_steps = 3
   config.num_summary_images = 2
+  return config
+
+
+@pytest.mark.parametrize("config_name,image_shape,num_primary,classes",
+                         _CONFIGS)
+def test_each_config_builds_its_model_for_its_data(config_name, image_shape,
+                                                   num_primary, classes):
+  """Each dataset's config, under tfds mock data: the model built for it
+  reads the image's channels, its primary capsules follow from the height
+  and width, and the decoder draws every pixel (shapes only, no training)."""
+  tfds = conftest.require("tensorflow_datasets")
+  exp = experiment.resolve(_tiny(config_name))
+  with tfds.testing.mock_data(num_examples=20):
+    splits = exp.load_splits(0, 1)
+  assert splits.info.image_shape == image_shape
+  assert splits.info.num_classes == classes
+  assert exp.spec.preprocess(False)(splits.test.images[:2]).shape == (
+      2, *image_shape)
+  h, w, c = image_shape
+  params = jax.eval_shape(
+      lambda: exp.model.init(jax.random.key(0),
+                             jnp.zeros((1, *image_shape)), train=False))["params"]
+  shapes = {"/".join(str(getattr(k, "key", k)) for k in keys): tuple(leaf.shape)
+            for keys, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  assert shapes["stem/conv/kernel"] == (9, 9, c, 8)
+  assert shapes["class_caps/W"] == (num_primary, classes, 16, 8)
+  assert shapes["decoder/out/kernel"] == (32, h * w * c)
+
+
+def test_train_and_evaluate_through_tfds(tmp_path):
+  """One whole run on data read by tfds (smallNORB: two cameras, resized,
+  cropped), its checkpoint holding the model for its data."""
+  tfds = conftest.require("tensorflow_datasets")
+  config = _tiny("smallnorb")
   with tfds.testing.mock_data(num_examples=20):
     results = loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     saved = json.load(f)
-  assert saved["step"] == 3 and saved["dataset"] == config.dataset
-  num_test = 40 if config_name == "smallnorb" else 20  # two cameras
-  assert 0.0 <= saved["test_accuracy"] <= 1.0
-  assert saved["test_accuracy"] * num_test == pytest.approx(
-      round(saved["test_accuracy"] * num_test))  # a count over every example
+  assert saved["step"] == 3 and saved["dataset"] == "smallnorb"
+  # Mock data are random pixels and labels: the accuracy is a count over
+  # every one of the 40 test examples (two cameras), nothing more.
+  assert saved["test_accuracy"] * 40 == pytest.approx(
+      round(saved["test_accuracy"] * 40))
   assert np.isfinite(results["test_reconstruction_loss"])
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["data_setup"] == config.data_setup
-  # The model that was trained saw image_shape: conv1 reads its channels,
-  # the primary capsules follow from its height and width, and the decoder
-  # draws all of its pixels.
-  h, w, c = image_shape
   shapes = _checkpoint_shapes(str(tmp_path), 3)
-  assert shapes["stem/conv/kernel"] == (9, 9, c, 8)
-  assert shapes["class_caps/W"] == (num_primary, classes, 16, 8)
-  assert shapes["decoder/out/kernel"] == (32, h * w * c)
+  assert shapes["stem/conv/kernel"] == (9, 9, 1, 8)
+  assert shapes["class_caps/W"] == (256, 5, 16, 8)
+  assert shapes["decoder/out/kernel"] == (32, 32 * 32)
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,9 @@ started in priority order within --max_parallel, a chunk stopped at its
 deadline and resumed from its checkpoint, a run continued from a finished
 one's copy, and the collected results."""
 
+import importlib
 import json
+import pathlib
 import re
 import sys
 import tarfile
@@ -64,6 +66,18 @@ def test_the_experiment_list():
   assert by_name["multimnist"].config == "configs/multimnist.py"
   assert by_name["multimnist"].total_steps == 1000 * 468
   assert args.max_parallel == 7  # not all 9 at once
+  # main.py's command line, whose overrides name fields of the config.
+  for e in exps:
+    path, _, variant = e.config.partition(":")
+    config = importlib.import_module(f"configs.{pathlib.Path(path).stem}"
+                                     ).get_config(variant)
+    for override in e.overrides:
+      name = re.fullmatch(r"--config\.(\w+)=\w+", override).group(1)
+      assert name in config, (e.name, override)
+  assert gpu_run.command(by_name["mnist_paper_s1"], pathlib.Path("w"), args
+                         )[1:] == [
+      str(ROOT / "main.py"), "--config=configs/mnist.py", "--workdir=w",
+      "--config.idx_dir=mnist", "--config.num_epochs=120", "--config.seed=1"]
   # The old flag, other seeds, a subset, and runs turned off.
   args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out", "--long_epochs=90",
                              "--seeds=3,4", "--ref_long_epochs=0",
@@ -89,29 +103,27 @@ def test_bad_flags_are_refused(flags, message, capsys):
 def test_runs_start_in_priority_order_within_max_parallel(idx_dir, tmp_path,
                                                           monkeypatch):
   runs, out = tmp_path / "runs", tmp_path / "out"
-  started = []  # (name, the runs that were running or finished then)
+  started = []  # (name, the state of both runs then)
   start = gpu_run.start
 
   def recording_start(e, runs_dir, args):
     started.append((e.name,
                     {n: ("running" if gpu_run.running_pid(runs_dir / n) else
                          "finished" if (runs_dir / n / "results.json").exists()
-                         else None) for n in ("mnist_paper_s1", "multimnist")}))
+                         else None) for n in ("dec_fc", "multimnist")}))
     return start(e, runs_dir, args)
 
   monkeypatch.setattr(gpu_run, "start", recording_start)
+  # dec_fc compiles what the chunk test's runs use (the cache is shared).
   rc = gpu_run.main([f"--idx_dir={idx_dir}", f"--runs={runs}", f"--out={out}",
-                     "--only=multimnist,mnist_paper_s1", "--max_parallel=1",
-                     "--paper_epochs=1", "--multimnist_epochs=1", *TINY])
+                     "--only=multimnist,dec_fc", "--max_parallel=1",
+                     "--decoder_epochs=1", "--multimnist_epochs=1", *TINY])
   assert rc == 0
-  # MultiMNIST last, once the seed's run has finished and exited.
+  # MultiMNIST last, once the run before it has finished and exited.
   assert started == [
-      ("mnist_paper_s1", {"mnist_paper_s1": None, "multimnist": None}),
-      ("multimnist", {"mnist_paper_s1": "finished", "multimnist": None})]
-  paper = runs / "mnist_paper_s1"
-  assert json.loads((paper / "config.json").read_text())["seed"] == 1
-  assert "--config.seed=1" in (paper / gpu_run.LOG_FILE).read_text()
-  assert [r["step"] for r in _history(paper)] == [8]  # 256 // 32
+      ("dec_fc", {"dec_fc": None, "multimnist": None}),
+      ("multimnist", {"dec_fc": "finished", "multimnist": None})]
+  assert [r["step"] for r in _history(runs / "dec_fc")] == [7]  # 231 // 32
   # One pair per training digit an epoch, none held out: 256 // 32 steps.
   pairs = _history(runs / "multimnist")
   assert [r["step"] for r in pairs] == [8]
@@ -119,12 +131,12 @@ def test_runs_start_in_priority_order_within_max_parallel(idx_dir, tmp_path,
   assert json.loads((runs / "multimnist" / "config.json").read_text())[
       "dataset"] == "multimnist"
   status = (out / "status.txt").read_text()
-  assert "mnist_paper_s1 | finished | 8 | 8" in status
+  assert "dec_fc | finished | 7 | 7" in status
   assert "multimnist | finished | 8 | 8" in status
   with tarfile.open(out / "gpu_runs.tar.gz") as tar:
     names = set(tar.getnames())
   for name in ("gpu_runs/multimnist/eval_history.jsonl",
-               "gpu_runs/mnist_paper_s1/results.json", "gpu_runs/report.md",
+               "gpu_runs/dec_fc/results.json", "gpu_runs/report.md",
                "gpu_runs/curves.png", "gpu_runs/multimnist/train.log"):
     assert name in names, (name, sorted(names))
   assert "| multimnist | 1 |" in (out / "gpu_runs" / "report.md").read_text()

@@ -4,7 +4,6 @@ import json
 import os
 
 import jax.numpy as jnp
-import pytest
 
 from capsnet_jax.analysis import summary
 from configs import default
