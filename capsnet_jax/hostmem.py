@@ -13,7 +13,7 @@ per CapsNet inference step at batch 128, a fifth of the CPU time spent in the
 kernel. Where the kernel's transparent huge pages are in ``madvise`` mode
 (the common default), glibc >= 2.35 advises its mappings as huge pages when
 that tunable is set, so the same memory faults in 2 MB at a time. Measured on
-a 2-core AMD EPYC without AVX-512 (README, Performance): CapsNet inference
+a 2-core AMD EPYC without AVX-512 (docs/performance.md): CapsNet inference
 227-237 -> 301-309 images/s, CapsNet training 81-87 -> 105-113,
 Efficient-CapsNet training at batch 16 144-154 -> 214-217. The tunable is read only when a process starts,
 hence the restart; it is inherited by subprocesses.

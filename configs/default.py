@@ -58,8 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   # authors' one-iteration routing). auto: paper -> authors, otherwise none.
   config.primary_vote_scale = "auto"
   config.conv_impl = "auto"  # see capsnet_jax.model.conv.IMPLS
-  # float32 | bfloat16 (convolutions, u_hat and decoder; parameters, routing,
-  # squash and losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
+  # float32 (full float32, also on GPUs) | tf32 (NVIDIA GPUs' TF32 matrix
+  # products and convolutions; u_hat and everything else stay float32) |
+  # bfloat16 (convolutions, u_hat and decoder; parameters, routing, squash and
+  # losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
   config.compute_dtype = "float32"
 
   # Optimisation: Adam. lr_schedule: auto (the setup's: reference constant,

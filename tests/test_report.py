@@ -98,10 +98,14 @@ def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
       f"stale report block in {readme}: --table=summary fc=a\n")
 
 
-def test_readme_tables_match_the_committed_histories():
-  """Every generated table of README.md is what its ARGS give from the files
+@pytest.mark.parametrize("page,blocks", [("docs/results.md", 12),
+                                         ("docs/development.md", 1)])
+def test_result_tables_match_the_committed_histories(page, blocks):
+  """Every generated table of the docs is what its ARGS give from the files
   committed under docs/ (no table edited by hand, none left stale)."""
-  assert report.stale_blocks(str(ROOT / "README.md")) == []
+  text = (ROOT / page).read_text()
+  assert text.count("<!-- report:") == blocks
+  assert report.stale_blocks(str(ROOT / page)) == []
 
 
 def test_curves_png_and_errors(runs, tmp_path, capsys):

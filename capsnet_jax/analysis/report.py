@@ -9,13 +9,13 @@
   python -m capsnet_jax.analysis.report runs/a runs/b --curves=curves.png          # PNG
   python -m capsnet_jax.analysis.report --table=rotation caps=runs/a/figures/summary.json \
       --curves=rotation.png                                               # rotation
-  python -m capsnet_jax.analysis.report --update=README.md                         # regenerate
-  python -m capsnet_jax.analysis.report --check=README.md                          # up to date?
+  python -m capsnet_jax.analysis.report --update=docs/results.md                   # regenerate
+  python -m capsnet_jax.analysis.report --check=docs/results.md                    # up to date?
 
 Every number comes from WORKDIR/eval_history.jsonl (capsnet_jax.workdir.history), or
 for ``--table=rotation`` from the summary.json that ``--mode=visualize``
-writes (a file, or a workdir or figures folder holding it), so the README's
-result tables are never typed by hand. ``--update=FILE``
+writes (a file, or a workdir or figures folder holding it), so the result
+tables of docs/results.md are never typed by hand. ``--update=FILE``
 rewrites each block of FILE between a line ``<!-- report: ARGS -->`` and the
 next ``<!-- /report -->`` with the output of ``report ARGS`` (paths relative
 to FILE's folder), so each table carries the command that made it.

@@ -8,7 +8,7 @@ Synopsis::
   history.truncate_after(workdir, step=936)   # on resume from step 936
 
 WORKDIR/eval_history.jsonl is what every result of this project is computed
-from (results.json's best, the README tables of ``capsnet_jax.analysis.report``). It
+from (results.json's best, the docs/results.md tables of ``capsnet_jax.analysis.report``). It
 must hold each evaluation exactly once, whatever stops and resumes happen:
 
 * training appends a line (``"source": "train"``) right after each
