@@ -178,15 +178,19 @@ class Explorer:
       random test digits; the first that does is used.
     invert: as --invert for --mode=predict (MNIST: light backgrounds).
     seed: of the random test digits.
+    name: what the page calls the model's source (default: its folder);
+      --mode=explore gives the --workdir as typed ("bundled:mnist_efficient").
   """
 
   def __init__(self, model: trained.TrainedModel, test_dirs: Sequence[str] = (),
-               invert: str = "auto", seed: int | None = None):
+               invert: str = "auto", seed: int | None = None,
+               name: str | None = None):
     if invert not in predict.INVERT:
       raise ValueError(f"Unknown invert {invert!r}; valid: "
                        f"{', '.join(predict.INVERT)}")
     self.model = model
     self.invert = invert
+    self.name = name or model.workdir
     info = model.info
     self.num_classes = int(info.num_classes)
     self.class_names = [str(n) for n in info.class_names]
@@ -231,7 +235,7 @@ class Explorer:
     exp = self.model.experiment
     return {
         "model": exp.model_name, "dataset": self.model.info.name,
-        "workdir": self.model.workdir, "step": self.model.step,
+        "workdir": self.name, "step": self.model.step,
         "class_names": self.class_names, "num_classes": self.num_classes,
         "dims": self.dims, "stored_shape": list(self.stored_shape),
         "has_decoder": bool(self.model.has_decoder),
@@ -569,7 +573,8 @@ def run(config, workdir: str, host: str = DEFAULT_HOST,
                     "reach; the explorer has no authentication", host)
   try:
     model = load(config, workdir)
-    explorer = Explorer(model, data_dirs(config, workdir), invert=invert)
+    explorer = Explorer(model, data_dirs(config, workdir), invert=invert,
+                        name=workdir)
   except BaseException:
     sock.close()
     raise
