@@ -135,6 +135,8 @@ def test_the_summary_names_results_figures_and_tensorboard():
       "  TensorBoard: tensorboard --logdir=/tmp/s"]
   assert cli.summary("train", "/tmp/s", {"step": 3, "preempted": True},
                      1.0, argv) is None
+  assert cli.summary("eval", "w", results, 4.0, argv).startswith(
+      "Evaluated in 4.0s: step 30")
   assert cli.command("eval", "w", ["/usr/bin/capsnet-jax", "--config=mnist"]
                      ) == "capsnet-jax --config=mnist --workdir=w --mode=eval"
 
@@ -161,20 +163,25 @@ def test_plain_lines_every_interval_with_the_numbers_in_words():
   assert lines == [
       "step 30/100 (30.0%), epoch 3.00, 32 images/s, train loss 0.29, "
       "train accuracy 50.0%; ETA 1m10s for the whole run"]
+  # A long evaluation says how far it is every 30 s too.
   with display.evaluating("test", 4) as done:
-    clock.t += 10.0
+    clock.t += 35.0
+    done(2)
+    clock.t += 1.0
     done(4)
-  display.evaluation_done(10.0)
+  display.evaluation_done(36.0)
+  assert lines[1:] == ["evaluating step 30 (test): 2/4 batches (50%), "
+                       "17.5 s/batch"]
   for step in range(31, 61):
     clock.t += 1.0
     display.step(step, _metrics(step))
   # Still 1 step/s (the evaluation is not training time); 40 steps and the
-  # evaluation at step 100 (10 s) to go.
+  # evaluation at step 100 (36 s) to go.
   assert display.steps_per_second() == 1.0
-  assert display.eta() == 40.0 + 10.0
-  assert len(lines) == 2 and lines[1].startswith("step 50/100 (50.0%)")
+  assert display.eta() == 40.0 + 36.0
+  assert len(lines) == 3 and lines[2].startswith("step 31/100 (31.0%)")
   display.close()
-  assert len(lines) == 2
+  assert len(lines) == 3
 
 
 def test_other_processes_show_nothing():
@@ -241,6 +248,12 @@ def test_default_output_is_short_and_ends_with_the_result(default_run):
   for chatter in ("orbax", "checkpoint_manager", "Hyperparameters",
                   "Unable to initialize backend", "oneDNN", "train/loss"):
     assert chatter not in proc.stderr, chatter
+  # The hyperparameters are in config.json and TensorBoard's HParams.
+  with open(workdir / "config.json") as f:
+    assert json.load(f)["learning_rate"] == 0.003
+  events = b"".join(p.read_bytes() for p in workdir.glob("events.out.*"))
+  assert b"_hparams_/session_start_info" in events
+  assert b"routing_iterations" in events  # a field, not a scalar tag
 
 
 def test_a_terminal_shows_a_progress_bar_that_updates(idx_dir, tmp_path):

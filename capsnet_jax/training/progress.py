@@ -374,6 +374,7 @@ class TrainProgress(Progress):
     self._fetched = {}
     self._first = None  # (time, step) of the first step this session
     self._paused = 0.0  # seconds in evaluations since the first step
+    self._training = 0.0  # seconds of training from the first to the last
     super().__init__("train", total=total_steps, unit="step",
                      initial=start_step, **kwargs)
 
@@ -387,14 +388,16 @@ class TrainProgress(Progress):
     self._ready, self._latest = self._latest, metrics
     if self._first is None:  # its time is compilation's: rates from here
       self._first = (self._now(), step)
+    self._training = self._now() - self._first[0] - self._paused
     self.n = step
     self.show()
 
   def steps_per_second(self) -> float | None:
+    """Over this session's steps after its first, as of the last one."""
     if self._first is None:
       return None
-    t0, s0 = self._first
-    seconds = self._now() - t0 - self._paused
+    s0 = self._first[1]
+    seconds = self._training
     return (self.n - s0) / seconds if self.n > s0 and seconds > 0 else None
 
   def rate(self) -> float | None:
@@ -470,7 +473,8 @@ class TrainProgress(Progress):
       seconds = self._now() - t
       if self._first is not None:
         self._paused += seconds
-      self.show(force=True)
+      if self.interactive:  # (a plain line would repeat the evaluation's)
+        self.show(force=True)
 
   def evaluation_done(self, seconds: float) -> None:
     """The time of a whole evaluation (all its splits), for the ETA."""
