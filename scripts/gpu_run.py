@@ -55,7 +55,7 @@ instead of running nothing; --seeds, --multimnist_epochs and --max_parallel
 are new.
 
 tests/test_gpu_run.py runs this logic on CPU with a tiny model and
---paper_epochs=1 etc.
+--decoder_epochs=1 etc.
 """
 
 from __future__ import annotations
@@ -169,15 +169,20 @@ def _history_steps(workdir: pathlib.Path) -> int:
     return 0
 
 
+def command(e: Experiment, workdir: pathlib.Path, args) -> list[str]:
+  """The main.py command line of experiment ``e``."""
+  return [sys.executable, str(ROOT / "main.py"), f"--config={e.config}",
+          f"--workdir={workdir}", f"--config.idx_dir={args.idx_dir}",
+          f"--config.num_epochs={e.epochs}", *e.overrides, *args.override]
+
+
 def start(e: Experiment, runs: pathlib.Path, args) -> int:
   workdir = runs / e.name
   if e.after and not workdir.exists():
     shutil.copytree(runs / e.after, workdir,
                     ignore=shutil.ignore_patterns(PID_FILE, LOG_FILE, ".lock"))
   workdir.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, str(ROOT / "main.py"), f"--config={e.config}",
-         f"--workdir={workdir}", f"--config.idx_dir={args.idx_dir}",
-         f"--config.num_epochs={e.epochs}", *e.overrides, *args.override]
+  cmd = command(e, workdir, args)
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   # Several runs share one GPU: no preallocation of most of its memory.
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

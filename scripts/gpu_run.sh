@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One command for a GPU machine with jax (CUDA), flax, optax, orbax and
 # tensorboard but no package index: installs the small wheels carried in
-# .whl/ (made here by scripts/fetch_wheels.sh), then runs the benchmark and
-# the full MNIST experiments in resumable chunks (scripts/gpu_run.py --help).
+# .whl/ (made here by scripts/fetch_wheels.sh), then runs every full-length
+# experiment in resumable chunks: the authors' recipe x 3 seeds to 120
+# epochs, the reference's decoder study (4 x 25 epochs), the reference
+# recipe to 113 epochs and MultiMNIST last (scripts/gpu_run.py --help).
 #
-#   bash scripts/gpu_run.sh --idx_dir=.data/mnist --out=$OUT --bench --keep_running
+#   bash scripts/gpu_run.sh --idx_dir=.data/mnist --out=$OUT --smoke --keep_running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 site=/tmp/capsnet_site

@@ -65,6 +65,8 @@ def test_the_experiment_list():
       "dec_fc", 113 * 421)
   assert by_name["multimnist"].config == "configs/multimnist.py"
   assert by_name["multimnist"].total_steps == 1000 * 468
+  assert importlib.import_module("configs.multimnist").get_config(
+      ).num_epochs == 1000  # the paper's 60M pairs: gpu_run's default
   assert args.max_parallel == 7  # not all 9 at once
   # main.py's command line, whose overrides name fields of the config.
   for e in exps:
