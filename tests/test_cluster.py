@@ -51,7 +51,8 @@ def test_two_slurm_tasks_form_one_run(idx_dir, tmp_path):
                PYTHON=str(ROOT / ".venv" / "bin" / "python")
                if (ROOT / ".venv").exists() else "python3")
     procs.append(subprocess.Popen(
-        [str(TASK), *tiny_args(idx_dir, workdir, "--config.num_train_steps=4")],
+        [str(TASK), *tiny_args(idx_dir, workdir, "--config.num_train_steps=4",
+                               "--verbosity=1")],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True))
   outputs = [p.communicate(timeout=600) for p in procs]

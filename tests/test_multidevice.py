@@ -259,8 +259,9 @@ def _wait(procs) -> list[tuple[str, str]]:
 
 # 4 steps (log_every_steps=1: each step's metrics in the events),
 # checkpoints at steps 2 and 4.
+# --verbosity=1: every process's INFO lines (by default only process 0's).
 _TWO_PROCESS_FLAGS = ("--config.num_train_steps=4", "--config.log_every_steps=1",
-                      "--config.checkpoint_every_steps=2")
+                      "--config.checkpoint_every_steps=2", "--verbosity=1")
 
 
 @pytest.fixture(name="two_process_run", scope="module")

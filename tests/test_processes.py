@@ -49,9 +49,7 @@ def test_no_module_waits_on_the_other_processes_without_a_timeout():
           and node.func.attr in ("blocking_key_value_get", "wait_at_barrier")):
         assert len(node.args) + len(node.keywords) >= 2, (
             f"{path}:{node.lineno} waits without a timeout")
-  # trained.predict gathers its outputs directly (TODO(lead): through
-  # processes.process_allgather); its callers meet at a barrier first.
-  assert direct == ["capsnet_jax/inference/trained.py"]
+  assert direct == []
 
 
 # Run as process argv[2] of 2 (coordinator at argv[1]): process 0's value to

@@ -144,10 +144,11 @@ def test_primary_decoder_is_cached(visualized):
 
 
 def test_weights_without_a_decoder_skip_two_figures(tiny_run, tmp_path):
-  """A bundle exported without the decoder (export's default): visualize,
+  """A bundle exported without the decoder (decoder_dtype="none"): visualize,
   into --out, skips reconstructions.png and perturbation.png and says why;
   the rotation strip shows the inputs alone."""
-  export.export(str(tiny_run.workdir), "tiny", "best", str(tmp_path))
+  export.export(str(tiny_run.workdir), "tiny", "best", str(tmp_path),
+                decoder_dtype="none")
   config = tiny_config(tiny_run.config.idx_dir, visualize_rotation_step=180,
                        visualize_primary_steps=1, visualize_primary_examples=8,
                        visualize_num_images=2)

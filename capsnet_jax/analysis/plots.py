@@ -22,8 +22,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from capsnet_jax.workdir import files  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 
 def red_green(pair: np.ndarray) -> np.ndarray:
   """Two single-channel images [2, H, W, 1] as one RGB image: the first in
@@ -49,6 +47,7 @@ def _show(ax, image, title=None):
 
 def _save(fig, path):
   """Writes ``fig`` to ``path`` (its format from the extension) atomically."""
+  from capsnet_jax.workdir import files  # pylint: disable=g-import-not-at-top
   try:
     with files.atomic_open(path, "wb") as f:
       fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png", dpi=100,
@@ -118,6 +117,7 @@ def save_rotation_gif(strip, path):
   """The strip's input beside its reconstruction (the input alone without
   one), one frame per angle, 4x enlarged (nearest neighbour), 150 ms a frame."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.workdir import files  # pylint: disable=g-import-not-at-top
   frames = []
   recons = strip.get("reconstructions")
   for j, inp in enumerate(strip["inputs"]):

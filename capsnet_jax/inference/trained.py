@@ -42,11 +42,11 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from capsnet_jax import experiment
+from capsnet_jax import processes
 from capsnet_jax.data import datasets
 from capsnet_jax.errors import ConfigError, WorkdirError
 from capsnet_jax.inference import bundled
@@ -258,7 +258,8 @@ def _fetch(x: jax.Array) -> np.ndarray:
     return np.asarray(x)
   if x.is_fully_replicated:
     return np.asarray(x.addressable_data(0))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(processes.process_allgather(x, "the predictions",
+                                                tiled=True))
 
 
 @dataclasses.dataclass(frozen=True)
