@@ -50,16 +50,23 @@ def test_two_slurm_tasks_form_one_run(idx_dir, tmp_path):
                SLURM_LOCALID=str(rank), SLURM_STEP_NUM_NODES="1",
                PYTHON=str(ROOT / ".venv" / "bin" / "python")
                if (ROOT / ".venv").exists() else "python3")
-    procs.append(subprocess.Popen(
-        [str(TASK), *tiny_args(idx_dir, workdir, "--config.num_train_steps=4",
-                               "--verbosity=1")],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True))
-  outputs = [p.communicate(timeout=600) for p in procs]
+    # Output to files, not pipes: a process blocked on a full pipe that
+    # nobody reads yet would stall the other at its next collective.
+    with open(tmp_path / f"out{rank}", "w") as out, open(
+        tmp_path / f"err{rank}", "w") as err:
+      procs.append(subprocess.Popen(
+          [str(TASK), *tiny_args(idx_dir, workdir,
+                                 "--config.num_train_steps=4")],
+          env=env, cwd=tmp_path, stdout=out, stderr=err))
+  for p in procs:
+    p.wait(timeout=600)
+  outputs = [((tmp_path / f"out{r}").read_text(),
+              (tmp_path / f"err{r}").read_text()) for r in range(2)]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  for rank, (_, err) in enumerate(outputs):
-    assert f"JAX process {rank} of 2" in err
+  # Process 0 reports the 2 processes; only it writes INFO lines.
+  assert "JAX process 0 of 2; 1 local / 2 global devices" in outputs[0][1]
+  assert "JAX process" not in outputs[1][1]
   results = json.loads((workdir / "results.json").read_text())
   assert (results["processes"], results["devices"], results["step"]) == (2, 2, 4)
   lines = (workdir / "eval_history.jsonl").read_text().splitlines()

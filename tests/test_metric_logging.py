@@ -120,4 +120,4 @@ def test_training_from_idx_needs_no_tensorflow(idx_dir, tmp_path):
               "test_accuracy", "test_reconstruction_loss"):
     assert tag in scalars, (tag, sorted(scalars))
   np.testing.assert_array_equal(scalars["train_loss"][0], [3, 6])
-  assert "reconstructions" in _images(workdir)
+  assert "test/reconstructions" in _images(workdir)

@@ -188,10 +188,12 @@ def test_errors_are_one_line_workdir_errors(tiny_run, tmp_path):
 
 def test_bundle_made_from_the_workdir_predicts_the_same(tiny_run, test_split,
                                                         tmp_path):
-  """export.export: the best checkpoint without the decoder, loaded back
-  through trained.load, gives the workdir's lengths."""
+  """export.export: the best checkpoint without the decoder
+  (decoder_dtype="none"), loaded back through trained.load, gives the
+  workdir's lengths."""
   workdir = str(tiny_run.workdir)
-  meta = export.export(workdir, "tiny", "best", str(tmp_path))
+  meta = export.export(workdir, "tiny", "best", str(tmp_path),
+                       decoder_dtype="none")
   folder = tmp_path / "tiny"
   assert sorted(os.listdir(folder)) == ["config.json", "weights.json",
                                         "weights.msgpack"]
