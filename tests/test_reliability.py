@@ -156,15 +156,17 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(idx_dir, tiny_run,
 
 
 def test_sigint_saves_and_returns(idx_dir, tmp_path, monkeypatch):
-  """SIGINT (Ctrl-C) as SIGTERM, here in this process."""
+  """SIGINT (Ctrl-C) as SIGTERM, here in this process; the handler it
+  found is put back (SIG_IGN where pytest runs in a background job)."""
   real = input_pipeline.train_batches
+  before = signal.getsignal(signal.SIGINT)
 
   def batches(split, batch_size, seed, start_step, *args):
     for step, batch in enumerate(real(split, batch_size, seed, start_step,
                                       *args), start_step):
       if step == 2:
         # Never Ctrl-C pytest itself: only under the loop's handler.
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if signal.getsignal(signal.SIGINT) is before:
           raise AssertionError("the training loop has no SIGINT handler")
         signal.raise_signal(signal.SIGINT)
       yield batch
@@ -174,7 +176,7 @@ def test_sigint_saves_and_returns(idx_dir, tmp_path, monkeypatch):
                                     str(tmp_path))
   assert results == {"step": 3, "preempted": True}
   assert checkpoints.latest_step(str(tmp_path)) == 3
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(idx_dir,
