@@ -316,3 +316,34 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(
       item.module.__name__.rsplit(".", 1)[-1] if item.module else "",
       len(rank)))
+
+
+# --------------------------------------------------------------------------
+# Training states.
+
+
+def restore_state(workdir, config):
+  """The latest checkpoint of ``workdir``, restored into the TrainState's
+  structure for ``config`` (nothing initialised or compiled)."""
+  from capsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.workdir import checkpoints  # pylint: disable=g-import-not-at-top
+  exp = experiment.resolve(config)
+  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
+  try:
+    return ckpt.restore(state_lib.abstract(exp, mesh_lib.make_mesh()))
+  finally:
+    ckpt.close()
+
+
+def assert_states_equal(a, b) -> None:
+  """The whole TrainState (step, params, opt_state, batch_stats), bit for
+  bit: CPU XLA is deterministic, so a resumed run must match exactly."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for tree in ("step", "params", "opt_state", "batch_stats"):
+    x, y = getattr(a, tree), getattr(b, tree)
+    assert jax.tree.structure(x) == jax.tree.structure(y), tree
+    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)

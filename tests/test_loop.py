@@ -10,35 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from capsnet_jax import experiment
 from capsnet_jax.training import loop
-from capsnet_jax.training import mesh as mesh_lib
-from capsnet_jax.training import state as state_lib
 from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import history
 from capsnet_jax.workdir import metric_logging
 import conftest
 
 
-def _restore(workdir, config) -> state_lib.TrainState:
-  """The latest checkpoint of ``workdir``, restored into the state's
-  structure (nothing initialised or compiled)."""
-  exp = experiment.resolve(config)
-  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
-  try:
-    return ckpt.restore(state_lib.abstract(exp, mesh_lib.make_mesh()))
-  finally:
-    ckpt.close()
-
-
-def _assert_states_equal(a, b) -> None:
-  """The whole TrainState (step, params, opt_state, batch_stats), bit for
-  bit: CPU XLA is deterministic, so a resumed run must match exactly."""
-  for tree in ("step", "params", "opt_state", "batch_stats"):
-    x, y = getattr(a, tree), getattr(b, tree)
-    assert jax.tree.structure(x) == jax.tree.structure(y), tree
-    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
-      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)
 
 
 def _event_tags(workdir) -> set[str]:
@@ -160,9 +138,10 @@ def test_num_epochs_sets_the_length(epoch_runs):
 
 def test_resume_continues_exactly(epoch_runs):
   config, straight, results, resumed, first, again = epoch_runs
-  a, b = _restore(resumed, config), _restore(straight, config)
+  a = conftest.restore_state(resumed, config)
+  b = conftest.restore_state(straight, config)
   assert int(a.step) == int(b.step) == 16
-  _assert_states_equal(a, b)
+  conftest.assert_states_equal(a, b)
   # The stopped run's state differs (a resume that restarted from scratch
   # or skipped the first epoch would not match the straight run).
   assert first["test_margin_loss"] != results["test_margin_loss"]

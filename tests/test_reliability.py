@@ -22,11 +22,8 @@ import pytest
 
 from capsnet_jax import cli
 from capsnet_jax import errors
-from capsnet_jax import experiment
 from capsnet_jax.data import input_pipeline
 from capsnet_jax.training import loop
-from capsnet_jax.training import mesh as mesh_lib
-from capsnet_jax.training import state as state_lib
 from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import history
 import conftest
@@ -67,31 +64,14 @@ def _run_signalled(tmp_path, idx_dir, workdir, sig: signal.Signals, step: int,
                            expect=expect, env=env)
 
 
-def _restore(workdir, config) -> state_lib.TrainState:
-  """The latest checkpoint of ``workdir`` in the state's structure."""
-  exp = experiment.resolve(config)
-  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
-  try:
-    return ckpt.restore(state_lib.abstract(exp, mesh_lib.make_mesh()))
-  finally:
-    ckpt.close()
-
-
-def _assert_states_equal(a, b) -> None:
-  """The whole TrainState (step, params, opt_state, batch_stats), bit for
-  bit: CPU XLA is deterministic, so a resumed run must match exactly."""
-  for tree in ("step", "params", "opt_state", "batch_stats"):
-    x, y = getattr(a, tree), getattr(b, tree)
-    assert jax.tree.structure(x) == jax.tree.structure(y), tree
-    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
-      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)
 
 
 def _assert_resumed_equals_tiny_run(workdir, tiny_run, results) -> None:
   """``workdir``'s run, resumed to step 8, ends where the uninterrupted
   tiny_run does: the same state, metrics and history."""
-  _assert_states_equal(_restore(workdir, tiny_run.config),
-                       _restore(tiny_run.workdir, tiny_run.config))
+  conftest.assert_states_equal(
+      conftest.restore_state(workdir, tiny_run.config),
+      conftest.restore_state(tiny_run.workdir, tiny_run.config))
   for key in ("step", "test_accuracy", "test_margin_loss",
               "test_reconstruction_loss", "best_test_accuracy", "best_step",
               "num_evaluations"):
@@ -192,7 +172,7 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(idx_dir,
   ckpt = checkpoints.Checkpointer(str(tmp_path), create=False)
   assert ckpt.all_steps() == [2, 4]
   ckpt.close()
-  state = _restore(tmp_path, config)
+  state = conftest.restore_state(tmp_path, config)
   assert int(state.step) == 4
   for leaf in jax.tree.leaves((state.params, state.opt_state)):
     assert np.all(np.isfinite(leaf))

@@ -15,9 +15,6 @@ from capsnet_jax.analysis import curves
 from capsnet_jax.errors import ConfigError, WorkdirError
 from capsnet_jax.inference import trained
 from capsnet_jax.training import loop
-from capsnet_jax.training import mesh as mesh_lib
-from capsnet_jax.training import state as state_lib
-from capsnet_jax.workdir import checkpoints
 from capsnet_jax.workdir import history
 from capsnet_jax.workdir import record
 from configs import default
@@ -40,15 +37,6 @@ def _config(idx_dir, **overrides):
   fields.update(overrides)
   return conftest.tiny_config(idx_dir, **fields)
 
-
-def _restore(workdir, config) -> state_lib.TrainState:
-  """The latest checkpoint of ``workdir`` in the state's structure."""
-  exp = experiment.resolve(config)
-  ckpt = checkpoints.Checkpointer(str(workdir), create=False)
-  try:
-    return ckpt.restore(state_lib.abstract(exp, mesh_lib.make_mesh()))
-  finally:
-    ckpt.close()
 
 
 @pytest.fixture(name="runs", scope="module")
@@ -112,19 +100,15 @@ def test_the_tricks_still_learn(runs):
 
 def test_resumed_state_equals_uninterrupted(idx_dir, runs):
   config = _config(idx_dir)
-  a, b = _restore(runs["resumed"], config), _restore(runs["straight"], config)
+  a = conftest.restore_state(runs["resumed"], config)
+  b = conftest.restore_state(runs["straight"], config)
   assert int(a.step) == int(b.step) == 18
   assert a.params["class_caps"]["W"].shape[1] == 11  # the orphan capsule
   stats = jax.tree.leaves(a.batch_stats)
   assert len(stats) == 8  # mean and var of conv1, primary and 2 decoder BNs
   for x in stats:  # trained: no longer the initial zeros (mean) or ones (var)
     assert not (np.allclose(x, 0.0) or np.allclose(x, 1.0))
-  # The whole state, bit for bit (CPU XLA is deterministic).
-  for tree in ("step", "params", "opt_state", "batch_stats"):
-    x, y = getattr(a, tree), getattr(b, tree)
-    assert jax.tree.structure(x) == jax.tree.structure(y), tree
-    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
-      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)
+  conftest.assert_states_equal(a, b)
   for key in ("test_accuracy", "test_margin_loss", "test_reconstruction_loss"):
     assert runs["again"][key] == runs["results"][key], key
 

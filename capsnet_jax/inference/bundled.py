@@ -26,7 +26,6 @@ Both checksums are verified on every load: a damaged or replaced
 capsnet_jax.inference.export makes a bundle from a trained workdir.
 """
 
-import json
 import os
 from typing import Any
 
@@ -81,15 +80,7 @@ def read(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
   for path in (meta_path, weights_path, os.path.join(folder, CONFIG_FILE)):
     if not os.path.exists(path):
       raise WorkdirError(f"bundle {folder!r} has no {os.path.basename(path)}")
-  try:
-    with open(meta_path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{meta_path} cannot be read ({e}); the bundle is "
-                       "damaged") from None
-  if not isinstance(meta, dict):
-    raise WorkdirError(f"{meta_path} is not a JSON object; the bundle is "
-                       "damaged")
+  meta = files.read_json_object(meta_path, meta_path, "the bundle is damaged")
   for key, name in (("sha256", WEIGHTS_FILE), ("config_sha256", CONFIG_FILE)):
     path = os.path.join(folder, name)
     if not isinstance(meta.get(key), str):

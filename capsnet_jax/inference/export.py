@@ -51,16 +51,8 @@ def _existing_meta(folder: str) -> dict[str, Any] | None:
   path = os.path.join(folder, bundled.META_FILE)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} cannot be read ({e}); delete the bundle "
-                       "folder to export it afresh") from None
-  if not isinstance(meta, dict):
-    raise WorkdirError(f"{path} is not a JSON object; delete the bundle "
-                       "folder to export it afresh")
-  return meta
+  return files.read_json_object(
+      path, path, "delete the bundle folder to export it afresh")
 
 
 DECODER_DTYPES = ("float16", "float32", "none")

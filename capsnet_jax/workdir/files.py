@@ -151,6 +151,21 @@ def write_new(folder: str, stem: str, suffix: str, data: bytes) -> str:
       os.unlink(tmp)
 
 
+def read_json_object(path: str, name: str, remedy: str) -> dict[str, Any]:
+  """The JSON object in ``path``; a one-line errors.WorkdirError
+  "NAME cannot be read (why); REMEDY" or "NAME is not a JSON object; REMEDY"
+  otherwise."""
+  from capsnet_jax.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{name} cannot be read ({e}); {remedy}") from None
+  if not isinstance(value, dict):
+    raise WorkdirError(f"{name} is not a JSON object; {remedy}")
+  return value
+
+
 def sha256(path: str) -> str:
   """The file's SHA-256 as hex."""
   digest = hashlib.sha256()

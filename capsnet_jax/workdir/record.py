@@ -7,7 +7,6 @@ Synopsis::
   record.read_config(workdir)                            # the run's config record
 """
 
-import json
 import os
 import tempfile
 from typing import Any
@@ -57,16 +56,8 @@ def read_config(workdir: str) -> dict[str, Any] | None:
 
 
 def _read_json(path: str, what: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      value = json.load(f)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"the {what} {path!r} cannot be read ({e}); restore "
-                       "it or start a new workdir") from None
-  if not isinstance(value, dict):
-    raise WorkdirError(f"the {what} {path!r} is not a JSON object; restore "
-                       "it or start a new workdir")
-  return value
+  return files.read_json_object(path, f"the {what} {path!r}",
+                                "restore it or start a new workdir")
 
 
 def check_compatible(workdir: str, identity: dict[str, Any]) -> None:
