@@ -138,3 +138,33 @@ def test_deconv_decoder_keeps_its_brightening_channels():
   test_sse, brightening = _train_deconv_alone(0.1307)
   assert brightening >= 24
   assert test_sse < 68.0
+
+
+def test_a_collapsed_decoder_is_reported(caplog):
+  """reconstruction_spread is each reconstruction's pixel std (mean over
+  objects); warn_if_collapsed warns below COLLAPSED_STD (0.01) only."""
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import steps  # pylint: disable=g-import-not-at-top
+  constant = np.full((2, 4, 4, 1), 0.3, np.float32)
+  halves = np.zeros((2, 4, 4, 1), np.float32)
+  halves[:, :2] = 1.0  # half the pixels 1, half 0: std 0.5
+  np.testing.assert_allclose(steps.reconstruction_spread(constant), [0.0, 0.0],
+                             atol=1e-7)
+  np.testing.assert_allclose(steps.reconstruction_spread(halves), [0.5, 0.5],
+                             atol=1e-7)
+  # Two objects an image (MultiMNIST): their mean, (0 + 0.5) / 2.
+  pairs = np.stack([constant, halves], axis=1)  # [2, 2, 4, 4, 1]
+  np.testing.assert_allclose(steps.reconstruction_spread(pairs), [0.25, 0.25],
+                             atol=1e-7)
+  assert steps.COLLAPSED_STD == 0.01
+  with caplog.at_level("WARNING"):
+    assert not loop.warn_if_collapsed(
+        {"reconstruction_std": 0.01, "reconstruction_loss": 50.0}, 100)
+    assert not loop.warn_if_collapsed({"reconstruction_loss": 50.0}, 100)
+    assert not caplog.records
+    assert loop.warn_if_collapsed(
+        {"reconstruction_std": 0.002, "reconstruction_loss": 89.343}, 300)
+  assert [r.getMessage() for r in caplog.records] == [
+      "step 300: the reconstructions have collapsed to a constant image "
+      "(pixel std 0.002 < 0.01): the decoder is not learning, and the "
+      "reconstruction loss (89.343) is that of a constant output."]
