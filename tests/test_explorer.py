@@ -25,7 +25,6 @@ import pytest
 
 from capsnet_jax import errors
 from capsnet_jax.data import idx
-from capsnet_jax.inference import bundled
 from capsnet_jax.analysis import explorer
 from capsnet_jax.inference import predict
 import conftest
@@ -474,13 +473,6 @@ def test_bundle_encodes_real_digits(bundle):
   assert response.status_code == 400
 
 
-def _bundle_has_decoder() -> bool:
-  meta = pathlib.Path(bundled.resolve(BUNDLE)) / bundled.META_FILE
-  return bool(json.loads(meta.read_text()).get("decoder", False))
-
-
-@pytest.mark.xfail(condition=not _bundle_has_decoder(), strict=True,
-                   reason="the bundle has no decoder yet (issue 39, item 2)")
 def test_bundle_decodes(bundle):
   explorer_, client = bundle
   assert explorer_.info()["has_decoder"]
