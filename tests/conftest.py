@@ -347,3 +347,15 @@ def assert_states_equal(a, b) -> None:
     assert jax.tree.structure(x) == jax.tree.structure(y), tree
     for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
       np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=tree)
+
+
+def snapshot(folder) -> dict[str, tuple[bytes, int]]:
+  """{relative path: (bytes, mtime_ns)} of every file under folder: equal
+  snapshots mean nothing there was written."""
+  out = {}
+  for d, _, names in os.walk(folder):
+    for n in names:
+      p = os.path.join(d, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, folder)] = (f.read(), os.stat(p).st_mtime_ns)
+  return out

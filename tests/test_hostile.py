@@ -19,21 +19,12 @@ from PIL import Image
 
 from capsnet_jax import errors
 from capsnet_jax.data import idx
-from conftest import ROOT, run_main, shared_mnist, subprocess_env, tiny_args
+from conftest import (ROOT, run_main, shared_mnist, snapshot, subprocess_env,
+                      tiny_args)
 
 BUNDLE = ("--config=configs/mnist_efficient.py",
           "--workdir=bundled:mnist_efficient")
 
-
-def _snapshot(folder) -> dict[str, tuple[bytes, int]]:
-  """{path: (bytes, mtime_ns)} of every file under folder."""
-  out = {}
-  for d, _, names in os.walk(folder):
-    for n in names:
-      p = os.path.join(d, n)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, folder)] = (f.read(), os.stat(p).st_mtime_ns)
-  return out
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -59,7 +50,7 @@ def test_predict_on_hostile_files_beside_real_digits(tmp_path):
   x[3, 4] = np.nan
   Image.fromarray(x, mode="F").save(folder / "nan.tif")
   assert (folder / "huge.png").stat().st_size < 50_000
-  before = _snapshot(folder)
+  before = snapshot(folder)
   proc = run_main(*BUNDLE, "--mode=predict", f"--images={folder}",
                   f"--out={folder}", expect=errors.EXIT_SOME_FAILED)
   lines = [json.loads(l) for l in proc.stdout.splitlines()]
@@ -71,7 +62,7 @@ def test_predict_on_hostile_files_beside_real_digits(tmp_path):
       "(capsnet_jax.inference.predict.MAX_MEGAPIXELS)",
       f"error: {folder / 'nan.tif'}: holds NaN or infinite pixels"]
   assert "Traceback" not in proc.stderr
-  after = _snapshot(folder)
+  after = snapshot(folder)
   assert {n: after[n] for n in before} == before  # no input changed
   assert sorted(set(after) - set(before)) == [
       f"digit{i}-2.png" for i in range(5)]
@@ -101,10 +92,10 @@ def test_a_second_training_on_a_workdir_in_use_refuses_at_once(idx_dir,
       time.sleep(0.05)
     os.kill(first.pid, signal.SIGSTOP)
     try:
-      before = _snapshot(workdir)
+      before = snapshot(workdir)
       second = run_main(*tiny_args(idx_dir, workdir),
                         expect=errors.EXIT_USER_ERROR, timeout=300)
-      after = _snapshot(workdir)
+      after = snapshot(workdir)
     finally:
       os.kill(first.pid, signal.SIGCONT)
     assert after == before

@@ -14,7 +14,7 @@ import pytest
 
 from capsnet_jax.errors import DataError, WorkdirError
 from capsnet_jax.workdir import lock
-from conftest import ROOT, subprocess_env, tiny_config
+from conftest import ROOT, snapshot, subprocess_env, tiny_config
 
 # Takes the lock of argv[1] and keeps it until its standard input closes;
 # with argv[2] == "fork", forks a child that inherits the lock file, prints
@@ -46,16 +46,6 @@ def _holder(workdir, *extra) -> tuple[subprocess.Popen, str]:
   return proc, line
 
 
-def _snapshot(folder) -> dict[str, tuple[bytes, int]]:
-  """{name: (bytes, mtime_ns)} of every file under folder."""
-  out = {}
-  for d, _, names in os.walk(folder):
-    for n in names:
-      p = os.path.join(d, n)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, folder)] = (f.read(), os.stat(p).st_mtime_ns)
-  return out
-
 
 def _refused_at_once(call):
   """The WorkdirError ``call`` raises, run in a thread: a taker that waited
@@ -80,11 +70,11 @@ def test_a_second_taker_is_refused_at_once_naming_the_holder(tmp_path):
   workdir.mkdir()
   (workdir / "notes.txt").write_text("mine")
   proc, _ = _holder(workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   error = _refused_at_once(lambda: lock.acquire(str(workdir), "--mode=eval"))
   assert f"is in use by training (pid {proc.pid}, since " in str(error)
   assert "\n" not in str(error)
-  assert _snapshot(workdir) == before  # the refused taker changed nothing
+  assert snapshot(workdir) == before  # the refused taker changed nothing
   holder = json.loads((workdir / lock.LOCK_FILE).read_text())
   assert holder["pid"] == proc.pid and holder["what"] == "training"
   proc.stdin.close()
@@ -159,7 +149,7 @@ def test_training_eval_and_visualize_refuse_a_workdir_in_use(idx_dir, tmp_path):
   (workdir / "eval_history.jsonl").write_text(
       json.dumps({"step": 7, "source": "train", "test_accuracy": 0.5}) + "\n")
   (workdir / "checkpoints").mkdir()
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   held = lock.acquire(str(workdir), "park restore")
   try:
     for call in (lambda: loop.train_and_evaluate(config, str(workdir)),
@@ -167,8 +157,8 @@ def test_training_eval_and_visualize_refuse_a_workdir_in_use(idx_dir, tmp_path):
                  lambda: visualize.visualize(config, str(workdir))):
       error = _refused_at_once(call)
       assert f"in use by park restore (pid {os.getpid()}," in str(error)
-    assert _snapshot(workdir) == {**before, lock.LOCK_FILE: _snapshot(
+    assert snapshot(workdir) == {**before, lock.LOCK_FILE: snapshot(
         workdir)[lock.LOCK_FILE]}
   finally:
     held.release()
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
