@@ -57,6 +57,43 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
   assert stat.S_IMODE(os.stat(tmp_path / "fresh.txt").st_mode) == 0o644
 
 
+def test_a_staged_folder_replaces_the_old_one_whole_or_not_at_all(
+    tmp_path, monkeypatch):
+  target = tmp_path / "bundle"
+  target.mkdir()
+  (target / "old.txt").write_text("old")
+  # A failure inside the block: the old folder stays, the staging goes.
+  with pytest.raises(RuntimeError, match="half written"):
+    with files.staged_folder(str(target)) as staging:
+      (tmp_path / staging / "new.txt").write_text("new")
+      raise RuntimeError("half written")
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["old.txt"]
+  # A full disk while the new folder is synced: the same.
+  with pytest.raises(OSError, match="No space left"):
+    with files.staged_folder(str(target)) as staging:
+      (tmp_path / staging / "new.txt").write_text("new")
+      _disk_full_at_fsync(monkeypatch)
+  monkeypatch.undo()
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["old.txt"]
+  # Success: only the new content, with the umask's permissions (not
+  # mkdtemp's 0700), and nothing left beside it.
+  umask = os.umask(0o022)
+  try:
+    with files.staged_folder(str(target)) as staging:
+      (tmp_path / staging / "new.txt").write_text("new")
+  finally:
+    os.umask(umask)
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["new.txt"]
+  assert stat.S_IMODE(os.stat(target).st_mode) == 0o755
+  # A new target in a new parent folder.
+  with files.staged_folder(str(tmp_path / "a" / "b")) as staging:
+    (tmp_path / staging / "x").write_text("x")
+  assert os.listdir(tmp_path / "a") == ["b"]
+
+
 def test_write_new_never_replaces_a_file(tmp_path):
   (tmp_path / "a.png").write_bytes(b"input")
   (tmp_path / "a-2.png").write_bytes(b"input 2")

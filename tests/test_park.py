@@ -281,7 +281,7 @@ def test_the_new_park_is_on_disk_before_the_old_one_goes(tmp_path,
       events.append(("rmtree", str(p))), rmtree(p, *a, **k)))
   meta = park.save(str(src), str(tmp_path / "parked"))
   gone = next(i for i, (what, p) in enumerate(events)
-              if what == "rmtree" and ".park-old-" in p)
+              if what == "rmtree" and ".parked.old." in p)
   staging = {p for what, p in events[:gone] if what == "fsync"}
   names = {os.path.basename(p) for p in staging}
   # Every file of the new park (and its folders) was synced first.

@@ -27,9 +27,7 @@ capsnet_jax.inference.bundled.read verifies.
 import datetime
 import json
 import os
-import shutil
 import sys
-import tempfile
 from typing import Any
 
 from flax import serialization
@@ -165,10 +163,7 @@ def _write_bundle(out_root: str, name: str, variables: dict[str, Any],
                   ) -> dict[str, Any]:
   """Writes the bundle out_root/name whole (see the module docstring):
   ``meta`` completed with the parameter count, sizes, checksums and date."""
-  folder = os.path.join(out_root, name)
-  os.makedirs(out_root, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_root)
-  try:
+  with files.staged_folder(os.path.join(out_root, name)) as staging:
     weights_path = os.path.join(staging, bundled.WEIGHTS_FILE)
     config_path = os.path.join(staging, bundled.CONFIG_FILE)
     files.atomic_write_bytes(weights_path,
@@ -183,19 +178,6 @@ def _write_bundle(out_root: str, name: str, variables: dict[str, Any],
         config_sha256=files.sha256(config_path),
         created=datetime.date.today().isoformat())
     files.atomic_write_json(os.path.join(staging, bundled.META_FILE), meta)
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 is for the writing only
-    files.fsync_tree(staging)
-    # Swap: the old bundle aside, the new one in, then the old one out.
-    aside = None
-    if os.path.exists(folder):
-      aside = tempfile.mkdtemp(prefix=f".{name}.old.", dir=out_root)
-      os.replace(folder, os.path.join(aside, name))
-    os.replace(staging, folder)
-    files.fsync_dir(out_root)
-    if aside:
-      shutil.rmtree(aside, ignore_errors=True)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return meta
 
 

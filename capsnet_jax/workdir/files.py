@@ -7,6 +7,8 @@ Synopsis::
   files.copy_file(src, dst)      # an atomic copy (times kept, as shutil.copy2)
   files.write_new(folder, "a", ".png", data)  # a.png, else a-2.png...: never replaces
   files.fsync_tree(folder)       # every file and folder under it on disk
+  with files.staged_folder(path) as tmp:  # fill tmp; it replaces path whole
+    ...
   files.sha256(path)
 
 An atomic write goes to a temporary file of a unique name in the same
@@ -57,15 +59,50 @@ def fsync_tree(root: str) -> None:
     fsync_dir(folder)
 
 
+@contextlib.contextmanager
+def staged_folder(path: str) -> Iterator[str]:
+  """A new empty folder beside ``path`` that replaces it when the block ends
+  without an exception (and is removed otherwise).
+
+  The folder's tree is fsynced before the swap; the swap puts the old
+  ``path`` (if any) aside, renames the new folder in, fsyncs the parent and
+  only then deletes the old one, so a crash leaves the old folder or the
+  new one whole at ``path`` (at worst with the old one also left in a
+  hidden ``.NAME.old.*`` folder beside it). The new folder gets the umask's
+  permissions, not mkdtemp's 0700."""
+  path = os.path.abspath(path)
+  parent, name = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+  try:
+    yield staging
+    os.chmod(staging, 0o777 & ~_umask())
+    fsync_tree(staging)
+    aside = None
+    if os.path.lexists(path):
+      aside = tempfile.mkdtemp(prefix=f".{name}.old.", dir=parent)
+      os.replace(path, os.path.join(aside, name))
+    os.replace(staging, path)
+    fsync_dir(parent)
+    if aside:
+      shutil.rmtree(aside, ignore_errors=True)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask
+
+
 def _new_file_mode(path: str) -> int:
   """The permissions for a file replacing ``path``: its own, else the
   umask's for a new file."""
   try:
     return stat.S_IMODE(os.stat(path).st_mode)
   except OSError:
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager

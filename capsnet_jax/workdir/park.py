@@ -43,7 +43,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from typing import Any
 
 from capsnet_jax import errors
@@ -155,10 +154,7 @@ def _save(workdir: str, to: str) -> dict[str, Any]:
     raise WorkdirError(f"{to!r} is neither empty nor an earlier park (only "
                        f"{PARK_FILE} and the files it lists): park into a "
                        "new or empty folder")
-  parent = os.path.dirname(os.path.abspath(to))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".park-", dir=parent)
-  try:
+  with file_lib.staged_folder(to) as staging:
     src = os.path.join(workdir, CHECKPOINTS, str(step))
     dst = os.path.join(staging, CHECKPOINTS, str(step))
     _refuse_links(src, "checkpoint")
@@ -191,19 +187,6 @@ def _save(workdir: str, to: str) -> dict[str, Any]:
             timespec="seconds"),
         files=_files(staging))
     file_lib.atomic_write_json(os.path.join(staging, PARK_FILE), meta)
-    # The new park is on disk before anything of the earlier one goes.
-    file_lib.fsync_tree(staging)
-    # Swap: the earlier park aside, the new one in, then the earlier one out.
-    old = None
-    if os.path.exists(to):
-      old = tempfile.mkdtemp(prefix=".park-old-", dir=parent)
-      os.replace(to, os.path.join(old, "park"))
-    os.replace(staging, to)
-    file_lib.fsync_dir(parent)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return meta
 
 
@@ -296,17 +279,12 @@ def _restore(folder: str, workdir: str, meta: dict[str, Any],
         and os.path.getsize(dst) >= os.path.getsize(src)):
       continue  # this machine's copy ran at least as far
     _copy_in(src, workdir)
-  target = os.path.join(workdir, CHECKPOINTS, str(step))
-  staging = tempfile.mkdtemp(prefix=".restoring-", dir=os.path.dirname(target))
-  try:
-    shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)),
-                    os.path.join(staging, "step"))
-    file_lib.fsync_tree(staging)
-    shutil.rmtree(target, ignore_errors=True)  # unfinished (not in have)
-    os.replace(os.path.join(staging, "step"), target)
-    file_lib.fsync_dir(os.path.dirname(target))
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  # A step folder left unfinished by a crash (not in ``finished``) is
+  # replaced whole.
+  with file_lib.staged_folder(
+      os.path.join(workdir, CHECKPOINTS, str(step))) as staging:
+    shutil.copytree(os.path.join(folder, CHECKPOINTS, str(step)), staging,
+                    dirs_exist_ok=True)
   return meta
 
 
