@@ -60,8 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.conv_impl = "auto"  # see capsnet_jax.model.conv.IMPLS
   # float32 (full float32, also on GPUs) | tf32 (NVIDIA GPUs' TF32 matrix
   # products and convolutions; u_hat and everything else stay float32) |
-  # bfloat16 (convolutions, u_hat and decoder; parameters, routing, squash and
-  # losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
+  # bfloat16 (convolutions and decoder; parameters, u_hat, routing, squash
+  # and losses stay float32) | auto (bfloat16 on GPU/TPU, float32 on CPU).
   config.compute_dtype = "float32"
 
   # Optimisation: Adam. lr_schedule: auto (the setup's: reference constant,

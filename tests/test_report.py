@@ -98,13 +98,15 @@ def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
       f"stale report block in {readme}: --table=summary fc=a\n")
 
 
-@pytest.mark.parametrize("page,blocks", [("docs/results.md", 16),
-                                         ("docs/development.md", 1)])
-def test_result_tables_match_the_committed_histories(page, blocks):
+@pytest.mark.parametrize("page", ["README.md", *(
+    str(p.relative_to(ROOT)) for p in sorted((ROOT / "docs").glob("*.md")))])
+def test_result_tables_match_the_committed_histories(page):
   """Every generated table of the docs is what its ARGS give from the files
   committed under docs/ (no table edited by hand, none left stale)."""
-  text = (ROOT / page).read_text()
-  assert text.count("<!-- report:") == blocks
+  # docs/results.md holds every block; a page that loses one (a marker
+  # reworded or deleted) fails here.
+  assert len(report.blocks(str(ROOT / page))) == (
+      15 if page == "docs/results.md" else 0)
   assert report.stale_blocks(str(ROOT / page)) == []
 
 

@@ -386,6 +386,12 @@ def update_file(path: str) -> int:
   return count
 
 
+def blocks(path: str) -> list[str]:
+  """The ARGS of every report block of ``path``, in order."""
+  with open(path) as f:
+    return [m.group(2) for m in _BLOCK.finditer(f.read())]
+
+
 def stale_blocks(path: str) -> list[str]:
   """The report blocks of ``path`` whose text differs from what their ARGS
   generate now (curves are not redrawn); empty when the file is current."""
