@@ -183,6 +183,41 @@ def test_holdout_is_fixed_disjoint_and_complete():
   assert sorted(np.concatenate([train_a.labels, val_a.labels])) == list(range(100))
   np.testing.assert_array_equal(val_a.images[:, 0, 0, 0], val_a.labels)
   assert input_pipeline.holdout(split, 0.0) == (split, None)
+  # The hold-out one process has used from the start (runs resume on it).
+  assert val_a.labels.tolist() == [0, 14, 17, 33, 37, 40, 66, 69, 91, 98]
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_the_holdout_is_the_same_on_any_number_of_processes(copies):
+  """Each process holds out its part of one fixed set of records, so a run
+  resumed on another number of processes never trains on what it validated
+  on; with copies (smallNORB's two cameras) both images of a record fall on
+  the same side."""
+  n = 1000
+  records = np.arange(n, dtype=np.int32)
+
+  def part(i, p):  # this process's records, each copy in a block
+    mine = input_pipeline._shard(records, i, p)
+    labels = np.concatenate([mine + c * n for c in range(copies)])
+    return input_pipeline.Split(np.zeros((len(labels), 1, 1, 1), np.uint8),
+                                labels)
+
+  def held_out(p):
+    train, val = [], []
+    for i in range(p):
+      t, v = input_pipeline.holdout(
+          part(i, p), 0.1, input_pipeline.shard_offset(n, i, p), n, copies)
+      train.append(t.labels)
+      val.append(v.labels)
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+  train_1, val_1 = held_out(1)
+  assert len(val_1) == 100 * copies and len(train_1) == 900 * copies
+  assert set(val_1 % n) == set(val_1[val_1 < n])  # the copies go together
+  for p in (2, 3, 8):
+    train_p, val_p = held_out(p)
+    np.testing.assert_array_equal(val_p, val_1)
+    np.testing.assert_array_equal(train_p, train_1)
 
 
 def test_reference_holds_out_a_tenth_of_mnist(idx_dir):

@@ -126,3 +126,25 @@ def test_eval_batches_cover_every_example_once():
   shards = [input_pipeline._shard(split.labels, i, 4) for i in range(4)]
   assert {len(s) for s in shards} <= {5, 6}
   np.testing.assert_array_equal(np.concatenate(shards), np.arange(21))
+  # shard_offset is where each starts (tfds.even_splits cuts the same way).
+  for n, p in [(21, 4), (24300, 8), (7, 7), (3, 5)]:
+    sizes = [len(s) for s in np.array_split(np.arange(n), p)]
+    assert [input_pipeline.shard_offset(n, i, p) for i in range(p)] == list(
+        np.cumsum([0] + sizes[:-1]))
+
+
+def test_every_process_runs_enough_batches_for_the_largest_share(
+    monkeypatch):
+  """smallNORB's reference setup doubles each process's records (one example
+  a camera), so 24,300 records on 8 processes are shares of 6,076 and 6,074
+  examples: a count from the total (ceil(48,600 / 8) = 6,075) would leave
+  the last example of the larger shares out."""
+  from capsnet_jax import processes  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  shares = [2 * len(s) for s in np.array_split(np.arange(24300), 8)]
+  assert shares == [6076] * 4 + [6074] * 4
+  monkeypatch.setattr(loop.jax, "process_count", lambda: 8)
+  monkeypatch.setattr(processes, "process_allgather",
+                      lambda x, what: np.array(shares))
+  for local in (6074, 6076):  # Every process, small share or large, agrees.
+    assert loop.num_eval_batches(local, 25) == 244  # 244 * 25 >= 6,076

@@ -129,7 +129,7 @@ for _ in range(3):
   state, m = steps.train(state, mesh_lib.global_batch(next(batches),
                                                       steps.sharded))
   metrics.append({k: float(v) for k, v in jax.device_get(m).items()})
-evaluation = loop.evaluate(steps, state, splits.test, 32, 100)
+evaluation = loop.evaluate(steps, state, splits.test, 32)
 leaves = jax.tree.leaves(jax.device_get(
     (state.step, state.params, state.opt_state, state.batch_stats)))
 np.savez(out + "/state.npz", *leaves)
@@ -174,7 +174,7 @@ def test_three_steps_on_two_devices_equal_one_device(idx_dir, two_devices):
     for key in ("loss", "margin_loss", "reconstruction_loss"):
       _close(got[key], expected[key], f"step {i}: {key}")
   _close_states(two_devices["state"], _leaves(state))
-  evaluation = loop.evaluate(steps, state, splits.test, 32, 100)
+  evaluation = loop.evaluate(steps, state, splits.test, 32)
   assert two_devices["evaluation"]["count"] == evaluation["count"] == 100
   assert (two_devices["evaluation"]["accuracy"] == evaluation["accuracy"])
   for key in EVAL_METRICS:
@@ -293,8 +293,14 @@ def test_two_processes_train_one_model(idx_dir, two_process_run):
   # Meanwhile, the same 4 steps on one device in this process.
   exp = experiment.resolve(conftest.tiny_config(idx_dir))
   shards = [exp.load_splits(p, 2) for p in (0, 1)]
-  # Each process holds out 10% of its 128 examples: 2 x 12 for validation.
-  per_epoch = input_pipeline.steps_per_epoch(256 - 24, 32)
+  # The processes hold out their parts of the one process's 25 examples
+  # (10% of 256), so a run validates on the same images on any number of
+  # processes.
+  one = exp.load_splits(0, 1)
+  held = np.concatenate([s.validation.images for s in shards])
+  assert len(held) == 25
+  np.testing.assert_array_equal(held, one.validation.images)
+  per_epoch = input_pipeline.steps_per_epoch(256 - 25, 32)
   streams = [input_pipeline.train_batches(shards[p].train, 16, exp.config.seed,
                                           0, p, per_epoch) for p in (0, 1)]
 
@@ -305,10 +311,10 @@ def test_two_processes_train_one_model(idx_dir, two_process_run):
 
   mesh = mesh_lib.make_mesh()
   steps, state, metrics = _train(exp, mesh, per_epoch, global_batches(), 4)
-  test = loop.evaluate(steps, state, exp.load_splits(0, 1).test, 32, 100)
+  test = loop.evaluate(steps, state, one.test, 32)
   validation = loop.evaluate(steps, state, input_pipeline.Split(
       np.concatenate([s.validation.images for s in shards]),
-      np.concatenate([s.validation.labels for s in shards])), 32, 24)
+      np.concatenate([s.validation.labels for s in shards])), 32)
 
   outs = _finished(two_process_run)
   # Only process 0 writes INFO lines to the terminal (without --verbosity=1).
@@ -317,7 +323,7 @@ def test_two_processes_train_one_model(idx_dir, two_process_run):
   results = json.loads((workdir / "results.json").read_text())
   assert (results["processes"], results["devices"]) == (2, 2)
   assert (results["step"], results["num_train"],
-          results["num_validation"]) == (4, 232, 24)
+          results["num_validation"]) == (4, 231, 25)
   ckpt = checkpoints.Checkpointer(str(workdir), create=False)
   assert ckpt.all_steps() == [2, 4]
   ckpt.close()

@@ -43,7 +43,8 @@ DATASETS = datasets.DATASETS
 SETUPS = datasets.SETUPS
 SMALLNORB_SIZE = 48  # smallNORB's 96x96 images are resized to 48x48 at load.
 DatasetInfo = datasets.DatasetInfo
-# The validation hold-out is the same for every run seed and process count.
+# The validation hold-out is the same for every run seed and process count
+# (holdout()).
 VALIDATION_SEED = 20171026
 
 
@@ -74,6 +75,20 @@ def _shard(array: np.ndarray, process_index: int, process_count: int) -> np.ndar
   """This process's contiguous part, sizes differing by at most one (as
   tfds.even_splits)."""
   return np.array_split(array, process_count)[process_index]
+
+
+def shard_offset(total: int, process_index: int, process_count: int) -> int:
+  """Where this process's part of ``total`` examples starts, in _shard and
+  tfds.even_splits alike (the first ``total % process_count`` parts hold one
+  more)."""
+  return (process_index * (total // process_count)
+          + min(process_index, total % process_count))
+
+
+def _copies(spec: datasets.Spec) -> int:
+  """Examples per stored record: 2 where each of smallNORB's two cameras is
+  an example of its own (the reference setup), else 1."""
+  return 2 if spec.tfds_name == "smallnorb" and spec.info.setup != "paper" else 1
 
 
 def _downsample2(images: np.ndarray) -> np.ndarray:
@@ -174,22 +189,44 @@ class Splits:
   info: DatasetInfo
 
 
-def holdout(split: Split, fraction: float, process_index: int = 0
+def holdout(split: Split, fraction: float, offset: int = 0,
+            total: int | None = None, copies: int = 1
             ) -> tuple[Split, Split | None]:
-  """(train, validation): floor(fraction * N) examples of ``split`` held out.
+  """(train, validation) of this process's part of a training split.
 
-  The held-out examples are a fixed random subset (VALIDATION_SEED and the
-  process index, not the run's seed), so every run of a setup validates on
-  the same images and never trains on them.
+  The validation records are a fixed random floor(fraction * total) of the
+  ``total`` records of the whole split (VALIDATION_SEED: not the run's seed,
+  nor the process count), so every run of a setup, on any number of
+  processes, validates on the same images and never trains on them.
+
+  Args:
+    split: this process's part: records [offset, offset + n) of the split,
+      or, with ``copies`` > 1, ``copies`` consecutive blocks of those n
+      records (smallNORB's two cameras), each record's copies kept together
+      on one side.
+    fraction: the share held out.
+    offset, total: where the part starts in the split, and the split's
+      records over all processes (default: the part is the whole split).
+    copies: examples per record.
+
+  Returns:
+    (train, None) where floor(fraction * total) is 0; a process may hold
+    no validation example (an empty Split).
   """
-  n = len(split)
-  k = int(math.floor(fraction * n))
+  if len(split) % copies:
+    raise ValueError(f"{len(split)} examples are not {copies} copies of "
+                     "each record")
+  n = len(split) // copies
+  total = n if total is None else total
+  k = int(math.floor(fraction * total))
   if k <= 0:
     return split, None
-  order = np.random.default_rng([VALIDATION_SEED, process_index]).permutation(n)
-  val_idx, train_idx = np.sort(order[:k]), np.sort(order[k:])
-  return (Split(split.images[train_idx], split.labels[train_idx]),
-          Split(split.images[val_idx], split.labels[val_idx]))
+  chosen = np.random.default_rng([VALIDATION_SEED, 0]).permutation(total)[:k]
+  held = np.zeros(n, bool)
+  held[chosen[(chosen >= offset) & (chosen < offset + n)] - offset] = True
+  held = np.tile(held, copies)
+  return (Split(split.images[~held], split.labels[~held]),
+          Split(split.images[held], split.labels[held]))
 
 
 def load_splits(spec: datasets.Spec, source: Source,
@@ -226,15 +263,19 @@ def load_splits(spec: datasets.Spec, source: Source,
                        process_count)
     test = _load_tfds(spec, "test", source.tfds_data_dir, process_index,
                       process_count)
-    # even_splits sizes differ by at most one, so the totals follow from ours.
+    # Over all processes (nominal where the processes are simulated).
     num_train = _total(len(train), process_count, info.num_train)
     num_test = _total(len(test), process_count, info.num_test)
     where = "tfds"
-  train, validation = holdout(train, fraction, process_index)
+  copies = 1 if source.idx_dir else _copies(spec)
+  records = num_train // copies
+  train, validation = holdout(
+      train, fraction, shard_offset(records, process_index, process_count),
+      records, copies)
   num_validation = 0
   if validation is not None:
     num_validation = _total(len(validation), process_count,
-                            int(math.floor(fraction * num_train)))
+                            copies * int(math.floor(fraction * records)))
     num_train -= num_validation
   info = dataclasses.replace(info, num_train=num_train, num_test=num_test,
                              num_validation=num_validation)
@@ -273,7 +314,9 @@ def _load_multimnist(source: Source, info: DatasetInfo, fraction: float,
   pairs = multimnist.fixed_pairs(test.labels, num_test)
   test_pairs = pairs[np.array_split(np.arange(num_test), process_count)[
       process_index]]
-  train, held_out = holdout(train, fraction, process_index)
+  train, held_out = holdout(
+      train, fraction, shard_offset(num_train, process_index, process_count),
+      num_train)
   validation, num_validation = None, 0
   if held_out is not None:
     validation = multimnist.PairSplit(

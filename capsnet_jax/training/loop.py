@@ -46,25 +46,33 @@ from capsnet_jax.workdir import record as record_lib
 # Evaluation.
 
 
-def num_eval_batches(num_test: int, local_batch_size: int) -> int:
-  """The batches ``evaluate`` runs on each process."""
-  per_process = -(-num_test // jax.process_count())
-  return input_pipeline.num_eval_batches(per_process, local_batch_size)
+def num_eval_batches(local_examples: int, local_batch_size: int) -> int:
+  """The batches ``evaluate`` runs on each process: enough for the largest
+  process's share (shares may differ by more than one: smallNORB's
+  reference setup doubles each process's records)."""
+  largest = local_examples
+  if jax.process_count() > 1:
+    largest = int(np.max(processes.process_allgather(
+        np.array(local_examples), "the size of every process's evaluation "
+        "share")))
+  return input_pipeline.num_eval_batches(largest, local_batch_size)
 
 
 def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
-             local_batch_size: int, num_test: int,
-             done: Callable[[int], None] | None = None) -> dict[str, float]:
+             local_batch_size: int,
+             done: Callable[[int], None] | None = None, *,
+             num_batches: int | None = None) -> dict[str, float]:
   """Metrics over every test example exactly once (all processes together).
 
   Args:
     steps, state: the compiled steps and the state evaluated.
     test: the split (this process's share).
     local_batch_size: this process's batch.
-    num_test: the split's examples over all processes.
     done: called with the number of batches finished (a progress
       display); the batches are then waited for one behind the last one
       dispatched, so that the count follows the device.
+    num_batches: num_eval_batches(len(test), local_batch_size), when the
+      caller has it (every process runs this many).
 
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
@@ -74,7 +82,8 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
     the test set; with several objects per image, partial_accuracy (at least
     one label among the longest capsules) too.
   """
-  num_batches = num_eval_batches(num_test, local_batch_size)
+  if num_batches is None:
+    num_batches = num_eval_batches(len(test), local_batch_size)
   totals = None
   batches = input_pipeline.eval_batches(test, local_batch_size, num_batches)
   for i, batch in enumerate(batches):
@@ -160,14 +169,20 @@ class _Evaluator:
 
   def _evaluate(self, state: TrainState, step: int, name: str,
                 split: input_pipeline.Split, num: int) -> dict[str, float]:
-    """evaluate() under a progress display of its batches."""
-    batches = num_eval_batches(num, self.local_batch)
+    """evaluate() under a progress display of its batches; warns where it
+    did not see the split's ``num`` examples (over all processes)."""
+    batches = num_eval_batches(len(split), self.local_batch)
     if self.display is not None:
       counting = self.display.evaluating(name, batches)
     else:
       counting = _counting(f"evaluating step {step} ({name})", batches)
     with counting as done:
-      return evaluate(self.steps, state, split, self.local_batch, num, done)
+      metrics = evaluate(self.steps, state, split, self.local_batch, done,
+                         num_batches=batches)
+    if int(metrics["count"]) != num:
+      logging.warning("the %s evaluation at step %d saw %d examples of %d",
+                      name, step, int(metrics["count"]), num)
+    return metrics
 
   def run(self, state: TrainState, step: int
           ) -> tuple[dict[str, float], dict[str, Any]]:
