@@ -57,10 +57,26 @@ def test_brightness_and_contrast_follow_torchvision(jit):
                              atol=1e-6)
 
 
-def test_random_jitter_ranges_and_flip():
+def test_color_jitter_order_and_draws_and_flip():
+  """As torchvision's ColorJitter: brightness and contrast in a random order
+  per image, which matters where values clip."""
+  x = np.array([[[[0.2], [1.0]]]] * 2, np.float32)  # [2, 1, 2, 1], mean 0.6
+  y = augment.apply_jitter(x, jnp.array([1.5, 1.5]), jnp.array([0.5, 0.5]),
+                           jnp.array([False, True]))
+  # Brightness first: [0.3, 1.0] (clipped), mean 0.65, then 0.5 x + 0.325.
+  np.testing.assert_allclose(y[0, 0, :, 0], [0.475, 0.825], atol=1e-6)
+  # Contrast first: 0.5 x + 0.3 = [0.4, 0.8], then x 1.5 = [0.6, 1.0] (clipped).
+  np.testing.assert_allclose(y[1, 0, :, 0], [0.6, 1.0], atol=1e-6)
+  b, c, first = map(np.asarray, augment.jitter_params(
+      jax.random.key(0), 1000, (0.75, 1.25), (0.2, 1.8)))
+  assert 0.75 <= b.min() < 0.76 and 1.24 < b.max() <= 1.25
+  assert 0.2 <= c.min() < 0.22 and 1.78 < c.max() <= 1.8
+  assert 450 < first.sum() < 550  # 1/2 each: 500 +- 3.2 sigma
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 4, 4, 3)), jnp.float32)
-  y = augment.random_contrast(augment.random_brightness(
-      x, jax.random.key(0), 0.75, 1.25), jax.random.key(1), 0.2, 1.8)
+  y = augment.color_jitter(x, jax.random.key(0), (0.75, 1.25), (0.2, 1.8))
+  np.testing.assert_array_equal(y, augment.apply_jitter(
+      x, *augment.jitter_params(jax.random.key(0), 64, (0.75, 1.25),
+                                (0.2, 1.8))))
   assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
   f = np.asarray(augment.random_flip_lr(x, jax.random.key(2)))
   flipped = [np.array_equal(f[i], np.asarray(x)[i, :, ::-1]) for i in range(64)]

@@ -14,8 +14,9 @@ random values.
 The pipelines of each (dataset, setup) are assembled from these ops in the
 dataset registry, capsnet_jax.data.datasets.
 
-Brightness and contrast follow torchvision's adjust_brightness/adjust_contrast
-(the reference's ColorJitter), applied in that order, clipped to [0, 1].
+Brightness and contrast follow torchvision's adjust_brightness/adjust_contrast,
+clipped to [0, 1]; color_jitter applies them as the reference's ColorJitter
+does, in a random order per image.
 """
 
 from typing import Callable
@@ -93,12 +94,37 @@ def _uniform(rng: jax.Array, n: int, low: float, high: float) -> jax.Array:
   return jax.random.uniform(rng, (n,), minval=low, maxval=high)
 
 
-def random_brightness(images: jax.Array, rng: jax.Array, low: float, high: float):
-  return adjust_brightness(images, _uniform(rng, images.shape[0], low, high))
+def color_jitter(images: jax.Array, rng: jax.Array,
+                 brightness: tuple[float, float],
+                 contrast: tuple[float, float]) -> jax.Array:
+  """torchvision's ColorJitter(brightness=(lo, hi), contrast=(lo, hi)):
+  apply_jitter with jitter_params' draws."""
+  return apply_jitter(images, *jitter_params(rng, images.shape[0], brightness,
+                                             contrast))
 
 
-def random_contrast(images: jax.Array, rng: jax.Array, low: float, high: float):
-  return adjust_contrast(images, _uniform(rng, images.shape[0], low, high))
+def jitter_params(rng: jax.Array, n: int, brightness: tuple[float, float],
+                  contrast: tuple[float, float]
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """ColorJitter's draws for ``n`` images: brightness and contrast factors
+  uniform in their ranges, and whether contrast comes first (probability
+  1/2: ColorJitter applies its adjustments in a random permutation drawn
+  for every image)."""
+  return (_uniform(jax.random.fold_in(rng, 0), n, *brightness),
+          _uniform(jax.random.fold_in(rng, 1), n, *contrast),
+          jax.random.bernoulli(jax.random.fold_in(rng, 2), 0.5, (n,)))
+
+
+def apply_jitter(images: jax.Array, brightness: jax.Array, contrast: jax.Array,
+                 contrast_first: jax.Array) -> jax.Array:
+  """Brightness then contrast, or contrast then brightness where
+  ``contrast_first``, per image [B] (the orders differ where a value is
+  clipped). Computed in float, as on a tensor (a PIL image would also be
+  rounded to 8 bits after each adjustment)."""
+  first = contrast_first[:, None, None, None]
+  return jnp.where(
+      first, adjust_brightness(adjust_contrast(images, contrast), brightness),
+      adjust_contrast(adjust_brightness(images, brightness), contrast))
 
 
 def per_image_standardization(images: jax.Array) -> jax.Array:

@@ -200,8 +200,8 @@ def _smallnorb(setup: str) -> Spec:
 
     def train_fn(x, rng):
       x = augment.random_crop(_F(x), jax.random.fold_in(rng, 0), (32, 32))
-      x = augment.random_brightness(x, jax.random.fold_in(rng, 1), 0.875, 1.125)
-      return norm(augment.random_contrast(x, jax.random.fold_in(rng, 2), 0.5, 1.5))
+      return norm(augment.color_jitter(x, jax.random.fold_in(rng, 1),
+                                       (0.875, 1.125), (0.5, 1.5)))
 
     return Spec(info, train_fn,
                 eval_fn=lambda x: norm(augment.center_crop(_F(x), (32, 32))),
@@ -234,8 +234,8 @@ def _cifar10(setup: str) -> Spec:
     norm = _normalize(0.0, 0.5)
 
     def train_fn(x, rng):
-      x = augment.random_brightness(_F(x), jax.random.fold_in(rng, 0), 0.75, 1.25)
-      x = augment.random_contrast(x, jax.random.fold_in(rng, 1), 0.2, 1.8)
+      x = augment.color_jitter(_F(x), jax.random.fold_in(rng, 0),
+                               (0.75, 1.25), (0.2, 1.8))
       return norm(augment.random_flip_lr(x, jax.random.fold_in(rng, 2)))
 
     return Spec(info, train_fn, eval_fn=lambda x: norm(_F(x)),
