@@ -104,6 +104,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   for name in ("primary_types", "alpha", "eval_batch_size", "eval_every_steps",
                "checkpoint_every_steps", "lr_decay_steps"):
     _positive(config, name, allow_zero=True)
+  _positive(config, "num_summary_images", allow_zero=True, default=16)
   if mode == "visualize":
     for name in ("visualize_rotation_step", "visualize_num_images",
                  "visualize_primary_steps", "visualize_primary_examples"):

@@ -51,6 +51,17 @@ def test_latest_n_and_the_best_are_kept_across_restarts(tmp_path):
   ckpt.close()
 
 
+def test_of_equal_accuracies_the_earliest_is_the_best(tmp_path):
+  """As history.best (the step results.json and the evaluation lines name):
+  a later evaluation that only equals the best does not replace it."""
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=2)
+  for step, accuracy in ((1, 0.5), (2, 0.9), (3, 0.9), (4, 0.7), (5, 0.6)):
+    _save(ckpt, step, accuracy)
+  assert ckpt.best_step() == 2
+  assert ckpt.all_steps() == [2, 4, 5]
+  ckpt.close()
+
+
 def test_restore_follows_the_given_structure(tmp_path):
   ckpt = checkpoints.Checkpointer(str(tmp_path), keep=1)
   _save(ckpt, 3, 0.5)

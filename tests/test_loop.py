@@ -157,6 +157,23 @@ def test_resume_continues_exactly(epoch_runs):
   assert len(history.read(str(resumed))) == 2
 
 
+def test_the_best_checkpoint_is_kept_whatever_the_checkpoint_interval(
+    idx_dir, tmp_path):
+  """Evaluations at steps 3 and 6, checkpoints every 4 steps: the first
+  evaluation (a new best) is saved too, with its accuracy, so the best
+  checkpoint exists and is the step results.json names."""
+  config = conftest.tiny_config(idx_dir, num_train_steps=6, eval_every_steps=3,
+                                checkpoint_every_steps=4,
+                                validation_fraction=0.0)
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  ckpt = checkpoints.Checkpointer(str(tmp_path), create=False)
+  try:
+    assert ckpt.all_steps() == [3, 4, 6]
+    assert ckpt.best_step() == results["best_step"]
+  finally:
+    ckpt.close()
+
+
 def test_short_run_on_real_mnist(tmp_path):
   """60 steps of the tiny model on the real digits, evaluated over the
   10,000 test images exactly once each."""

@@ -165,8 +165,9 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint(idx_dir,
   config = conftest.tiny_config(idx_dir, inject_nan_at_step=5,
                                 checkpoint_every_steps=2)
   with pytest.raises(errors.NonFiniteLossError,
-                     match=r"^non-finite loss \(nan\) at step 5; training "
-                     "stopped and the last checkpoint was left intact"):
+                     match=r"^non-finite loss or gradient \(loss nan\) at "
+                     "step 5; training stopped and the last checkpoint was "
+                     "left intact"):
     loop.train_and_evaluate(config, str(tmp_path))
   # The checkpoint due after the bad step (6) was never written.
   ckpt = checkpoints.Checkpointer(str(tmp_path), create=False)

@@ -73,7 +73,7 @@ def test_positive_fields(field, zero, negative):
 @pytest.mark.parametrize("field,negative", [
     ("primary_types", "-1"), ("alpha", "-1.0"), ("eval_batch_size", "-1"),
     ("eval_every_steps", "-1"), ("checkpoint_every_steps", "-1"),
-    ("lr_decay_steps", "-1")])
+    ("lr_decay_steps", "-1"), ("num_summary_images", "-1")])
 def test_non_negative_fields(field, negative):
   assert _message(**{field: -1}) == f"{field} must be >= 0, got {negative}"
 

@@ -472,9 +472,14 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
           _check_finite(pending, step)  # Never record a bad step.
           with report.timed("eval"):
             last_eval = evaluate_all(state, step)
-          writer.write_images(step, {"test/reconstructions": reconstruction_grid(
-              steps, state, test_split, config.num_summary_images)})
-        if step % ckpt_every == 0 or last:
+          if config.num_summary_images:
+            writer.write_images(step, {
+                "test/reconstructions": reconstruction_grid(
+                    steps, state, test_split, config.num_summary_images)})
+        # A new best is saved too, whatever checkpoint_every_steps is, so
+        # that the best checkpoint is kept.
+        new_best = evaluated_now and evaluator.best[1] == step
+        if step % ckpt_every == 0 or last or new_best:
           _check_finite(pending, step)  # Never checkpoint after a bad step.
           ckpt.save(step, state, {"test_accuracy": last_eval["accuracy"]}
                     if evaluated_now else None)
@@ -517,7 +522,8 @@ def _check_finite(pending: list[dict], step: int) -> list[dict]:
   for m in fetched:
     if not bool(m["finite"]):
       raise NonFiniteLossError(
-          f"non-finite loss ({float(m['loss'])}) at step {int(m['step'])}; "
+          f"non-finite loss or gradient (loss {float(m['loss'])}) at step "
+          f"{int(m['step'])}; "
           "training stopped and the last checkpoint was left intact. Lower "
           "--config.learning_rate or check the data.")
   return fetched

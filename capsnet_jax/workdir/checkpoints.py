@@ -7,7 +7,8 @@ Synopsis::
   ckpt.save(step, state, metrics={"test_accuracy": 0.99})
   ckpt.close()
 
-Keeps the latest ``keep`` checkpoints plus the best one by test accuracy.
+Keeps the latest ``keep`` checkpoints plus the best one by test accuracy
+(the earliest of equals, as history.best names it).
 Saves are atomic (orbax writes to a temporary directory and renames it), so a
 process killed mid-save leaves the previous checkpoint as the latest one.
 """
@@ -36,6 +37,14 @@ def latest_step(workdir: str) -> int | None:
     ckpt.close()
 
 
+def _rank(metrics: dict[str, float]) -> float:
+  """Orders checkpoints by test accuracy, the earlier step first among equal
+  accuracies (orbax keeps the last of equals). The step's share, at most
+  1e-6 for 1e6 steps, is below any accuracy difference of a test set of up
+  to 100,000 images."""
+  return float(metrics["test_accuracy"]) - 1e-12 * float(metrics.get("step", 0))
+
+
 class Checkpointer:
   """A thin wrapper around ``ocp.CheckpointManager`` for one pytree."""
 
@@ -43,7 +52,7 @@ class Checkpointer:
                create: bool = True):
     policy = cm.AnyPreservationPolicy([
         cm.LatestN(n=keep),
-        cm.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
+        cm.BestN(get_metric_fn=_rank, n=1,
                  keep_checkpoints_without_metrics=False),
     ])
     # best_fn makes orbax write each save's metrics next to it (without it
@@ -51,7 +60,7 @@ class Checkpointer:
     # best_step() is the latest step).
     options = ocp.CheckpointManagerOptions(
         create=create, preservation_policy=policy,
-        best_fn=lambda m: m["test_accuracy"], best_mode="max",
+        best_fn=_rank, best_mode="max",
         enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(checkpoint_dir(workdir),
                                           options=options)
@@ -71,6 +80,7 @@ class Checkpointer:
     """Saves ``state`` at ``step`` (asynchronously); returns whether it saved."""
     if metrics is not None:
       metrics = {k: float(v) for k, v in metrics.items()}
+      metrics.setdefault("step", float(step))
     return self._manager.save(step, args=ocp.args.StandardSave(state),
                               metrics=metrics, force=force)
 
