@@ -161,10 +161,11 @@ def test_the_best_checkpoint_is_kept_whatever_the_checkpoint_interval(
     idx_dir, tmp_path):
   """Evaluations at steps 3 and 6, checkpoints every 4 steps: the first
   evaluation (a new best) is saved too, with its accuracy, so the best
-  checkpoint exists and is the step results.json names."""
+  checkpoint exists and is the step results.json names. (And
+  num_summary_images=0: evaluations without reconstruction images.)"""
   config = conftest.tiny_config(idx_dir, num_train_steps=6, eval_every_steps=3,
                                 checkpoint_every_steps=4,
-                                validation_fraction=0.0)
+                                validation_fraction=0.0, num_summary_images=0)
   results = loop.train_and_evaluate(config, str(tmp_path))
   ckpt = checkpoints.Checkpointer(str(tmp_path), create=False)
   try:
