@@ -86,9 +86,21 @@ def test_centre_of_mass_at_the_centre_and_range():
     assert digit.shape == (28, 28)
     assert digit.min() >= 0.0 and digit.max() <= 1.0
     row, col = predict.center_of_mass(digit)
-    assert abs(row - 13.5) <= 1.0 and abs(col - 13.5) <= 1.0, (row, col)
+    assert abs(row - 14.0) <= 0.5 and abs(col - 14.0) <= 0.5, (row, col)
     assert max(_bbox(digit, 0.1)) == 20
   assert predict.mnist_digit(np.full((20, 30, 3), 0.7)).max() == 0.0  # blank
+
+
+def test_an_mnist_image_read_as_a_file_comes_out_as_stored():
+  """MNIST's own digits (20 px boxes, centres of mass near (14, 14)) pass
+  through unchanged: 0.12 of 255 mean absolute difference over the first 500
+  test images (2-core Intel Xeon); centring at (13.5, 13.5) moved half of
+  them by a pixel (14.4 of 255)."""
+  images, _ = idx.load_mnist_idx(str(shared_mnist()), "test")
+  x = images[:500].astype(np.float32) / 255.0
+  diffs = [np.abs(predict.mnist_digit(im) - im[..., 0]).mean() for im in x]
+  assert np.mean(diffs) * 255 < 0.5, np.mean(diffs) * 255
+  assert np.median(diffs) == 0.0
 
 
 def test_to_stored_for_every_dataset():
