@@ -166,6 +166,23 @@ def _float_tiff(path, value) -> None:
   Image.fromarray(x, mode="F").save(path)
 
 
+def test_float_images_are_read_in_their_range(tmp_path):
+  """A float TIFF of [0, 1] stays; one of 0-255 is divided by 255; any other
+  range is scaled from its minimum to its maximum (a 0-255 one was all white
+  after clipping)."""
+  for name, (value, paper, expected) in {
+      "unit": (0.75, 0.25, (0.75, 0.25)),
+      "bytes": (191.25, 63.75, (0.75, 0.25)),
+      "wide": (1000.0, -1000.0, (1.0, 0.0))}.items():
+    x = np.full((28, 28), paper, np.float32)
+    x[5, 7] = value
+    Image.fromarray(x, mode="F").save(tmp_path / f"{name}.tif")
+    got = predict.read_image(str(tmp_path / f"{name}.tif"))
+    assert got.shape == (28, 28, 1)
+    np.testing.assert_allclose((got[5, 7, 0], got[0, 0, 0]), expected,
+                               atol=1e-6, err_msg=name)
+
+
 def _read_in_thread(path):
   """read_image's outcome, in a thread: opening a FIFO for reading the usual
   way blocks until a writer comes, which would hang the test."""

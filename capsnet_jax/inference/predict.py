@@ -210,7 +210,8 @@ def decode_image(fp: BinaryIO | bytes) -> np.ndarray:
 
   Only ALLOWED_FORMATS are decoded, at most MAX_MEGAPIXELS. EXIF
   orientation is applied; transparent pixels are composited over white;
-  16-bit and float images are scaled by their range.
+  16-bit images are scaled by 65535; float images are kept in [0, 1], else
+  divided by 255 within [0, 255], else scaled by their range.
 
   Raises:
     ImageReadError: not an image of an allowed format, too large, NaN or
@@ -264,6 +265,12 @@ def _to_array(im: Image.Image) -> np.ndarray:
       return x  # refused by the caller
     if mode != "F":
       x = x / (65535.0 if mode.startswith("I;16") or x.max() > 255 else 255.0)
+    else:  # Floats: as they are in [0, 1], else 0-255, else their range.
+      lo, hi = float(x.min()), float(x.max())
+      if lo < 0.0 or hi > 255.0:
+        x = (x - lo) / max(hi - lo, 1e-12)
+      elif hi > 1.0:
+        x = x / 255.0
     return np.clip(x, 0.0, 1.0)[..., None]
   has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
       mode == "P" and "transparency" in im.info)
