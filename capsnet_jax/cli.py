@@ -348,6 +348,9 @@ def main(argv):
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)
+  except KeyboardInterrupt:
+    print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+    sys.exit(errors.EXIT_INTERRUPTED)
   if FLAGS.mode == "predict":
     sys.exit(result)
   if FLAGS.mode in ("train", "eval") and progress.is_lead():

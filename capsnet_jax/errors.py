@@ -13,12 +13,15 @@ traceback, and exits with EXIT_USER_ERROR. Exit statuses:
                           missing or damaged data, a workdir in use
   3  EXIT_SOME_FAILED     --mode=predict: some files could not be predicted
                           (the others were)
+  130 EXIT_INTERRUPTED    Ctrl-C outside a training loop, or a second
+                          Ctrl-C inside one (the first saves and exits 0)
 """
 
 EXIT_OK = 0
 EXIT_INTERNAL_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class UserError(Exception):

@@ -103,3 +103,19 @@ def test_modes_that_need_a_workdir_or_images(flags_config, tmp_path):
   with pytest.raises(errors.ConfigError,
                      match=r"--mode=predict needs --images=PATH\[,PATH...\]"):
     cli.run("predict", config, str(tmp_path), images=[])
+
+
+def test_ctrl_c_is_one_line_and_status_130(flags_config, monkeypatch, capsys):
+  """Ctrl-C outside a training loop (loading data, compiling, predicting):
+  no traceback, exit status 130."""
+  del flags_config  # the flags parsed
+  monkeypatch.setattr(cli, "_initialize_distributed", lambda: None)
+  monkeypatch.setattr(cli.progress, "configure_logging", lambda verbosity: None)
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(cli, "run", interrupted)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["main.py"])
+  assert exit_info.value.code == errors.EXIT_INTERRUPTED == 130
+  assert capsys.readouterr().err == "interrupted (Ctrl-C)\n"

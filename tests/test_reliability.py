@@ -159,6 +159,24 @@ def test_sigint_saves_and_returns(idx_dir, tmp_path, monkeypatch):
   assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_second_ctrl_c_stops_at_once(caplog):
+  """The first SIGINT is a flag the loop polls (it saves, then exits); the
+  second raises KeyboardInterrupt where the program is (main.py: exit 130).
+  SIGTERM, a cluster's notice that may come again, stays a flag."""
+  before = signal.getsignal(signal.SIGINT)
+  with loop._Preemption() as preemption:  # pylint: disable=protected-access
+    signal.raise_signal(signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)
+    assert preemption.signal == "SIGTERM"
+    preemption.signal = None
+    signal.raise_signal(signal.SIGINT)
+    assert preemption.signal == "SIGINT"
+    assert "press Ctrl-C again to stop at once" in caplog.text
+    with pytest.raises(KeyboardInterrupt):
+      signal.raise_signal(signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint(idx_dir,
                                                              tmp_path):
   # The loss is NaN at step 5 (the sixth); checkpoints every 2 steps.

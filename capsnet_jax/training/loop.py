@@ -278,7 +278,8 @@ def _best_of(records: list[dict]) -> dict[str, Any]:
 
 
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag that the loop polls."""
+  """Turns SIGTERM/SIGINT into a flag that the loop polls; a second SIGINT
+  (Ctrl-C pressed again) raises KeyboardInterrupt at once."""
 
   def __init__(self):
     self.signal = None
@@ -294,7 +295,13 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del frame
+    if signum == signal.SIGINT and self.signal is not None:
+      raise KeyboardInterrupt
     self.signal = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      logging.warning("Ctrl-C: saving a checkpoint after this step (and any "
+                      "evaluation under way); press Ctrl-C again to stop at "
+                      "once without saving.")
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
