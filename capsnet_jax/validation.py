@@ -135,6 +135,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError(f"checkpoint {which!r} is for --mode=visualize and "
                       f"--mode=predict; --mode={mode} uses the latest "
                       "checkpoint")
-  if mode == "ensemble" and not config.ensemble_workdirs:
+  if mode == "ensemble" and not [
+      w for w in str(config.ensemble_workdirs).split(",") if w.strip()]:
     raise ConfigError("--mode=ensemble needs --config.ensemble_workdirs="
                       "DIR1,DIR2,... (trained workdirs)")

@@ -134,9 +134,10 @@ def test_visualize_fields_only_in_visualize_mode():
 
 
 def test_ensemble_needs_workdirs():
-  assert _message("ensemble") == ("--mode=ensemble needs "
-                                  "--config.ensemble_workdirs=DIR1,DIR2,... "
-                                  "(trained workdirs)")
+  for workdirs in ("", ",", " , "):  # commas alone name none
+    assert _message("ensemble", ensemble_workdirs=workdirs) == (
+        "--mode=ensemble needs --config.ensemble_workdirs=DIR1,DIR2,... "
+        "(trained workdirs)")
 
 
 def test_checkpoint_is_latest_best_or_a_step():
