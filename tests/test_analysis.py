@@ -135,6 +135,36 @@ def test_primary_grid_shape():
   assert arrays.primary_grid_shape(None, "valid", (28, 28, 1), 16) == (1, 1, 16)
 
 
+@pytest.mark.parametrize("grouping", ["paper", "reference"])
+def test_primary_capsule_labels_name_where_each_capsule_comes_from(grouping):
+  """Against the model's own grouping of a conv output that holds each
+  value's (row, column, channel) index: a capsule's first value is at the
+  labelled position, of the labelled type (paper: channels T*8..T*8+7) or
+  conv channel (reference)."""
+  from capsnet_jax.model import layers  # pylint: disable=g-import-not-at-top
+  h, w, types, dim = 6, 5, 4, 8
+  index = np.arange(h * w * types * dim).reshape(1, h, w, types * dim)
+  caps = np.asarray(layers.group_capsules(index, types, dim, grouping))[0]
+  for cap in range(len(caps)):
+    first = int(caps[cap, 0])
+    row, col, channel = first // (w * types * dim), first // (types * dim) % w, \
+        first % (types * dim)
+    where = (f"type {channel // dim}" if grouping == "paper"
+             else f"map {channel}")
+    assert arrays.primary_capsule_label(cap, (h, w, types), grouping, dim) == (
+        f"{where} @({row},{col})"), cap
+    # The capsule's values: one type's 8 channels at one position (paper),
+    # or 8 consecutive values in (channel, row, column) order (reference;
+    # with 6x5 positions some run on into the next channel).
+    if grouping == "paper":
+      np.testing.assert_array_equal(caps[cap], first + np.arange(dim))
+    else:
+      c = types * dim
+      order = [(v % c) * h * w + v // (w * c) * w + v // c % w
+               for v in caps[cap].tolist()]
+      assert order == list(range(cap * dim, cap * dim + dim)), cap
+
+
 def test_primary_grid_types_as_the_figure_resolves_them():
   """visualize passes exp.primary_types: the tiny model's default 4, and
   None for Efficient-CapsNet even where a config records 32 types."""

@@ -88,8 +88,9 @@ def test_figures_are_pngs(tmp_path):
   rows = dict(capsules=np.array([5, 17]), coupling=np.array([0.3, 0.1]),
               prediction=3, full=images[0],
               images=rng.uniform(size=(2, 4, 28, 28, 1)))
-  plots.plot_primary_caps(rows, images[0], np.linspace(0, 1, 4), (6, 6, 4),
-                          NAMES, tmp_path / "p.png")
+  plots.plot_primary_caps(rows, images[0], np.linspace(0, 1, 4),
+                          ["type 1 @(0,1)", "map 7 @(2,4)"], NAMES,
+                          tmp_path / "p.png")
   for name in ("r", "c", "rot", "p"):
     assert min(_png_size(tmp_path / f"{name}.png")) > 100, name
 

@@ -326,6 +326,23 @@ def primary_grid_shape(types: int | None, conv_padding: str, image_shape,
   return h, w, types
 
 
+def primary_capsule_label(cap: int, grid: tuple[int, int, int],
+                          grouping: str = "paper", dim: int = 8) -> str:
+  """Where primary capsule ``cap`` comes from, for a figure's row.
+
+  grouping "paper": "type T @(row,col)", the ``dim`` channels of type T at
+  one position. "reference" (layers.group_capsules): "map M @(row,col)",
+  ``dim`` consecutive values from that position of conv channel M on, row
+  by row (into channel M + 1 where the map ends first).
+  """
+  h, w, types = grid
+  if grouping == "reference":
+    channel, pos = divmod(cap * dim, h * w)
+    return f"map {channel} @({pos // w},{pos % w})"
+  pos, t = divmod(cap, types)
+  return f"type {t} @({pos // w},{pos % w})"
+
+
 # --------------------------------------------------------------------------
 # Two digits per image (MultiMNIST).
 

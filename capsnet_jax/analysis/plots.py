@@ -156,18 +156,16 @@ def plot_perturbations(grids, capsules, offsets, class_names, path):
   _save(fig, path)
 
 
-def plot_primary_caps(rows, input_image, coefficients, primary_shape, class_names,
+def plot_primary_caps(rows, input_image, coefficients, labels, class_names,
                       path):
-  """Rows: one capsule each; columns: its coefficient. Shown is what the
+  """Rows: one capsule each (``labels``: where each comes from,
+  arrays.primary_capsule_label); columns: its coefficient. Shown is what the
   capsule adds to the reconstruction from no capsule at all (red: brighter,
   blue: darker), scaled per row."""
   r, m = rows["images"].shape[:2]
   fig, axes = plt.subplots(r, m + 2, figsize=(0.8 * (m + 2), 0.85 * r + 0.6))
   axes = np.asarray(axes).reshape(r, m + 2)
-  _, w, types = primary_shape
   for i in range(r):
-    cap = int(rows["capsules"][i])
-    pos, t = divmod(cap, types)
     if i == 0:
       _show(axes[i, 0], input_image, "input")
       _show(axes[i, 1], rows["full"], "all capsules")
@@ -184,8 +182,8 @@ def plot_primary_caps(rows, input_image, coefficients, primary_shape, class_name
       if i == 0:
         ax.set_title(f"c={coefficients[j]:.2f}", fontsize=7)
     axes[i, -1].yaxis.set_label_position("right")
-    axes[i, -1].set_ylabel(f"type {t} @({pos // w},{pos % w})\n"
-                           f"c={rows['coupling'][i]:.3f}", fontsize=6)
+    axes[i, -1].set_ylabel(f"{labels[i]}\nc={rows['coupling'][i]:.3f}",
+                           fontsize=6)
   fig.suptitle(f"Primary-capsule reconstructions (predicted "
                f"{class_names[rows['prediction']]}): one capsule per row, its "
                "coefficient c growing left to right;\nshown: change from the "

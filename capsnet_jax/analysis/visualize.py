@@ -194,13 +194,15 @@ def primary_caps_figure(ctx: Context, path: str | None) -> dict[str, Any]:
                                        PRIMARY_ROWS, PRIMARY_COEFFICIENTS)
   image = ctx.display(ctx.test.images[pick:pick + 1])[0]
   if path:
-    plots.plot_primary_caps(
-        rows, image, PRIMARY_COEFFICIENTS,
-        arrays.primary_grid_shape(ctx.model.experiment.primary_types,
-                                  ctx.config.get("conv_padding", "valid"),
-                                  ctx.model.info.image_shape,
-                                    rows["num_primary"]),
-        ctx.class_names, path)
+    grid = arrays.primary_grid_shape(ctx.model.experiment.primary_types,
+                                     ctx.config.get("conv_padding", "valid"),
+                                     ctx.model.info.image_shape,
+                                     rows["num_primary"])
+    labels = [arrays.primary_capsule_label(
+        int(cap), grid, ctx.model.experiment.primary_grouping,
+        ctx.config.get("primary_dim", 8)) for cap in rows["capsules"]]
+    plots.plot_primary_caps(rows, image, PRIMARY_COEFFICIENTS, labels,
+                            ctx.class_names, path)
   return dict(rows, input=image, trained_now=trained_now)
 
 

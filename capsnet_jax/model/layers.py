@@ -137,8 +137,10 @@ class PrimaryCapsules(nn.Module):
   ``num_types`` channels each (our channels ordered [dim, num_types]),
   stacked on a new axis 1 and viewed as [B, -1, dim] without a permute
   (``primary_grouping_reference`` restates it): a capsule is ``dim``
-  consecutive values of one feature map in row-major (type, row, column)
-  order, mostly neighbours along a row.
+  consecutive values in row-major (map, row, column) order, mostly
+  neighbours along a row of one map; where a map's positions are not a
+  multiple of ``dim`` (6x6 = 36 of MNIST's), some run on into the next row
+  or the next map.
 
   vote_scale multiplies the convolution before the bias: the authors'
   primary capsules are a capsule layer with one routing iteration, whose
