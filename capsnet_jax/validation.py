@@ -110,6 +110,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
                  "visualize_primary_steps", "visualize_primary_examples"):
       _positive(config, name)
     _positive(config, "visualize_rotation_examples", allow_zero=True)
+    _positive(config, "visualize_example", allow_zero=True, default=0)
   if config.num_train_steps <= 0:
     _positive(config, "num_epochs")
   if not 0 < config.lr_decay_rate <= 1:

@@ -115,7 +115,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --mode=visualize (figures in WORKDIR/figures).
   config.visualize_num_images = 8  # reconstructions shown
-  config.visualize_example = 0  # test image of the rotation strip etc.
+  # Test image of the rotation strip and the primary-capsule figure.
+  config.visualize_example = 0
   config.visualize_rotation_step = 15  # degrees between -180 and 180
   config.visualize_rotation_examples = 0  # test images rotated; 0: all
   config.visualize_primary_examples = 4096  # train images for the primary decoder

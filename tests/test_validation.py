@@ -131,6 +131,8 @@ def test_visualize_fields_only_in_visualize_mode():
     assert _message("visualize", **{field: 0}) == f"{field} must be > 0, got 0"
   assert _message("visualize", visualize_rotation_examples=-1) == (
       "visualize_rotation_examples must be >= 0, got -1")
+  assert _message("visualize", visualize_example=-1) == (
+      "visualize_example must be >= 0, got -1")
 
 
 def test_ensemble_needs_workdirs():

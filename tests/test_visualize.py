@@ -43,6 +43,16 @@ def fixture_visualized(tiny_run, tmp_path_factory):
   return workdir, config, summary, arrays
 
 
+def test_an_example_past_the_test_set_is_refused_first(tiny_run):
+  """Before the rotation sweep (minutes on a real test set), not an
+  IndexError after it."""
+  from capsnet_jax import errors  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tiny_run.config.idx_dir, visualize_example=100)
+  with pytest.raises(errors.ConfigError, match=r"^visualize_example=100 is "
+                     r"not a test image: the test set has 100 \(0 to 99\)$"):
+    visualize.make_figures(config, str(tiny_run.workdir))
+
+
 def test_figures_are_images(visualized):
   workdir = visualized[0]
   for name in FIGURES:

@@ -355,6 +355,10 @@ def make_figures(config, workdir: str, out: str | None = None
   # the whole test set.
   splits = exp.load_splits(0, 1)
   train_split, test = splits.train, splits.test
+  if exp.config.get("visualize_example", 0) >= len(test):
+    raise errors.ConfigError(
+        f"visualize_example={exp.config.visualize_example} is not a test "
+        f"image: the test set has {len(test)} (0 to {len(test) - 1})")
   lead = jax.process_index() == 0
   ctx = Context(config=exp.config, model=model, train=train_split, test=test,
                 out_dir=out or os.path.join(workdir, "figures"))
