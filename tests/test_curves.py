@@ -155,8 +155,12 @@ def test_plot_and_command_line(grouped, tmp_path, capsys):
       for s in (10, 20, 30)])
   data = curves.plot({"a": str(grouped), "b": str(history_run)},
                      str(out / "both.png"))
+  # One axis for both: "a" has event files alone, so "b"'s history is
+  # plotted by its steps too, not its epochs.
   np.testing.assert_array_equal(data["a"]["test_accuracy"][0], [30, 40])
-  np.testing.assert_array_equal(data["b"]["test_accuracy"][0], [1, 2, 3])
+  np.testing.assert_array_equal(data["b"]["test_accuracy"][0], [10, 20, 30])
+  alone = curves.plot({"b": str(history_run)}, str(out / "b.png"))
+  np.testing.assert_array_equal(alone["b"]["test_accuracy"][0], [1, 2, 3])
   with Image.open(out / "both.png") as im:
     assert im.format == "PNG" and im.size[0] > 700  # 3 panels side by side
   assert curves.main([f"run={history_run}", f"--out={out / 'cli.png'}"]) == 0

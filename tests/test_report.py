@@ -77,6 +77,17 @@ def test_agreement_table_finds_the_first_difference(runs, tmp_path):
                      "0.98 vs 0.97 | 1.00 points |")
   with pytest.raises(errors.WorkdirError, match="two or more runs"):
     report.agreement_table({"a": a})
+  # A value one run lacks is a difference, named; NaN agrees with NaN.
+  nan = [dict(_record(1, 0.98, 1.0), test_margin_loss=float("nan"))]
+  rows = report.agreement_table({
+      "nan": _workdir(tmp_path / "nan", nan),
+      "nan again": _workdir(tmp_path / "nan2", nan),
+      "no rate": _workdir(tmp_path / "norate", [
+          {k: v for k, v in nan[0].items() if k != "learning_rate"}]),
+  }).splitlines()
+  assert rows[2] == "| nan again | 1 (epoch 1) | 1 of 1 | - | 0.00 points |"
+  assert rows[3] == ("| no rate | 1 (epoch 1) | 0 of 1 | epoch 1: "
+                     "learning_rate 0.001 vs missing | 0.00 points |")
 
 
 def test_update_regenerates_marked_blocks_only(runs, tmp_path, capsys):
@@ -108,6 +119,17 @@ def test_result_tables_match_the_committed_histories(page):
   assert len(report.blocks(str(ROOT / page))) == (
       15 if page == "docs/results.md" else 0)
   assert report.stale_blocks(str(ROOT / page)) == []
+
+
+def test_every_must_be_at_least_one(runs, capsys):
+  a, _ = runs
+  for every in ("0", "-2", "x"):
+    with pytest.raises(SystemExit) as exit_info:
+      report.main([a, "--table=epochs", f"--every={every}"])
+    assert exit_info.value.code == errors.EXIT_USER_ERROR
+    assert capsys.readouterr().err.endswith(
+        f"error: argument --every: must be a whole number >= 1, got "
+        f"'{every}'\n")
 
 
 def test_curves_png_and_errors(runs, tmp_path, capsys):

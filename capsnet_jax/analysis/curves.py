@@ -35,9 +35,10 @@ DEFAULT_PANELS = (
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (x, values)
 
 
-def from_history(workdir: str) -> Curves:
+def from_history(workdir: str, x: str = "epoch") -> Curves:
   """{metric: (epochs, values)} of every numeric field of the training
-  evaluations in WORKDIR/eval_history.jsonl (empty if it has none)."""
+  evaluations in WORKDIR/eval_history.jsonl (empty if it has none); steps
+  instead of epochs with ``x="step"``."""
   records = history.training_records(history.read(workdir))
   out: dict[str, tuple[list, list]] = {}
   for r in records:
@@ -45,7 +46,7 @@ def from_history(workdir: str) -> Curves:
       if (key.startswith(("test_", "validation_")) and
           isinstance(value, (int, float)) and not isinstance(value, bool)):
         xs, ys = out.setdefault(key, ([], []))
-        xs.append(float(r["epoch"]))
+        xs.append(float(r[x]))
         ys.append(float(value))
   return {k: (np.asarray(x), np.asarray(y)) for k, (x, y) in out.items()}
 
@@ -84,12 +85,12 @@ def from_events(workdir: str) -> Curves:
   return out
 
 
-def read(workdir: str) -> tuple[Curves, str]:
-  """(curves, x-axis name): the history's against the epoch, else the event
-  files' against the step."""
-  curves = from_history(workdir)
+def read(workdir: str, x: str = "epoch") -> tuple[Curves, str]:
+  """(curves, x-axis name): the history's against the epoch (or the step,
+  with ``x="step"``), else the event files' against the step."""
+  curves = from_history(workdir, x)
   if curves:
-    return curves, "epoch"
+    return curves, x
   return from_events(workdir), "step"
 
 
@@ -99,11 +100,14 @@ def plot(runs: dict[str, str], path: str,
   """Plots ``panels`` for each {label: workdir} into ``path`` (PNG);
   returns the curves by label."""
   from capsnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  data, axis = {}, "epoch"
+  data, axes = {}, {}
   for label, workdir in runs.items():
-    data[label], run_axis = read(workdir)
-    if run_axis == "step":
-      axis = "step"
+    data[label], axes[label] = read(workdir)
+  axis = "step" if "step" in axes.values() else "epoch"
+  if axis == "step":  # Event files have no epochs: every run by its steps.
+    for label, workdir in runs.items():
+      if axes[label] == "epoch":
+        data[label], _ = read(workdir, "step")
   plots.plot_training_curves(data, panels, axis, path)
   return data
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -188,6 +189,16 @@ AGREEMENT_KEYS = ("test_accuracy", "test_loss", "test_margin_loss",
                   "test_reconstruction_loss", "learning_rate")
 
 
+def _same(a, b) -> bool:
+  """Equal to the last digit; two NaNs are the same value here."""
+  return a == b or (isinstance(a, float) and isinstance(b, float)
+                    and math.isnan(a) and math.isnan(b))
+
+
+def _value(v) -> str:
+  return "missing" if v is None else f"{v:.6g}"
+
+
 def agreement_table(runs: dict[str, str]) -> str:
   """Each run after the first against the first, at the steps both
   evaluated: whether every value of AGREEMENT_KEYS is the same to the last
@@ -205,7 +216,8 @@ def agreement_table(runs: dict[str, str]) -> str:
     other = {int(r["step"]): r for r in load(runs[label])}
     common = sorted(set(first) & set(other))
     differ = [s for s in common
-              if any(first[s].get(k) != other[s].get(k) for k in AGREEMENT_KEYS)]
+              if not all(_same(first[s].get(k), other[s].get(k))
+                         for k in AGREEMENT_KEYS)]
     if not common:
       span = "none"
     elif len(common) == 1:
@@ -215,9 +227,10 @@ def agreement_table(runs: dict[str, str]) -> str:
               f"{_epoch(first[common[-1]])})")
     if differ:
       s = differ[0]
-      key = next(k for k in AGREEMENT_KEYS if first[s].get(k) != other[s].get(k))
-      where = (f"epoch {_epoch(first[s])}: {key} {first[s].get(key):.6g} vs "
-               f"{other[s].get(key):.6g}")
+      key = next(k for k in AGREEMENT_KEYS
+                 if not _same(first[s].get(k), other[s].get(k)))
+      where = (f"epoch {_epoch(first[s])}: {key} {_value(first[s].get(key))} "
+               f"vs {_value(other[s].get(key))}")
     else:
       where = "-"
     gap = max((abs(first[s]["test_accuracy"] - other[s]["test_accuracy"])
@@ -402,6 +415,16 @@ def stale_blocks(path: str) -> list[str]:
           if m.group(3) != render(shlex.split(m.group(2)), base, plots=False) + "\n"]
 
 
+def _at_least_one(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+  return value
+
+
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m capsnet_jax.analysis.report",
@@ -413,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "multimnist", "rotation", "agreement",
                                      "plateau"),
                  default="summary")
-  p.add_argument("--every", type=int, default=1,
+  p.add_argument("--every", type=_at_least_one, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")
   p.add_argument("--from_epoch", type=float, default=None,
                  help="plateau table: evaluations from this epoch on "
