@@ -174,6 +174,8 @@ def test_decode_follows_the_capsule(client):
     ("/api/encode", None, "?angle=abc", "angle must be a number"),
     ("/api/encode", None, "?angle=nan", "angle must lie in"),
     ("/api/encode", None, "?class=10", "class must be in 0..9"),
+    ("/api/encode", None, "?class=--1", "class must be an integer"),
+    ("/api/encode", None, "?class=%C2%B2", "class must be an integer"),  # ²
     ("/api/encode", b"", "?test_index=100", "test_index must be in 0..99"),
     ("/api/decode", b"{", "", "not JSON"),
     ("/api/decode", b"[1, 2]", "", "must be a JSON object"),

@@ -50,6 +50,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -157,7 +158,7 @@ def _number(value, name: str, lo: float, hi: float) -> float:
 
 
 def _integer(value, name: str, size: int) -> int:
-  if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+  if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
     value = int(value)
   if isinstance(value, bool) or not isinstance(value, int):
     raise RequestError(f"{name} must be an integer, got {value!r}")
@@ -394,7 +395,8 @@ class Explorer:
 async def _read_body(request) -> bytes:
   """The request's body, refused past MAX_BODY_BYTES."""
   declared = request.headers.get("content-length")
-  if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+  if (declared and re.fullmatch(r"[0-9]+", declared)
+      and int(declared) > MAX_BODY_BYTES):
     raise RequestError(f"the body is larger than {MAX_BODY_BYTES} bytes",
                        status=413)
   chunks, size = [], 0
