@@ -333,6 +333,27 @@ def test_visualize(trained_mm):
     assert summary["test_accuracy"] == pytest.approx(json.load(f)["test_accuracy"])
 
 
+def test_visualize_without_a_decoder(trained_mm, tmp_path):
+  """A MultiMNIST bundle exported without its decoder: both figures decode,
+  so both are skipped with the reason (multimnist_figure crashed)."""
+  from capsnet_jax.analysis import visualize  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.inference import export  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = trained_mm
+  export.export(workdir, "mm", "latest", str(tmp_path), decoder_dtype="none")
+  summary, _ = visualize.make_figures(config, str(tmp_path / "mm"),
+                                      out=str(tmp_path / "figures"))
+  assert summary["skipped"]["multimnist.png"] == (
+      visualize.NO_DECODER_SKIPPED["multimnist"])
+  assert summary["skipped"]["perturbation.png"] == (
+      visualize.NO_DECODER_SKIPPED["perturbation"])
+  assert not [p for p in os.listdir(tmp_path / "figures") if p.endswith(".png")]
+  # The numbers are still there: the same accuracy as with the decoder.
+  with_decoder, _ = visualize.make_figures(config, workdir,
+                                           out=str(tmp_path / "full"))
+  assert summary["test_accuracy"] == with_decoder["test_accuracy"]
+  assert summary["num_test"] == with_decoder["num_test"] == 120
+
+
 def test_ensemble_accuracy_uses_the_paper_rule():
   from capsnet_jax.inference import ensemble  # pylint: disable=g-import-not-at-top
   lengths = np.array([[0.9, 0.8, 0.1], [0.9, 0.1, 0.8], [0.2, 0.7, 0.6]])
