@@ -48,8 +48,14 @@ def test_summary_shows_the_sse_of_l1_runs(tmp_path):
   SSE column shows the SSE it records beside it."""
   record = dict(_record(2, 0.99, 1.0), test_reconstruction_loss=55.0,
                 test_reconstruction_sse=21.5)
-  row = report.summary_table({"l1": _workdir(tmp_path / "l1", [record])})
+  l1 = _workdir(tmp_path / "l1", [record])
+  row = report.summary_table({"l1": l1})
   assert row.splitlines()[2].startswith("| l1 | 1 | 99.00% (1) | 99.00% | - | 21.50 |")
+  # So do the epochs and decoder tables.
+  assert report.epochs_table(l1).splitlines()[2].startswith(
+      "| 1 (2) | **99.00%** | 0.0200 | 21.50 |")
+  assert report.decoders_table({"l1": l1}).splitlines()[2].startswith(
+      "| l1 | 1 | 21.50 |")
 
 
 def test_epochs_and_decoder_tables(runs):

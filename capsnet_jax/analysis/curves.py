@@ -29,7 +29,8 @@ from capsnet_jax.workdir import metric_logging
 DEFAULT_PANELS = (
     ("test_accuracy", "test accuracy", False),
     ("test_margin_loss", "test margin loss", True),
-    ("test_reconstruction_loss", "test reconstruction SSE", False),
+    ("test_reconstruction_loss", "test reconstruction loss (SSE; L1 runs: SAE)",
+     False),
 )
 
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]  # metric -> (x, values)

@@ -127,7 +127,7 @@ def epochs_table(workdir: str, every: int = 1) -> str:
       acc = f"**{acc}**"
     lines.append(f"| {_epoch(r)} ({r['step']}) | {acc} | "
                  f"{r['test_margin_loss']:.4f} | "
-                 f"{r['test_reconstruction_loss']:.2f} | "
+                 f"{_sse(r):.2f} | "
                  f"{r.get('learning_rate', float('nan')):.3g} | "
                  f"{_duration(r.get('wall_seconds'))} |")
   return "\n".join(lines)
@@ -254,7 +254,7 @@ def decoders_table(runs: dict[str, str]) -> str:
     ref = REFERENCE_DECODER_STUDY.get(label)
     ref_text = (f"{ref[0]:.2f} / {ref[1]:.4f} / {ref[2]:.2f}%" if ref else "-")
     lines.append(
-        f"| {label} | {_epoch(last)} | {last['test_reconstruction_loss']:.2f} | "
+        f"| {label} | {_epoch(last)} | {_sse(last):.2f} | "
         f"{last['test_margin_loss']:.4f} | {_pct(last['test_accuracy'])} | "
         f"{_pct(acc)} ({_epoch(best)}) | {_duration(last.get('wall_seconds'))} "
         f"| {ref_text} |")
@@ -332,7 +332,7 @@ def multimnist_table(workdir: str, batch_size: int | None = None) -> str:
     lines.append(
         f"| {r['step']} ({_epoch(r)}) | {int(r['step']) * batch_size:,} | "
         f"{100 * (1 - r['test_accuracy']):.2f}% | {_pct(partial)} | "
-        f"{r['test_reconstruction_loss']:.2f} | {r['test_margin_loss']:.4f} | "
+        f"{_sse(r):.2f} | {r['test_margin_loss']:.4f} | "
         f"{_duration(r.get('wall_seconds'))} |")
   paper = ", ".join(f"{k} {v}%" for k, v in PAPER_MULTIMNIST_ERROR.items())
   lines.append(f"| paper (60M training pairs, 10M test pairs) | 60,000,000 | "
