@@ -310,8 +310,8 @@ def plot_training_curves(runs: dict, panels, axis: str, path: str) -> None:
       ax.set_yscale("log")
     if key == "test_accuracy":
       values = [v for c in runs.values() if key in c for v in c[key][1]]
-      if values and min(values) > 0.9:
-        ax.set_ylim(max(min(values), 0.98), 1.0)
+      if values and min(values) > 0.9:  # zoomed in, every point shown
+        ax.set_ylim(min(values) - 0.001, 1.0)
   if len(runs) > 1:
     axes[0].legend(fontsize=7)
   fig.tight_layout()
