@@ -242,6 +242,15 @@ def test_primary_decoder_training_and_cache(model, images, tmp_path):
   back = arrays.read_primary_decoder(path, template, 8)
   for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
+  # Trained another way (more steps, another run): not this cache.
+  recipe = dict(workdir="/runs/a", steps=200, examples=1000, batch_size=128)
+  arrays.write_primary_decoder(path, params, 8, recipe)
+  assert arrays.read_primary_decoder(path, template, 8) is None
+  assert arrays.read_primary_decoder(path, template, 8,
+                                     dict(recipe, steps=400)) is None
+  assert arrays.read_primary_decoder(path, template, 8,
+                                     dict(recipe, workdir="/runs/b")) is None
+  assert arrays.read_primary_decoder(path, template, 8, recipe) is not None
 
 
 def test_primary_capsule_rows(model, images):

@@ -237,11 +237,13 @@ def train_primary_decoder(model: trained.TrainedModel, images: np.ndarray,
   return params, history
 
 
-def read_primary_decoder(path: str, template, step: int) -> Any | None:
-  """Parameters saved by write_primary_decoder for checkpoint ``step``, in
-  the structure of ``template``; None if there are none, of another step,
-  or a cache that cannot be used (truncated, damaged, of another shape:
-  it is then recomputed, with a warning)."""
+def read_primary_decoder(path: str, template, step: int,
+                         recipe: dict[str, Any] | None = None) -> Any | None:
+  """Parameters saved by write_primary_decoder for checkpoint ``step`` and
+  the same ``recipe`` (how the decoder was trained: its steps, examples,
+  the run), in the structure of ``template``; None if there are none, of
+  another step or recipe, or a cache that cannot be used (truncated,
+  damaged, of another shape: it is then recomputed, with a warning)."""
   try:
     with open(path, "rb") as f:
       saved = flax.serialization.msgpack_restore(f.read())
@@ -254,6 +256,8 @@ def read_primary_decoder(path: str, template, step: int) -> Any | None:
     return None
   try:
     if not isinstance(saved, dict) or int(saved.get("step", -1)) != step:
+      return None
+    if saved.get("recipe") != recipe:
       return None
     params = flax.serialization.from_state_dict(template, saved["params"])
     same = jax.tree.map(lambda a, b: np.shape(a) == np.shape(b),
@@ -268,11 +272,14 @@ def read_primary_decoder(path: str, template, step: int) -> Any | None:
   return params
 
 
-def write_primary_decoder(path: str, params, step: int) -> None:
-  """Saves ``params`` for checkpoint ``step`` atomically (a reader sees the
-  old cache or the new one, never a part)."""
-  files.atomic_write_bytes(path, flax.serialization.msgpack_serialize(
-      {"step": step, "params": flax.serialization.to_state_dict(params)}))
+def write_primary_decoder(path: str, params, step: int,
+                          recipe: dict[str, Any] | None = None) -> None:
+  """Saves ``params`` for checkpoint ``step`` and ``recipe`` atomically (a
+  reader sees the old cache or the new one, never a part)."""
+  saved = {"step": step, "params": flax.serialization.to_state_dict(params)}
+  if recipe is not None:
+    saved["recipe"] = recipe
+  files.atomic_write_bytes(path, flax.serialization.msgpack_serialize(saved))
 
 
 def primary_capsule_rows(model: trained.TrainedModel, params, image: np.ndarray,

@@ -217,7 +217,13 @@ def _primary_decoder(ctx: Context) -> tuple[Any, bool]:
   cache = os.path.join(ctx.out_dir, PRIMARY_DECODER_FILE)
   template = arrays.init_primary_decoder(model)
   lead = jax.process_index() == 0
-  params = arrays.read_primary_decoder(cache, template, model.step) if lead else None
+  # The cache holds for this run's checkpoint and this way of training.
+  recipe = dict(workdir=os.path.abspath(str(model.workdir)),
+                steps=int(config.visualize_primary_steps),
+                examples=int(config.visualize_primary_examples),
+                batch_size=int(config.batch_size))
+  params = (arrays.read_primary_decoder(cache, template, model.step, recipe)
+            if lead else None)
   if jax.process_count() > 1:  # process 0's file decides, on every process
     found = processes.broadcast_one_to_all(
         np.int32(params is not None), "process 0's primary-decoder cache")
@@ -232,7 +238,7 @@ def _primary_decoder(ctx: Context) -> tuple[Any, bool]:
   logging.info("primary-capsule decoder: SSE %.2f -> %.2f in %d steps",
                history[0], history[-1], len(history))
   if lead:
-    arrays.write_primary_decoder(cache, params, model.step)
+    arrays.write_primary_decoder(cache, params, model.step, recipe)
   return params, True
 
 
