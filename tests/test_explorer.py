@@ -294,6 +294,7 @@ def test_main_serves_on_loopback(tiny_run, tmp_path):
     with urllib.request.urlopen(url + "api/info", timeout=30) as response:
       info = json.load(response)
     assert info["model"] == "tiny" and info["dims"] == 16
+    assert info["input_shape"] == [28, 28, 1]
     assert info["random_available"] is True  # the run's recorded idx_dir
     request = urllib.request.Request(
         url + "api/encode", data=(EXAMPLES / "mnist_test0_label7.png").read_bytes(),
@@ -390,6 +391,9 @@ def test_page_has_a_slider_per_dimension(page):
   assert len(page.find_elements(By.CSS_SELECTOR, "input[type=range].dim")) == 16
   assert len(page.find_elements(By.CSS_SELECTOR, "input[type=range]")) >= 16
   assert not _by_id(page, "error").is_displayed()
+  # The input's size is the model's (from /api/info), not a fixed 28x28.
+  assert _by_id(page, "input-caption").text == (
+      "the model's input (28\u00d728, rotated)")
 
 
 def test_drawing_predicts_and_sliders_redraw(page):

@@ -239,6 +239,7 @@ class Explorer:
         "workdir": self.name, "step": self.model.step,
         "class_names": self.class_names, "num_classes": self.num_classes,
         "dims": self.dims, "stored_shape": list(self.stored_shape),
+        "input_shape": list(self.model.info.image_shape),
         "has_decoder": bool(self.model.has_decoder),
         "random_available": self.test_dir is not None,
         "routing": "attention" if exp.primary_types is None else "dynamic",

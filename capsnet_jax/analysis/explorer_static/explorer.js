@@ -526,6 +526,8 @@ async function start() {
     return;
   }
   const info = state.info;
+  $("input-caption").textContent = `the model's input (` +
+      `${info.input_shape[0]}\u00d7${info.input_shape[1]}, rotated)`;
   $("model-info").textContent =
       `${info.model} on ${info.dataset}, step ${info.step} (${info.workdir})`;
   const select = $("class-select");
