@@ -92,6 +92,48 @@ def test_damaged_or_unknown_bundle(tmp_path):
     trained.load(str(copy))
 
 
+def test_a_hand_made_bundle_missing_a_part_is_a_one_line_error(tmp_path):
+  """Checksums that match a weights file lacking an encoder parameter (the
+  decoder may be left out), or a weights.json without its step."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.workdir import files  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "copy"
+  shutil.copytree(BUNDLE, copy)
+  variables = serialization.msgpack_restore(
+      (copy / "weights.msgpack").read_bytes())
+  meta = json.loads((copy / "weights.json").read_text())
+
+  def write(variables, meta):
+    (copy / "weights.msgpack").write_bytes(
+        serialization.msgpack_serialize(variables))
+    meta = dict(meta, sha256=files.sha256(str(copy / "weights.msgpack")))
+    (copy / "weights.json").write_text(json.dumps(meta))
+
+  params = dict(variables["params"])
+  stem = sorted(k for k in params if k != "decoder")[0]
+  del params[stem]
+  write(dict(variables, params=params), meta)
+  with pytest.raises(errors.WorkdirError,
+                     match=f"^the bundle lacks the parameter {stem}/.* of the "
+                           r"configured model \([0-9]+ missing\): export it "
+                           r"again \(capsnet_jax.inference.export\)$"):
+    trained.load(str(copy))
+  # Without its decoder: an error where weights.json says it has one, a
+  # model without reconstructions where it says so.
+  no_decoder = dict(variables, params={
+      k: v for k, v in variables["params"].items() if k != "decoder"})
+  write(no_decoder, meta)
+  with pytest.raises(errors.WorkdirError,
+                     match="^the bundle lacks the parameter decoder/"):
+    trained.load(str(copy))
+  write(no_decoder, dict(meta, decoder=False))
+  assert not trained.load(str(copy)).has_decoder
+  write(variables, {k: v for k, v in meta.items() if k != "step"})
+  with pytest.raises(errors.WorkdirError,
+                     match="weights.json records no step"):
+    trained.load(str(copy))
+
+
 def test_command_line_predicts_digit_files_without_training(tmp_path):
   """The README's quick start: main.py --mode=predict on the bundle, on the
   example digits and on real test digits as files (one inverted, one

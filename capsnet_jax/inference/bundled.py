@@ -91,16 +91,33 @@ def read(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
       raise WorkdirError(f"{path}: sha256 {actual} differs from the "
                          f"{meta[key]} recorded in {META_FILE}; the file is "
                          "damaged or was replaced")
+  if isinstance(meta.get("step"), bool) or not isinstance(meta.get("step"), int):
+    raise WorkdirError(f"{meta_path} records no step (a whole number): "
+                       "export the bundle again (capsnet_jax.inference.export)")
   with open(weights_path, "rb") as f:
     variables = serialization.msgpack_restore(f.read())
+  if not isinstance(variables, dict) or not isinstance(
+      variables.get("params"), dict):
+    raise WorkdirError(f"{weights_path} holds no parameters: export the "
+                       "bundle again (capsnet_jax.inference.export)")
   return meta, variables
 
 
-def fill(tree: Any, given: dict[str, Any], what: str) -> Any:
+def fill(tree: Any, given: dict[str, Any], what: str,
+         may_lack: tuple[str, ...] = ()) -> Any:
   """``tree`` (nested dicts of arrays) with the leaves that ``given`` holds
-  replaced by its values (same shapes); the others stay as they are."""
+  replaced by its values (same shapes). Leaves under a top-level name in
+  ``may_lack`` (a decoder left out) may be missing and stay as they are; any
+  other missing leaf is an error."""
   flat = traverse_util.flatten_dict(dict(tree))
-  for path, value in traverse_util.flatten_dict(dict(given)).items():
+  given_flat = traverse_util.flatten_dict(dict(given))
+  missing = [p for p in flat if p not in given_flat and p[0] not in may_lack]
+  if missing:
+    raise WorkdirError(
+        f"the bundle lacks the {what} {'/'.join(missing[0])} of the "
+        f"configured model ({len(missing)} missing): export it again "
+        "(capsnet_jax.inference.export)")
+  for path, value in given_flat.items():
     if path not in flat:
       raise WorkdirError(f"the bundle's {what} {'/'.join(path)} is not in "
                          "the configured model")

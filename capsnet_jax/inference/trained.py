@@ -208,12 +208,15 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
   mesh = mesh_lib.make_mesh()
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
                        state_lib.abstract(exp, mesh))
+  # A bundle exported without its decoder says so; nothing else may lack.
+  optional = () if meta.get("decoder") else ("decoder",)
   state = zeros.replace(
       step=np.asarray(meta["step"], zeros.step.dtype),
-      params=bundled.fill(zeros.params, variables["params"], "parameter"),
+      params=bundled.fill(zeros.params, variables["params"], "parameter",
+                          may_lack=optional),
       batch_stats=(bundled.fill(zeros.batch_stats,
                                 variables.get("batch_stats", {}),
-                                "batch statistic")
+                                "batch statistic", may_lack=optional)
                    if zeros.batch_stats else zeros.batch_stats))
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   logging.info("Loaded the bundled weights %s (step %d, test accuracy %s)",
