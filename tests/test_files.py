@@ -311,3 +311,17 @@ def test_bundle_decoder_float16_none_and_added_later(tiny_run, tmp_path):
       trained.load(os.path.join(root, "lean")).decode(caps, [1, 2]), want)
   with pytest.raises(WorkdirError, match="Unknown decoder_dtype 'int8'"):
     export.export(workdir, "x", out_root=root, decoder_dtype="int8")
+  # A decoder of another kind is refused (it would fail only at loading).
+  lean_config = os.path.join(root, "lean", bundled.CONFIG_FILE)
+  with open(lean_config) as f:
+    other = dict(json.load(f), decoder="deconv")
+  with open(lean_config, "w") as f:
+    json.dump(other, f)
+  lean_meta = os.path.join(root, "lean", bundled.META_FILE)
+  with open(lean_meta) as f:
+    meta_json = dict(json.load(f), config_sha256=files.sha256(lean_config))
+  with open(lean_meta, "w") as f:
+    json.dump(meta_json, f)
+  with pytest.raises(WorkdirError, match=f"^{workdir} is a run of decoder "
+                     "'fc', the bundle lean of 'deconv'$"):
+    export.add_decoder("lean", workdir, which="latest", out_root=root)

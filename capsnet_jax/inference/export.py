@@ -122,7 +122,8 @@ def add_decoder(name: str, workdir: str, which="latest",
   weights.json gains ``decoder_source`` (the workdir, step and test
   reconstruction SSE of the checkpoint the decoder comes from). For a
   bundle exported without its decoder whose run went on: the checkpoint
-  must be of the same configuration (model, dataset, setup), and should
+  must be of the same configuration (model, dataset, setup, decoder, batch
+  norm), and should
   continue the same run, so that its decoder reads the bundle's capsules.
   How well it does is for the caller to measure (docs/results.md gives the
   shipped bundle's figures).
@@ -135,10 +136,11 @@ def add_decoder(name: str, workdir: str, which="latest",
   with open(os.path.join(folder, bundled.CONFIG_FILE)) as f:
     config = json.load(f)
   model = trained.load(workdir, which=which)
-  for key in ("model", "dataset", "data_setup"):
-    if model.config[key] != config[key]:
-      raise WorkdirError(f"{workdir} is a run of {key} {model.config[key]!r}, "
-                         f"the bundle {name} of {config[key]!r}")
+  for key in ("model", "dataset", "data_setup", "decoder", "batch_norm"):
+    if model.config.get(key) != config.get(key):
+      raise WorkdirError(f"{workdir} is a run of {key} "
+                         f"{model.config.get(key)!r}, the bundle {name} of "
+                         f"{config.get(key)!r}")
   if not model.has_decoder:
     raise WorkdirError(f"{workdir} has no decoder")
   decoder = jax.tree.map(lambda x: np.asarray(x, decoder_dtype),
