@@ -48,6 +48,13 @@ def _positive(config, name: str, allow_zero: bool = False,
     raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
+def ensemble_members(config) -> list[str]:
+  """The workdirs of --config.ensemble_workdirs=DIR1,DIR2,... (blanks and
+  empty items dropped)."""
+  return [w.strip() for w in str(config.get("ensemble_workdirs", "")).split(",")
+          if w.strip()]
+
+
 def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   """Raises ConfigError naming the first invalid field and what is valid."""
   if mode not in MODES:
@@ -136,7 +143,6 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
     raise ConfigError(f"checkpoint {which!r} is for --mode=visualize and "
                       f"--mode=predict; --mode={mode} uses the latest "
                       "checkpoint")
-  if mode == "ensemble" and not [
-      w for w in str(config.ensemble_workdirs).split(",") if w.strip()]:
+  if mode == "ensemble" and not ensemble_members(config):
     raise ConfigError("--mode=ensemble needs --config.ensemble_workdirs="
                       "DIR1,DIR2,... (trained workdirs)")

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from capsnet_jax import experiment
+from capsnet_jax import validation
 from capsnet_jax.errors import WorkdirError
 from capsnet_jax.inference import trained
 from capsnet_jax.training import progress
@@ -78,7 +79,7 @@ def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:
   one, each sharded over every device.
   """
   config = experiment.ensure(config, "ensemble").config
-  members = [w.strip() for w in config.ensemble_workdirs.split(",") if w.strip()]
+  members = validation.ensemble_members(config)
   configs = [member_config(w, config) for w in members]
   datasets = {(c.dataset, c.data_setup) for c in configs}
   if len(datasets) != 1:
