@@ -51,7 +51,8 @@ class Experiment:
   model: the flax module for the dataset's shapes.
   model_name, primary_types (None for models without the field): the model.
   init, primary_grouping, primary_vote_scale, margin_reduction, lr_min,
-    lr_schedule, validation_fraction: the resolved "auto" fields.
+    decoder_output_bias, lr_schedule, validation_fraction: the resolved
+    "auto" fields.
   compute_dtype: float32 | tf32 | bfloat16 (compute_dtype "auto" resolved).
   source: where the data is read from.
   """
@@ -66,6 +67,7 @@ class Experiment:
   primary_vote_scale: str
   margin_reduction: str
   lr_min: float
+  decoder_output_bias: str
   lr_schedule: str
   validation_fraction: float
   compute_dtype: str
@@ -148,7 +150,8 @@ def build_model(config, spec: datasets.Spec) -> tuple[nn.Module, str, int | None
       init_scheme=_value(config, "init"),
       primary_grouping=_value(config, "primary_grouping"),
       conv_padding=config.get("conv_padding", "valid"),
-      decoder_output_mean=spec.target_mean,
+      decoder_output_mean=(spec.target_mean if _value(
+          config, "decoder_output_bias") == "data_mean" else None),
       dtype=precision.array_dtype(compute),
   )
   if primary_types is not None:
@@ -188,6 +191,7 @@ def resolve(config, mode: str = "train", device_count: int | None = None
       primary_vote_scale=vote,
       margin_reduction=_value(config, "margin_reduction"),
       lr_min=float(_value(config, "lr_min")),
+      decoder_output_bias=_value(config, "decoder_output_bias"),
       lr_schedule=datasets.resolve(config, "lr_schedule"),
       validation_fraction=float(datasets.resolve(config,
                                                  "validation_fraction")),

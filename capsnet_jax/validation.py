@@ -75,6 +75,7 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   _choice(config, "init", ("auto",) + models.INITS, "auto")
   _choice(config, "primary_grouping", ("auto",) + layers.GROUPINGS, "auto")
   _choice(config, "primary_vote_scale", recipes.VOTE_SCALES, "auto")
+  _choice(config, "decoder_output_bias", recipes.OUTPUT_BIASES, "auto")
   _choice(config, "margin_reduction", ("auto",) + MARGIN_REDUCTIONS,
           "auto")
   _choice(config, "conv_impl", conv.IMPLS)

@@ -57,6 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
   # none | authors (the primary-capsule convolution scaled by 1 / types, the
   # authors' one-iteration routing). auto: paper -> authors, otherwise none.
   config.primary_vote_scale = "auto"
+  # Where the deconv decoder's output bias starts: init (the init scheme's
+  # bias; the reference's PyTorch default U(-0.5, 0.5)) | data_mean (logit
+  # of the target's mean intensity, so the first reconstructions are
+  # MNIST's 0.13 grey instead of 0.5). auto: reference -> init, otherwise
+  # data_mean.
+  config.decoder_output_bias = "auto"
   config.conv_impl = "auto"  # see capsnet_jax.model.conv.IMPLS
   # float32 (full float32, also on GPUs) | tf32 (NVIDIA GPUs' TF32 matrix
   # products and convolutions; u_hat and everything else stay float32) |

@@ -10,7 +10,7 @@ from capsnet_jax.model import conv
 from capsnet_jax.model import models
 
 
-@pytest.mark.parametrize("impl", ["patches", "rows", "dft"])
+@pytest.mark.parametrize("impl", ["patches", "rows", "dft", "fft"])
 @pytest.mark.parametrize("shape,kernel,stride", [
     ((2, 9, 9, 3), (5, 5, 3, 5), 1),
     ((2, 20, 20, 4), (9, 9, 4, 6), 2),  # the primary capsules' geometry
@@ -37,7 +37,7 @@ def test_conv_equals_xla_forward_and_gradients(impl, shape, kernel, stride):
     np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["xla", "patches", "rows"])
+@pytest.mark.parametrize("impl", ["xla", "patches", "rows", "fft"])
 @pytest.mark.parametrize("shape,kernel,stride", [
     ((2, 6, 6, 3), (9, 9, 3, 4), 2),   # the deconv decoder's first layer
     ((2, 7, 7, 4), (5, 5, 4, 5), 1),
@@ -76,6 +76,25 @@ def test_conv_transpose_equals_flax_forward_and_gradients(impl, shape, kernel,
 def test_auto_on_cpu_trains_with_patches_and_infers_with_infer():
   assert conv.resolve("auto") == "patches"
   assert conv.inference_impl("auto") == "infer"
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU's choice")
+def test_auto_on_cpu_takes_fft_for_large_float32_transposed_kernels():
+  """The deconv decoder's 9 x 9 transposed convolutions run by FFT under
+  "auto" (and "infer"), its 2 x 2 output layer and bfloat16 ones as
+  patches: read from the traced program (FFTs or none). Traced only."""
+  def ffts(x_shape, k_shape, impl, dtype=jnp.float32):
+    x = jax.ShapeDtypeStruct(x_shape, dtype)
+    k = jax.ShapeDtypeStruct(k_shape, dtype)
+    text = str(jax.make_jaxpr(
+        lambda a, b: conv.conv_transpose2d(a, b, 1, impl))(x, k))
+    return text.count("fft[")
+  assert ffts((2, 19, 19, 32), (9, 9, 32, 64), "auto") == 3
+  assert ffts((2, 19, 19, 32), (9, 9, 32, 64), "infer") == 3
+  assert ffts((2, 7, 7, 4), (5, 5, 4, 5), "auto") == 3
+  assert ffts((2, 27, 27, 64), (2, 2, 64, 1), "auto") == 0
+  assert ffts((2, 19, 19, 32), (9, 9, 32, 64), "patches") == 0
+  assert ffts((2, 19, 19, 32), (9, 9, 32, 64), "auto", jnp.bfloat16) == 0
 
 
 def test_infer_uses_the_fourier_form_for_batches_of_primary_capsules():
@@ -143,14 +162,15 @@ def test_auto_on_accelerators_is_xla():
 
 
 def test_explicit_impls_are_kept_and_unknown_ones_refused():
-  for impl in ("xla", "patches", "rows", "dft"):
+  for impl in ("xla", "patches", "rows", "dft", "fft"):
     assert conv.resolve(impl) == impl
     assert conv.inference_impl(impl) == impl
   with pytest.raises(ValueError, match="valid"):
-    conv.conv2d(jnp.zeros((1, 9, 9, 1)), jnp.zeros((9, 9, 1, 1)), 1, "fft")
+    conv.conv2d(jnp.zeros((1, 9, 9, 1)), jnp.zeros((9, 9, 1, 1)), 1,
+                "winograd")
   with pytest.raises(ValueError, match="valid"):
     conv.conv_transpose2d(jnp.zeros((1, 3, 3, 1)), jnp.zeros((2, 2, 1, 1)), 1,
-                          "fft")
+                          "winograd")
 
 
 # A CapsNet at toy sizes: 22 x 22 inputs, conv1 5 x 5 (8 filters, -> 18 x
@@ -168,7 +188,7 @@ def test_toy_capsnet_same_outputs_and_gradients_for_every_impl():
   images = jax.random.uniform(jax.random.key(0), (2, 22, 22, 1))
   labels = jnp.array([3, 1])
   results = {}
-  for impl in ("xla", "patches", "rows", "dft"):
+  for impl in ("xla", "patches", "rows", "dft", "fft"):
     model = models.CapsNet(**TOY, conv_impl=impl)
     params = jax.jit(model.init)(jax.random.key(1), images)["params"]
 
@@ -182,7 +202,7 @@ def test_toy_capsnet_same_outputs_and_gradients_for_every_impl():
     else:
       results[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
   (want_loss, want_outputs), want_grads = results["xla"]
-  for impl in ("patches", "rows", "dft"):
+  for impl in ("patches", "rows", "dft", "fft"):
     (got_loss, got_outputs), got_grads = results[impl]
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
     for g, h in zip(got_outputs, want_outputs):
@@ -200,7 +220,7 @@ def test_every_convolution_of_the_model_takes_its_conv_impl(decoder,
   other forms (whose sums equal XLA's, layer by layer, above). Traced
   only, not compiled."""
   images = jnp.zeros((2, 22, 22, 1))
-  for impl in ("xla", "patches", "rows", "dft"):
+  for impl in ("xla", "patches", "rows", "dft", "fft"):
     model = models.CapsNet(**TOY, decoder=decoder, conv_impl=impl)
     variables = jax.eval_shape(model.init, jax.random.key(1), images)
     text = str(jax.make_jaxpr(model.apply)(variables, images))

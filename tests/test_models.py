@@ -373,8 +373,20 @@ def test_deconv_decoder_starts_at_the_datasets_target_mean():
   0.5 (the scheme's zero output bias)."""
   config = default.get_config()
   config.decoder, config.model = "deconv", "tiny"
+  # The reference setup starts at its init's output bias (PyTorch's default,
+  # model.py:224); the others, or decoder_output_bias=data_mean, at the mean.
+  assert config.data_setup == "reference"
+  assert experiment.resolve(config).model.decoder_output_mean is None
+  config.decoder_output_bias = "data_mean"
+  assert experiment.resolve(config).model.decoder_output_mean == (
+      pytest.approx(0.1307))
+  config.decoder_output_bias = "auto"
+  config.data_setup = "paper"
   model = experiment.resolve(config).model
   assert model.decoder_output_mean == pytest.approx(0.1307)
+  config.decoder_output_bias = "init"
+  assert experiment.resolve(config).model.decoder_output_mean is None
+  config.decoder_output_bias = "data_mean"
   # The decoder alone, on masked capsules of length 0.9.
   masked = 0.9 * jax.nn.one_hot(jnp.arange(4), 16)
   init = jax.jit(lambda m: m.init_with_output(

@@ -118,3 +118,26 @@ def test_primary_types_is_not_compared_for_models_without_it(tmp_path):
   assert json.loads((fresh / "config.json").read_text())["primary_types"] == 0
   with pytest.raises(WorkdirError, match="model: 'efficient_capsnet' there"):
     record.check_compatible(str(tmp_path), _identity(primary_types=32))
+
+
+def test_a_deconv_run_recorded_before_decoder_output_bias_keeps_its_start(
+    tmp_path):
+  """The committed 100-step reference deconv run (docs/results/cpu) was
+  recorded before decoder_output_bias existed, when every MNIST deconv
+  decoder started at the data mean: read back, it resolves to data_mean
+  (the model it resumes is built as it was), while a new reference run
+  records the reference's own start, "init"."""
+  from capsnet_jax.inference import trained
+  src = os.path.join(os.path.dirname(__file__), "..", "docs", "results",
+                     "cpu", "ref_deconv_100steps", "config.json")
+  saved = json.loads(open(src).read())
+  assert "decoder_output_bias" not in saved and saved["decoder"] == "deconv"
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = trained.read_config(str(tmp_path))
+  assert config.decoder_output_bias == "data_mean"
+  exp = experiment.resolve(config)
+  assert exp.decoder_output_bias == "data_mean"
+  assert exp.model.decoder_output_mean == pytest.approx(0.1307)
+  fresh = experiment.resolve(_config(decoder="deconv"))
+  assert fresh.record()["decoder_output_bias"] == "init"
+  assert fresh.model.decoder_output_mean is None

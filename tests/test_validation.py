@@ -44,7 +44,7 @@ def test_defaults_and_every_mode_are_valid(tmp_path):
     ("primary_grouping", "rows", "auto, paper, reference"),
     ("primary_vote_scale", "half", "auto, none, authors"),
     ("margin_reduction", "max", "auto, sum, authors"),
-    ("conv_impl", "fft", "auto, xla, patches, rows, dft"),
+    ("conv_impl", "winograd", "auto, xla, patches, rows, dft, fft"),
     ("compute_dtype", "float16", "float32, tf32, bfloat16, auto"),
     ("lr_schedule", "cosine", "auto, constant, exponential, staircase"),
     ("conv_padding", "full", "valid, same"),

@@ -26,9 +26,10 @@ BiasInit = initializers.BiasInit
 DECODERS = ("fc", "deconv")
 
 
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def _bn(train: bool, dtype: Any, name: str,
+        scale_init: Initializer = nn.initializers.ones) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype,
-                      name=name)
+                      scale_init=scale_init, name=name)
 
 
 class FCDecoder(nn.Module):
@@ -71,7 +72,10 @@ class DeconvDecoder(nn.Module):
   rows, or without the 128-wide layer when that map would be too small
   (24x24: 4x4xK, ConvT 32, ConvT 64, ConvT C).
 
-  [B, K * D] -> [B, H, W, C]; with batch_norm, BN after every hidden layer.
+  [B, K * D] -> [B, H, W, C]; with batch_norm, BN after every hidden layer
+  (``bn_scale_init`` the scale of those after transposed convolutions, the
+  reference's BatchNorm2d; the one after the Dense layer starts at one, its
+  BatchNorm1d).
 
   output_mean: where given, the output layer's bias starts at
   logit(output_mean), so that the first reconstructions are the target's
@@ -98,6 +102,7 @@ class DeconvDecoder(nn.Module):
   conv_impl: str = "auto"
   bias_init: BiasInit = initializers.zero_bias
   output_mean: float | None = None
+  bn_scale_init: Initializer = nn.initializers.ones
 
   def _layout(self) -> tuple[tuple[int, int, int], tuple[int, ...]]:
     """(start map [h, w, c], hidden ConvT widths) for this image size."""
@@ -130,7 +135,7 @@ class DeconvDecoder(nn.Module):
                                self.kernel_init, self.dtype,
                                bias_init=self.bias_init, name=f"deconv{i}")(x)
       if self.batch_norm:
-        x = _bn(train, self.dtype, f"bn{i}")(x)
+        x = _bn(train, self.dtype, f"bn{i}", self.bn_scale_init)(x)
       x = nn.relu(x)
     out_bias = self.bias_init
     if self.output_mean is not None:
@@ -156,16 +161,19 @@ def create_decoder(name: str, image_shape: tuple[int, int, int],
                    module_name: str = "decoder",
                    conv_impl: str = "auto",
                    bias_init: BiasInit = initializers.zero_bias,
-                   output_mean: float | None = None) -> nn.Module:
+                   output_mean: float | None = None,
+                   bn_scale_init: Initializer = nn.initializers.ones
+                   ) -> nn.Module:
   """The decoder called ``name`` (one of DECODERS); ``conv_impl`` picks the
   transposed convolutions' implementation (see conv.conv_transpose2d);
-  ``output_mean`` is the deconv decoder's (the FC decoder's per-pixel output
-  biases need no help)."""
+  ``output_mean`` and ``bn_scale_init`` are the deconv decoder's (the FC
+  decoder's per-pixel output biases need no help; its batch norms follow
+  Dense layers and start at one)."""
   if name == "fc":
     return FCDecoder(tuple(image_shape), tuple(hidden), batch_norm,
                      kernel_init, dtype, bias_init, name=module_name)
   if name == "deconv":
     return DeconvDecoder(tuple(image_shape), num_classes, batch_norm,
                          kernel_init, dtype, conv_impl, bias_init,
-                         output_mean, name=module_name)
+                         output_mean, bn_scale_init, name=module_name)
   raise ValueError(f"Unknown decoder {name!r}; valid: {DECODERS}")

@@ -10,12 +10,17 @@ Three schemes (``SCHEMES``):
 
 * ``default``: LeCun-normal kernels, class-capsule W ~ N(0, 0.01^2), zero
   biases. Trains quickly; not anybody's published recipe.
-* ``reference``: the PyTorch reference (tools.py): xavier-normal with gain
-  0.02 on every Conv, ConvTranspose and Linear weight, 0.002 on W (over its
-  5-D [1, N, K, 16, 8] tensor); biases left at PyTorch's default
+* ``reference``: the PyTorch reference (ethanleet/CapsNet tools.py:21-38,
+  model.py): xavier-normal with gain 0.02 on every Conv, ConvTranspose and
+  Linear weight with PyTorch's fans of each module (the primary capsules are
+  ``dim`` separate Conv2d(Cin -> types), model.py:84-105, so each kernel's
+  fan-out is types x k x k), 0.002 on W (over its 5-D [1, N, K, 16, 8]
+  tensor) and on the class capsules' bias (its [1, 1, K, 16] tensor:
+  std 0.002 / sqrt(16 K), 1.58e-4 for MNIST; tools.py:36-38); BatchNorm2d
+  weights N(1, 0.02^2) and biases 0 (tools.py:33-35; the BatchNorm1d of the
+  decoders keep PyTorch's ones); every other bias PyTorch's default
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan-in (Conv2d:
-  Cin * k * k; ConvTranspose2d: Cout * k * k; Linear: in_features). The
-  class capsules' own bias starts at zero.
+  Cin * k * k; ConvTranspose2d: Cout * k * k; Linear: in_features).
 * ``authors``: Sabour et al.'s released code (research/capsules,
   models/layers/variables.py:29-67, models/capsule_model.py:181-184,
   models/layers/layers.py:459-461): truncated normal (cut at 2 std, the
@@ -85,6 +90,37 @@ def reference_w_init(key, shape, dtype=jnp.float32):
   return std * jax.random.normal(key, shape, dtype)
 
 
+def reference_primary_init(convs: int) -> Initializer:
+  """xavier_normal(gain 0.02) of a primary-capsule kernel [k, k, Cin,
+  Cout] that the reference builds as ``convs`` separate Conv2d(Cin ->
+  Cout / convs) (model.py:84-105): fan_in Cin k^2, fan_out (Cout / convs)
+  k^2 (MNIST: std 0.02 sqrt(2 / (20,736 + 2,592)) = 1.852e-4)."""
+  def init(key, shape, dtype=jnp.float32):
+    kh, kw, cin, cout = shape
+    if cout % convs:
+      raise ValueError(f"{cout} output channels are not {convs} convolutions")
+    std = 0.02 * (2.0 / (kh * kw * (cin + cout // convs))) ** 0.5
+    return std * jax.random.normal(key, shape, dtype)
+
+  return init
+
+
+def reference_capsule_bias_init(key, shape, dtype=jnp.float32):
+  """The reference's xavier_normal(gain 0.002) of the class capsules' bias
+  [1, 1, K, D] (tools.py:38): torch's fans are both K x D (size(1) and
+  size(0), 1, times the receptive field K x D), so std = 0.002 sqrt(2 /
+  (2 K D)) = 0.002 / sqrt(K D): 1.581e-4 for 10 classes of 16. Our bias is
+  [K, D], the same tensor without the leading ones."""
+  k, d = shape
+  std = 0.002 / (k * d) ** 0.5
+  return std * jax.random.normal(key, shape, dtype)
+
+
+def reference_bn_scale(key, shape, dtype=jnp.float32):
+  """The reference's BatchNorm2d weight, N(1, 0.02^2) (tools.py:33-35)."""
+  return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
 def truncated_normal(stddev: float) -> Initializer:
   """TensorFlow 1's truncated_normal_initializer(stddev): a normal of std
   ``stddev`` redrawn outside two standard deviations (so the values' own
@@ -96,32 +132,40 @@ def truncated_normal(stddev: float) -> Initializer:
 class Scheme:
   """Initialisers of a CapsNet's parameters, by role.
 
-  conv1: the stem's kernel; primary: the primary-capsule kernel; w: the
-  class capsules' W [N, K, D, d]; decoder: every decoder kernel; bias:
-  fan-in -> the bias of conv1, the primary capsules and the decoder;
-  capsule_bias: the class capsules' bias [K, D].
+  conv1: the stem's kernel; primary: the number of separate convolutions
+  the primary capsules are (their capsule dim, in the reference) -> their
+  kernel's initialiser; w: the class capsules' W [N, K, D, d]; decoder:
+  every decoder kernel; bias: fan-in -> the bias of conv1, the primary
+  capsules and the decoder; capsule_bias: the class capsules' bias [K, D];
+  bn_scale: the scale of the batch norms after convolutions (PyTorch's
+  BatchNorm2d: conv1, primary capsules, the deconv decoder's transposed
+  convolutions); those after Dense layers start at one in every scheme.
   """
   name: str
   conv1: Initializer
-  primary: Initializer
+  primary: Callable[[int], Initializer]
   w: Initializer
   decoder: Initializer
   bias: BiasInit
   capsule_bias: Initializer
+  bn_scale: Initializer = nn.initializers.ones
 
 
 def scheme(name: str) -> Scheme:
   """The scheme called ``name`` (one of SCHEMES)."""
   if name == "default":
     lecun = nn.initializers.lecun_normal()
-    return Scheme(name, lecun, lecun, nn.initializers.normal(0.01), lecun,
-                  zero_bias, nn.initializers.zeros)
+    return Scheme(name, lecun, lambda convs: lecun,
+                  nn.initializers.normal(0.01), lecun, zero_bias,
+                  nn.initializers.zeros)
   if name == "reference":
     xavier = xavier_normal(0.02)
-    return Scheme(name, xavier, xavier, reference_w_init, xavier,
-                  torch_default_bias, nn.initializers.zeros)
+    return Scheme(name, xavier, reference_primary_init, reference_w_init,
+                  xavier, torch_default_bias, reference_capsule_bias_init,
+                  reference_bn_scale)
   if name == "authors":
-    return Scheme(name, truncated_normal(0.05), truncated_normal(0.1),
+    primary = truncated_normal(0.1)
+    return Scheme(name, truncated_normal(0.05), lambda convs: primary,
                   truncated_normal(0.1), truncated_normal(0.1),
                   constant_bias(0.1), nn.initializers.constant(0.1))
   raise ValueError(f"Unknown init {name!r}; valid: {', '.join(SCHEMES)}")

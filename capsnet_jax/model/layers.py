@@ -115,6 +115,7 @@ class ConvStem(nn.Module):
   dtype: Any = jnp.float32
   padding: str = "valid"
   bias_init: BiasInit = initializers.zero_bias
+  bn_scale_init: Initializer = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -123,7 +124,8 @@ class ConvStem(nn.Module):
              name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       dtype=self.dtype, name="bn")(x)
+                       dtype=self.dtype, scale_init=self.bn_scale_init,
+                       name="bn")(x)
     return nn.relu(x)
 
 
@@ -159,6 +161,7 @@ class PrimaryCapsules(nn.Module):
   bias_init: BiasInit = initializers.zero_bias
   grouping: str = "paper"
   vote_scale: float = 1.0
+  bn_scale_init: Initializer = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -168,7 +171,8 @@ class PrimaryCapsules(nn.Module):
              name="conv")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       dtype=self.dtype, name="bn")(x)
+                       dtype=self.dtype, scale_init=self.bn_scale_init,
+                       name="bn")(x)
     u = group_capsules(x, self.num_types, self.dim, self.grouping)
     # Squash in float32: lengths near 1 matter for the margin loss.
     return squash(u.astype(jnp.float32))

@@ -93,12 +93,14 @@ class CapsNet(nn.Module):
     init = initializers.scheme(self.init_scheme)
     self.stem = layers.ConvStem(self.conv_filters, self.conv_kernel,
                                 self.batch_norm, self.conv_impl, init.conv1,
-                                self.dtype, self.conv_padding, init.bias)
+                                self.dtype, self.conv_padding, init.bias,
+                                init.bn_scale)
     self.primary = layers.PrimaryCapsules(
         self.primary_types, self.primary_dim, self.primary_kernel,
-        self.primary_stride, self.batch_norm, self.conv_impl, init.primary,
-        self.dtype, self.conv_padding, init.bias, self.primary_grouping,
-        self.primary_vote_scale)
+        self.primary_stride, self.batch_norm, self.conv_impl,
+        init.primary(self.primary_dim), self.dtype, self.conv_padding,
+        init.bias, self.primary_grouping, self.primary_vote_scale,
+        init.bn_scale)
     num_caps = self.num_classes + int(self.orphan_capsule)
     self.class_caps = routing.ClassCapsules(
         num_caps, self.class_dim, self.routing_iterations,
@@ -108,7 +110,7 @@ class CapsNet(nn.Module):
         self.decoder, self.image_shape, num_caps, self.batch_norm,
         self.decoder_hidden, init.decoder, self.dtype, module_name="decoder",
         conv_impl=self.conv_impl, bias_init=init.bias,
-        output_mean=self.decoder_output_mean)
+        output_mean=self.decoder_output_mean, bn_scale_init=init.bn_scale)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Images to capsules.

@@ -31,7 +31,7 @@ IDENTITY_FIELDS = ("dataset", "data_setup", "model", "decoder", "batch_norm",
 # and the value those runs used.
 LEGACY_FIELDS = {"init": "default", "primary_grouping": "paper",
                  "primary_vote_scale": "none", "margin_reduction": "sum",
-                 "lr_min": 0.0}
+                 "lr_min": 0.0, "decoder_output_bias": "data_mean"}
 
 
 def check_writable(workdir: str) -> None:
