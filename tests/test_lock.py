@@ -1,6 +1,7 @@
 """One run per workdir (capsnet_jax.workdir.lock): a second taker is refused
 at once with the holder's pid and changes nothing; the lock of a dead
-process is taken over; training, --mode=eval and --mode=visualize take it.
+process is taken over, a held flock never (whatever pid its line names);
+a .lock symlink is refused; training, --mode=eval and --mode=visualize take it.
 (park save/restore: tests/test_park.py; two processes and the command line:
 tests/test_hostile.py.)"""
 
@@ -105,23 +106,62 @@ def test_the_lock_of_a_killed_process_is_taken_over(tmp_path):
         os.getpid())
 
 
-def test_a_dead_holders_child_does_not_keep_the_workdir(tmp_path):
+def test_a_dead_holders_child_keeps_the_workdir(tmp_path):
   """The holder forked a child that inherited the locked file, then died:
-  its recorded pid is gone, so the lock is taken over."""
+  the kernel still shows the flock held, so the taker refuses; the dead pid
+  only changes the message."""
   proc, child = _holder(tmp_path, "fork")
   child = int(child)
   try:
     assert proc.wait(timeout=60) == 0
-    os.kill(child, 0)  # alive, and holding the old file's flock
-    with lock.hold(str(tmp_path), "training"):
-      assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == (
-          os.getpid())
+    os.kill(child, 0)  # alive, and holding the file's flock
+    before = snapshot(tmp_path)
+    error = _refused_at_once(lambda: lock.acquire(str(tmp_path), "training"))
+    assert (f"holder training (pid {proc.pid}, since " in str(error)
+            and "seems gone, but the lock is still held: " in str(error))
+    assert snapshot(tmp_path) == before
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == (
+        proc.pid)
   finally:
     proc.stdin.close()  # the child reads the same pipe: it ends now
     try:
       os.kill(child, 9)
     except ProcessLookupError:
       pass
+
+
+def test_a_held_lock_naming_a_pid_not_of_this_namespace_is_refused(tmp_path):
+  """A holder in another pid namespace (a container sharing the folder)
+  writes a pid that does not exist here: the flock it holds still wins."""
+  proc, _ = _holder(tmp_path)
+  try:
+    missing = 4_194_304 + 17  # above the kernel's largest pid_max
+    line = json.loads((tmp_path / lock.LOCK_FILE).read_text())
+    (tmp_path / lock.LOCK_FILE).write_text(
+        json.dumps({**line, "pid": missing}) + "\n")
+    error = _refused_at_once(lambda: lock.acquire(str(tmp_path), "training"))
+    assert f"holder training (pid {missing}, since " in str(error)
+    assert "seems gone, but the lock is still held: " in str(error)
+    assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == (
+        missing)
+  finally:
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def test_a_lock_symlinks_target_is_never_written(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  target = tmp_path / "precious.txt"
+  target.write_text("keep me\n")
+  (workdir / lock.LOCK_FILE).symlink_to(target)
+  with pytest.raises(WorkdirError, match="it is a symbolic link"):
+    lock.acquire(str(workdir), "training")
+  assert target.read_text() == "keep me\n"
+  (workdir / lock.LOCK_FILE).unlink()
+  os.mkfifo(workdir / lock.LOCK_FILE)
+  with pytest.raises(WorkdirError, match="is not a regular file"):
+    lock.acquire(str(workdir), "training")
 
 
 def test_a_folder_made_for_the_lock_goes_when_nothing_was_written(tmp_path):

@@ -8,11 +8,18 @@ Synopsis::
 The lock is ``fcntl.flock`` on WORKDIR/.lock, a file holding one JSON line
 about its holder (pid, host, what it does, since when). A second taker
 never waits: it raises errors.WorkdirError naming the holder's pid, having
-changed nothing in the workdir. The kernel releases a flock when its
-process ends, however it ends (SIGKILL included), so the lock of a dead
-process is taken over by the next run; so is a lock whose recorded holder
-on this host is dead while a child it forked still holds the file. The
-file is removed when the lock is released.
+changed nothing in the workdir. The kernel decides: the kernel releases a
+flock when its process ends, however it ends (SIGKILL included), so the
+lock of a dead process is taken over by the next run; but a flock that is
+still held is never taken, whatever the holder line says. A recorded pid
+that looks dead here (a child it forked still holds the file, or the holder
+runs in another pid namespace: another container on a shared folder) only
+changes the refusal's message. The file is opened without following a
+symbolic link and must be a regular file, so a planted ``.lock`` link never
+gets its target written. The file is removed when the lock is released.
+
+flock does not cover a folder on NFS mounted without working locks
+(``nolock``, or a server without lockd): there every taker gets the lock.
 
 Taken by training and --mode=eval (capsnet_jax.training.loop),
 --mode=visualize on a training workdir (capsnet_jax.analysis.visualize),
@@ -34,6 +41,7 @@ import itertools
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -81,8 +89,10 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
     time.sleep(0.02)
 
 
-def _is_dead(holder: dict[str, Any] | None) -> bool:
-  """Whether the recorded holder is a process of this host that is gone."""
+def _seems_dead(holder: dict[str, Any] | None) -> bool:
+  """Whether the recorded holder looks like a process of this host that is
+  gone (it may be a child's parent, or a process of another pid namespace
+  with the same host name: only the message says so)."""
   return (holder is not None and holder.get("host") == socket.gethostname()
           and not _pid_alive(holder["pid"]))
 
@@ -151,10 +161,19 @@ def acquire(workdir: str, what: str = "a run", create: bool = True) -> Lock:
   p = path(workdir)
   for _ in range(10):  # a retry each time the file was replaced meanwhile
     try:
-      fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+      # O_NOFOLLOW: a .lock symlink is refused (ELOOP), its target untouched;
+      # O_NONBLOCK: a FIFO planted there does not hang the open.
+      fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+                   | os.O_NONBLOCK, 0o644)
     except OSError as e:
+      why = ("it is a symbolic link" if e.errno == errno.ELOOP
+             else e.strerror or e)
       raise WorkdirError(f"workdir {workdir!r}: cannot open its lock file "
-                         f"{p} ({e.strerror or e})") from None
+                         f"{p} ({why})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      os.close(fd)
+      raise WorkdirError(f"workdir {workdir!r}: its lock file {p} is not a "
+                         "regular file; remove it")
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -163,20 +182,13 @@ def acquire(workdir: str, what: str = "a run", create: bool = True) -> Lock:
         raise WorkdirError(f"workdir {workdir!r}: cannot lock {p} "
                            f"({e.strerror or e})") from None
       holder = _read_holder(fd)
-      if _is_dead(holder):
-        # A new holder that took over a dead one's file rewrites the line
-        # at once: look again before deciding that a child the dead holder
-        # forked keeps the file locked.
-        time.sleep(0.1)
-        again = _read_holder(fd)
-        if again == holder:
-          with contextlib.suppress(OSError):
-            if os.stat(p).st_ino == os.fstat(fd).st_ino:
-              os.unlink(p)
-          os.close(fd)
-          continue
-        holder = again
       os.close(fd)
+      if _seems_dead(holder):
+        raise WorkdirError(
+            f"workdir {workdir!r}: holder {_describe(holder)} seems gone, but "
+            "the lock is still held: by a process it started, or by one in "
+            "another container or pid namespace sharing this folder; end "
+            "that process, or use another --workdir") from None
       raise WorkdirError(
           f"workdir {workdir!r} is in use by {_describe(holder)}: one run at "
           "a time per workdir; wait for it to end, or use another --workdir"
