@@ -188,3 +188,48 @@ def test_short_run_on_real_mnist(tmp_path):
   assert results["test_accuracy"] >= 0.83, results
   assert results["test_margin_loss"] < 0.16, results
   assert results["test_reconstruction_loss"] < 60, results
+
+
+def test_evaluation_also_measures_the_authors_true_label_sse(tiny_run):
+  """reconstruction_sse_true_label decodes the TRUE label's capsule (the
+  authors' test-time SSE); reconstruction_loss the predicted class's. On a
+  batch whose every label is wrong the two differ, and the true-label sum is
+  the SSE of decoding the given labels' capsules against the [0, 1] image
+  (the reference's min-max target of these digits, which hold 0 and 255)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import experiment  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  exp = experiment.resolve(tiny_run.config)
+  state = conftest.restore_state(tiny_run.workdir, tiny_run.config)
+  steps = steps_lib.Steps(exp, mesh_lib.make_mesh(), 8)
+  images, labels = conftest.synthetic_digits(32, seed=5)
+  wrong = ((labels.astype(np.int32) + 3) % 10)
+  batch = {"image": images[..., None], "label": wrong,
+           "mask": np.ones(32, np.float32)}
+  sums = jax.device_get(steps.eval(state, mesh_lib.global_batch(
+      batch, steps.sharded)))
+  variables = steps_lib.model_variables(state)
+  x = steps.preprocess_eval(jnp.asarray(images[..., None]), jax.random.key(0))
+  out = exp.model.apply(variables, x, train=False)
+  assert np.mean(np.asarray(out["predictions"]) == wrong) == 0.0
+  recon = exp.model.apply(variables, out["class_caps"], jnp.asarray(wrong),
+                          method="decode")
+  want = np.sum((np.asarray(recon, np.float64)
+                 - images[..., None] / 255.0) ** 2)
+  predicted = exp.model.apply(variables, out["class_caps"],
+                              out["predictions"], method="decode")
+  want_predicted = np.sum((np.asarray(predicted, np.float64)
+                           - images[..., None] / 255.0) ** 2)
+  # The 8-step decoder tells the classes apart by 0.8% of the SSE here,
+  # 80x the float32 tolerance.
+  assert abs(want - want_predicted) > 0.005 * want
+  assert float(sums["reconstruction_sse_true_label"]) == pytest.approx(
+      want, rel=1e-4)
+  assert float(sums["reconstruction_loss"]) == pytest.approx(want_predicted,
+                                                             rel=1e-4)
+  last = history.read(str(tiny_run.workdir))[-1]
+  # All 100 test digits right: the true label's capsule is the predicted one.
+  assert last["test_accuracy"] == 1.0
+  assert last["test_reconstruction_sse_true_label"] == pytest.approx(
+      last["test_reconstruction_loss"], rel=1e-5)

@@ -77,9 +77,11 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
   Returns:
     accuracy, margin_loss, reconstruction_loss (per-image SSE, or SAE with
     reconstruction_loss=l1, then also reconstruction_sse), loss (margin +
-    alpha * reconstruction loss) and reconstruction_std (the spread of each
-    reconstruction's pixels, steps.reconstruction_spread), each a mean over
-    the test set; with several objects per image, partial_accuracy (at least
+    alpha * reconstruction loss), reconstruction_std (the spread of each
+    reconstruction's pixels, steps.reconstruction_spread) and, with one
+    label per image, reconstruction_sse_true_label (the SSE when the
+    decoder sees the true label's capsule, the authors' test-time measure),
+    each a mean over the test set; with several objects per image, partial_accuracy (at least
     one label among the longest capsules) too.
   """
   if num_batches is None:
@@ -103,8 +105,9 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
       loss=float(totals["loss"]) / count,
       reconstruction_std=float(totals["reconstruction_std"]) / count,
       count=count)
-  if "reconstruction_sse" in totals:
-    metrics["reconstruction_sse"] = float(totals["reconstruction_sse"]) / count
+  for key in ("reconstruction_sse", "reconstruction_sse_true_label"):
+    if key in totals:
+      metrics[key] = float(totals[key]) / count
   if "partly_correct" in totals:
     metrics["partial_accuracy"] = float(totals["partly_correct"]) / count
   return metrics

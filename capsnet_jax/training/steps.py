@@ -103,7 +103,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   batch: image [B, h, w, c], label [B], mask [B] (0 for padding); for
   several objects per image, label [B, T] and targets (see train_step).
   alpha: a weight or step -> weight, evaluated at state.step.
-  With an L1 reconstruction loss, reconstruction_sse sums the SSE too.
+  With an L1 reconstruction loss, reconstruction_sse sums the SSE too; with
+  one label per image, reconstruction_sse_true_label sums the SSE of the
+  true label's reconstruction (the authors' test-time measure).
   """
   images = preprocess(batch["image"], jax.random.key(0))
   labels, mask = batch["label"], batch["mask"]
@@ -124,6 +126,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
       loss=jnp.sum(mask * (margin + alpha * rec)))
   if reconstruction_loss != "l2":
     sums["reconstruction_sse"] = jnp.sum(mask * sse)
+  if labels.ndim == 1:
+    # The authors' test-time SSE: the decoder sees the TRUE label's capsule
+    # (their capsule_model.py masks by the labels at evaluation too); ours
+    # above masks by the prediction, as the reference does. They differ only
+    # on misclassified images.
+    recon = model.apply(model_variables(state), out["class_caps"], labels,
+                        method="decode")
+    sums["reconstruction_sse_true_label"] = jnp.sum(
+        mask * losses.reconstruction_sse(recon, target(images, mask)))
   if labels.ndim == 2:
     sums["partly_correct"] = jnp.sum(
         mask * losses.top_k_partly_correct(out["lengths"], labels))
