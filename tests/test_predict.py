@@ -173,7 +173,9 @@ def test_float_images_are_read_in_their_range(tmp_path):
   for name, (value, paper, expected) in {
       "unit": (0.75, 0.25, (0.75, 0.25)),
       "bytes": (191.25, 63.75, (0.75, 0.25)),
-      "wide": (1000.0, -1000.0, (1.0, 0.0))}.items():
+      "wide": (1000.0, -1000.0, (1.0, 0.0)),
+      # Finite, but their range overflows float32: scaled in float64.
+      "huge": (3e38, -3e38, (1.0, 0.0))}.items():
     x = np.full((28, 28), paper, np.float32)
     x[5, 7] = value
     Image.fromarray(x, mode="F").save(tmp_path / f"{name}.tif")
@@ -210,6 +212,9 @@ def fixture_hostile(tmp_path_factory):
   _float_tiff(d / "nan.tif", np.nan)
   _float_tiff(d / "inf.tif", np.inf)
   os.mkfifo(d / "fifo.png")
+  with open(d / "huge.webp", "wb") as f:  # sparse: no disk space taken
+    f.write(b"RIFF\xf8\xff\xff\x0fWEBPVP8 ")
+    f.truncate(predict.MAX_FILE_BYTES + 1)
   (d / "folder.png").mkdir()
   (d / "notes.png").write_text("not an image")
   return {p.name: p for p in d.iterdir()} | {"device": "/dev/zero",
@@ -227,6 +232,8 @@ def fixture_hostile(tmp_path_factory):
                   "this reads (capsnet_jax.inference.predict.MAX_MEGAPIXELS)"),
     ("nan.tif", "holds NaN or infinite pixels"),
     ("inf.tif", "holds NaN or infinite pixels"),
+    ("huge.webp", "too large: 256.0 MB on disk, more than the 256 MB this "
+                  "reads (capsnet_jax.inference.predict.MAX_FILE_MEGABYTES)"),
     ("fifo.png", "is a FIFO, not an image file"),
     ("folder.png", "is a folder, not an image file"),
     ("device", "is a character device, not an image file"),
@@ -237,10 +244,16 @@ def test_each_hostile_file_is_refused_with_its_reason(hostile, case, why,
   opened = []
   monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open",
                       lambda self: opened.append(self))
+  real_open = Image.open
+  decoders = []
+  monkeypatch.setattr(Image, "open", lambda *a, **k: (
+      decoders.append(a), real_open(*a, **k))[1])
   error = _read_in_thread(hostile[case])
   assert isinstance(error, predict.ImageReadError)
   assert str(error) == why
   assert not opened  # the EPS decoder is never reached
+  if case == "huge.webp":  # refused from its size: no decoder reads it
+    assert not decoders
 
 
 def test_pillows_decompression_bomb_warning_is_an_error(hostile, monkeypatch):
@@ -328,6 +341,10 @@ def test_real_digits_from_files_as_from_arrays(model, digits, tmp_path):
       "as_is": lambda x: Image.fromarray(x),
       "inverted": lambda x: Image.fromarray(255 - x),
       "100x100": lambda x: Image.fromarray(x).resize((100, 100), Image.BICUBIC),
+      # A white digit on a transparent background, as a canvas exports it:
+      # the alpha channel is the ink.
+      "white_on_transparent": lambda x: Image.fromarray(np.dstack(
+          [np.full_like(x, 255)] * 3 + [x])),
   }
   for variant, make in variants.items():
     folder = tmp_path / variant
@@ -341,6 +358,25 @@ def test_real_digits_from_files_as_from_arrays(model, digits, tmp_path):
     assert r["prediction"] == out.predictions[i] == labels[i], r["image"]
     # The bundle carries the decoder (float16): a reconstruction per file.
     assert r["input"].shape == r["reconstruction"].shape == (28, 28, 1)
+
+
+def test_an_image_with_no_ink_is_refused_by_name(model, digits, tmp_path):
+  """A blank image (white, black, or wholly transparent) is refused: a
+  model would still name a class for it."""
+  images, labels = digits
+  Image.new("L", (28, 28), 255).save(tmp_path / "white.png")
+  Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "black.png")
+  Image.new("RGBA", (28, 28), (255, 255, 255, 0)).save(tmp_path / "clear.png")
+  Image.fromarray(images[0, ..., 0]).save(tmp_path / "digit.png")
+  stdout, stderr = io.StringIO(), io.StringIO()
+  status = predict.run(model, [str(tmp_path)], stdout=stdout, stderr=stderr)
+  assert status == errors.EXIT_SOME_FAILED == 3
+  assert stderr.getvalue().splitlines() == [
+      f"error: {tmp_path / n}: no ink (blank image)"
+      for n in ("black.png", "clear.png", "white.png")]
+  lines = [json.loads(l) for l in stdout.getvalue().splitlines()]
+  assert [(os.path.basename(r["image"]), r["prediction"]) for r in lines] == [
+      ("digit.png", labels[0])]
 
 
 def _write_digits(folder, images, labels, n):

@@ -29,10 +29,14 @@ exit status is then errors.EXIT_SOME_FAILED (3). Such a file is one that
   - is not an image in one of ALLOWED_FORMATS (PNG, JPEG, BMP, GIF, TIFF,
     WEBP), whatever its name: no other Pillow decoder (EPS, which runs
     Ghostscript, among them) is ever reached;
+  - is larger than MAX_FILE_MEGABYTES (256) on disk, judged from fstat
+    before any decoder sees it (Pillow's WebP reader reads a file whole);
   - holds more than MAX_MEGAPIXELS (50) megapixels, judged from its header
     before it is decoded; Pillow's DecompressionBombWarning counts as an
     error too, and running out of memory on one file fails that file only;
-  - holds NaN or infinite pixels (float TIFFs).
+  - holds NaN or infinite pixels (float TIFFs);
+  - has no ink: ``no ink (blank image)``, where the image as the dataset
+    stores it is one flat level (a model would still name a class).
 
 Memory stays bounded for any number of files: the file names are listed
 first (before any figure is written, so figures never become inputs), then
@@ -43,7 +47,10 @@ timeout of BATCH_TIMEOUT_S); every process runs the sharded
 inference, and only process 0 prints and writes figures.
 
 Preprocessing (``to_stored``) turns any image (grayscale or colour, any
-size, alpha composited over white) into an image as the dataset stores it:
+size; alpha composited over white, or over black where the visible pixels
+are all of one light colour: a white digit drawn on a transparent
+background, as canvas exports give, is its alpha channel) into an image as
+the dataset stores it:
 
   MNIST       grayscale; inverted when the background is light
               (``--invert=auto`` judges by the mean of the border pixels;
@@ -95,6 +102,10 @@ ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 # and only a warning up to 179 MP) lets a kilobyte PNG make gigabytes.
 MAX_MEGAPIXELS = 50
 MAX_PIXELS = MAX_MEGAPIXELS * 1_000_000
+# The largest file read: a 50 MP 8-bit RGBA BMP is 200 MB; anything larger
+# is refused from its size before a decoder sees it.
+MAX_FILE_MEGABYTES = 256
+MAX_FILE_BYTES = MAX_FILE_MEGABYTES * 1024 * 1024
 # Multi-process: how long the other processes wait for process 0 to read
 # the next batch of files.
 BATCH_TIMEOUT_S = 1800
@@ -196,6 +207,7 @@ def read_image(path: str) -> np.ndarray:
       kind = _kind(mode)
       raise ImageReadError(f"is {kind}, not an image file" if kind.startswith(
           "a ") else f"is {kind}")
+    _check_file_size(os.fstat(fd).st_size)
     with os.fdopen(fd, "rb") as f:
       fd = None
       return decode_image(f)
@@ -204,21 +216,36 @@ def read_image(path: str) -> np.ndarray:
       os.close(fd)
 
 
+def _check_file_size(size: int) -> None:
+  if size > MAX_FILE_BYTES:
+    raise ImageReadError(
+        f"too large: {size / 2**20:.1f} MB on disk, more than the "
+        f"{MAX_FILE_MEGABYTES} MB this reads "
+        "(capsnet_jax.inference.predict.MAX_FILE_MEGABYTES)")
+
+
 def decode_image(fp: BinaryIO | bytes) -> np.ndarray:
   """float32 [H, W, 3] (colour) or [H, W, 1] (grayscale) in [0, 1] of an
   image file's bytes (a binary file object or ``bytes``).
 
-  Only ALLOWED_FORMATS are decoded, at most MAX_MEGAPIXELS. EXIF
-  orientation is applied; transparent pixels are composited over white;
+  Only ALLOWED_FORMATS are decoded, at most MAX_MEGAPIXELS and
+  MAX_FILE_BYTES. EXIF orientation is applied; transparent pixels are
+  composited over white, or over black behind ink of one light colour;
   16-bit images are scaled by 65535; float images are kept in [0, 1], else
-  divided by 255 within [0, 255], else scaled by their range.
+  divided by 255 within [0, 255], else scaled by their range (in float64: a
+  range of +-3e38 overflows float32).
 
   Raises:
     ImageReadError: not an image of an allowed format, too large, NaN or
       infinite pixels, damaged, or too large for the memory left.
   """
   if isinstance(fp, (bytes, bytearray, memoryview)):
+    _check_file_size(len(fp))
     fp = io.BytesIO(bytes(fp))
+  else:
+    with contextlib.suppress(OSError, AttributeError, ValueError,
+                             io.UnsupportedOperation):
+      _check_file_size(os.fstat(fp.fileno()).st_size)
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -260,7 +287,7 @@ def _to_array(im: Image.Image) -> np.ndarray:
   im = ImageOps.exif_transpose(im)
   mode = im.mode
   if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-    x = np.asarray(im, np.float32)
+    x = np.asarray(im, np.float64)  # float32's range overflows below
     if not np.all(np.isfinite(x)):
       return x  # refused by the caller
     if mode != "F":
@@ -271,17 +298,37 @@ def _to_array(im: Image.Image) -> np.ndarray:
         x = (x - lo) / max(hi - lo, 1e-12)
       elif hi > 1.0:
         x = x / 255.0
-    return np.clip(x, 0.0, 1.0)[..., None]
+    return np.clip(x, 0.0, 1.0).astype(np.float32)[..., None]
   has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
       mode == "P" and "transparency" in im.info)
   if has_alpha:
     rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    im = Image.alpha_composite(white, rgba)
+    backdrop = Image.new("RGBA", rgba.size, _backdrop(np.asarray(rgba)))
+    im = Image.alpha_composite(backdrop, rgba)
   gray = im.mode in ("1", "L", "LA", "La") or (
       has_alpha and mode in ("LA", "La"))
   im = im.convert("L" if gray else "RGB")
   return np.asarray(im, np.float32) / 255.0
+
+
+_SEEN_ALPHA = 32  # Pixels at least this opaque show their colour...
+_ONE_COLOUR = 8  # ...which is one colour within this many levels per channel.
+
+
+def _backdrop(rgba: np.ndarray) -> tuple[int, int, int, int]:
+  """What a [H, W, 4] uint8 image is composited over: white, or black where
+  its visible pixels are all of one light colour. Such an image is drawn by
+  its alpha channel alone (a white digit on a transparent background, as a
+  canvas export gives), and over white it would be blank."""
+  white, black = (255, 255, 255, 255), (0, 0, 0, 255)
+  seen = rgba[..., 3] >= _SEEN_ALPHA
+  if not seen.any():
+    return white
+  colours = rgba[..., :3][seen]
+  if int((colours.max(axis=0) - colours.min(axis=0)).max()) > _ONE_COLOUR:
+    return white
+  luma = colours.mean(axis=0) @ np.asarray([0.299, 0.587, 0.114])
+  return black if luma > 127.5 else white
 
 
 # --------------------------------------------------------------------------
@@ -407,11 +454,15 @@ def to_stored(image: np.ndarray, info, invert: str = "auto") -> np.ndarray:
 
 def _read_stored(path: str, info, invert: str) -> np.ndarray:
   """The file as the dataset stores its images; ImageReadError otherwise
-  (also where preprocessing runs out of memory)."""
+  (also where preprocessing runs out of memory, and for an image with no
+  ink: one flat level once stored, which a model would still classify)."""
   try:
-    return to_stored(read_image(path), info, invert)
+    stored = to_stored(read_image(path), info, invert)
   except MemoryError:
     raise ImageReadError("not enough memory to preprocess it") from None
+  if stored.min() == stored.max():
+    raise ImageReadError("no ink (blank image)")
+  return stored
 
 
 def _entries(model, specs: Sequence[str], invert: str, on_listed=None
