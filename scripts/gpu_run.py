@@ -8,6 +8,13 @@ One command runs them all (scripts/gpu_run.sh installs the wheels first)::
 The experiments, in priority order (each a plain `python main.py ...` that
 resumes from its workdir under --runs):
 
+  authors_full_s0, authors_full_s1, authors_full_s2
+                    configs/mnist.py:authors_full (the authors' recipe at
+                    their full length), --config.seed=0, 1, 2 (--seeds), each
+                    to --authors_full_steps (default 300,000, their README's
+                    --max_steps; 0 skips them). Their histories hold the
+                    50-epoch recipe too (step 23,400): the rate depends only
+                    on the step.
   mnist_paper_s0, mnist_paper_s1, mnist_paper_s2
                     configs/mnist.py (the authors' recipe), --config.seed=0,
                     1, 2 (--seeds), each to --paper_epochs (default 120, 468
@@ -85,9 +92,12 @@ class Experiment:
   epochs: int
   steps_per_epoch: int
   after: str | None = None  # continue a copy of this run once it finished
+  steps: int | None = None  # a length in steps instead of epochs
 
   @property
   def total_steps(self) -> int:
+    if self.steps is not None:
+      return self.steps
     return self.epochs * self.steps_per_epoch
 
 
@@ -97,9 +107,16 @@ def experiments(args) -> list[Experiment]:
   paper_spe = args.num_train // args.batch_size  # all 60,000 images
   ref_spe = (args.num_train - args.num_train // 10) // args.batch_size  # 54,000
   pairs_spe = args.num_train // args.batch_size  # one pair per digit, no hold-out
-  out = [Experiment(f"mnist_paper_s{seed}", "configs/mnist.py",
-                    (f"--config.seed={seed}",), args.paper_epochs, paper_spe)
-         for seed in _seeds(args.seeds)]
+  out = []
+  if args.authors_full_steps > 0:
+    out += [Experiment(f"authors_full_s{seed}", "configs/mnist.py:authors_full",
+                       (f"--config.seed={seed}",),
+                       -(-args.authors_full_steps // paper_spe), paper_spe,
+                       steps=args.authors_full_steps)
+            for seed in _seeds(args.seeds)]
+  out += [Experiment(f"mnist_paper_s{seed}", "configs/mnist.py",
+                     (f"--config.seed={seed}",), args.paper_epochs, paper_spe)
+          for seed in _seeds(args.seeds)]
   for name, decoder, bn in DECODER_STUDY:
     out.append(Experiment(name, "configs/mnist.py:reference",
                           (f"--config.decoder={decoder}",
@@ -173,7 +190,9 @@ def command(e: Experiment, workdir: pathlib.Path, args) -> list[str]:
   """The main.py command line of experiment ``e``."""
   return [sys.executable, str(ROOT / "main.py"), f"--config={e.config}",
           f"--workdir={workdir}", f"--config.idx_dir={args.idx_dir}",
-          f"--config.num_epochs={e.epochs}", *e.overrides, *args.override]
+          (f"--config.num_train_steps={e.steps}" if e.steps is not None
+           else f"--config.num_epochs={e.epochs}"),
+          *e.overrides, *args.override]
 
 
 def start(e: Experiment, runs: pathlib.Path, args) -> int:
@@ -300,6 +319,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--bench_epoch_steps", type=int, default=300)
   p.add_argument("--seeds", default="0,1,2",
                  help="seeds of the authors' recipe: runs mnist_paper_s<seed>")
+  p.add_argument("--authors_full_steps", type=int, default=300_000,
+                 help="steps of the authors_full runs (0: none)")
   p.add_argument("--paper_epochs", type=int, default=120)
   p.add_argument("--long_epochs", type=int, default=None,
                  help="old name of --paper_epochs (it overrides it)")

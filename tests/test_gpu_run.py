@@ -49,9 +49,22 @@ def test_the_experiment_list():
   args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out"])
   exps = gpu_run.experiments(args)
   assert [e.name for e in exps] == [
+      "authors_full_s0", "authors_full_s1", "authors_full_s2",
       "mnist_paper_s0", "mnist_paper_s1", "mnist_paper_s2", "dec_fc",
       "dec_fc_bn", "dec_deconv", "dec_deconv_bn", "ref_fc_long", "multimnist"]
   by_name = {e.name: e for e in exps}
+  for seed in (0, 1, 2):
+    e = by_name[f"authors_full_s{seed}"]
+    assert (e.config, e.overrides) == ("configs/mnist.py:authors_full",
+                                       (f"--config.seed={seed}",))
+    assert e.total_steps == 300_000  # the authors' README's --max_steps
+  assert importlib.import_module("configs.mnist").get_config(
+      "authors_full").num_train_steps == 300_000
+  assert gpu_run.command(by_name["authors_full_s2"], pathlib.Path("w"), args
+                         )[1:] == [
+      str(ROOT / "main.py"), "--config=configs/mnist.py:authors_full",
+      "--workdir=w", "--config.idx_dir=mnist",
+      "--config.num_train_steps=300000", "--config.seed=2"]
   for seed in (0, 1, 2):
     e = by_name[f"mnist_paper_s{seed}"]
     assert (e.config, e.overrides) == ("configs/mnist.py",
@@ -67,7 +80,7 @@ def test_the_experiment_list():
   assert by_name["multimnist"].total_steps == 1000 * 468
   assert importlib.import_module("configs.multimnist").get_config(
       ).num_epochs == 1000  # the paper's 60M pairs: gpu_run's default
-  assert args.max_parallel == 7  # not all 9 at once
+  assert args.max_parallel == 7  # not all 12 at once
   # main.py's command line, whose overrides name fields of the config.
   for e in exps:
     path, _, variant = e.config.partition(":")
@@ -83,6 +96,7 @@ def test_the_experiment_list():
   # The old flag, other seeds, a subset, and runs turned off.
   args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out", "--long_epochs=90",
                              "--seeds=3,4", "--ref_long_epochs=0",
+                             "--authors_full_steps=0",
                              "--multimnist_epochs=0", "--only=mnist_paper_s4,dec_fc"])
   assert [(e.name, e.overrides, e.epochs) for e in gpu_run.experiments(args)
           ] == [("mnist_paper_s4", ("--config.seed=4",), 90),
@@ -185,3 +199,19 @@ def test_a_chunk_stops_at_its_deadline_resumes_and_is_continued(idx_dir,
   assert "dec_fc | finished | 42 | 42" in status
   assert "ref_fc_long | finished | 49 | 49" in status
   assert "| ref_fc_long | 7 |" in (out / "gpu_runs" / "report.md").read_text()
+
+
+def test_the_authors_full_length_run_in_steps(idx_dir, tmp_path):
+  """authors_full runs to a number of steps, not epochs: 10 steps of the
+  tiny model (one 8-step epoch of the 256 digits, none held out in the
+  paper setup, then 2 more) end at step 10 and count as finished."""
+  runs, out = tmp_path / "runs", tmp_path / "out"
+  assert gpu_run.main([f"--idx_dir={idx_dir}", f"--runs={runs}",
+                       f"--out={out}", "--only=authors_full_s0",
+                       "--authors_full_steps=10", *TINY]) == 0
+  workdir = runs / "authors_full_s0"
+  assert [r["step"] for r in _history(workdir)] == [8, 10]
+  assert json.loads((workdir / "config.json").read_text())[
+      "data_setup"] == "paper"
+  assert "authors_full_s0 | finished | 10 | 10" in (out / "status.txt"
+                                                     ).read_text()
