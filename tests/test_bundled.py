@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -90,6 +91,54 @@ def test_damaged_or_unknown_bundle(tmp_path):
   os.remove(copy / "config.json")
   with pytest.raises(errors.WorkdirError, match="^bundle .* has no config.json"):
     trained.load(str(copy))
+
+
+def test_a_bundle_is_hashed_and_parsed_from_one_read(tmp_path, monkeypatch):
+  """weights.msgpack replaced by other bytes right after it is opened (a
+  writer racing the load): the bytes that were hashed are the ones parsed,
+  so the load gets the original weights, read once."""
+  import builtins  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "copy"
+  shutil.copytree(BUNDLE, copy)
+  weights = str(copy / "weights.msgpack")
+  want = bundled.read(str(copy))[1]
+  other = tmp_path / "other.msgpack"
+  other.write_bytes(b"\x81\xa6params\x80")  # {"params": {}}: a valid msgpack
+  opened = []
+  real_open = builtins.open
+
+  def racing_open(file, *args, **kwargs):
+    f = real_open(file, *args, **kwargs)
+    if str(file) == weights:
+      opened.append(file)
+      if len(opened) == 1:  # the file is swapped under the open handle
+        os.replace(other, weights)
+        shutil.copy(BUNDLE / "weights.msgpack", other)
+    return f
+  monkeypatch.setattr(builtins, "open", racing_open)
+  _, got = bundled.read(str(copy))
+  assert len(opened) == 1
+  flat_want = jax.tree_util.tree_leaves_with_path(want["params"])
+  flat_got = jax.tree_util.tree_leaves_with_path(got["params"])
+  assert [p for p, _ in flat_got] == [p for p, _ in flat_want]
+  for (_, a), (_, b) in zip(flat_got, flat_want):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_weights_msgpack_cannot_parse_is_a_workdir_error(tmp_path):
+  """A weights file whose recorded checksum matches but which msgpack
+  cannot parse: a WorkdirError naming it, not msgpack's own exception."""
+  copy = tmp_path / "copy"
+  shutil.copytree(BUNDLE, copy)
+  garbage = b"\xc1" * 64  # 0xc1: a byte msgpack never uses
+  (copy / "weights.msgpack").write_bytes(garbage)
+  meta = json.loads((copy / "weights.json").read_text())
+  (copy / "weights.json").write_text(json.dumps(
+      dict(meta, sha256=hashlib.sha256(garbage).hexdigest())))
+  with pytest.raises(errors.WorkdirError,
+                     match=f"^{copy / 'weights.msgpack'} cannot be read as "
+                           r"msgpack \(.*\); export the bundle again"):
+    bundled.read(str(copy))
 
 
 def test_a_hand_made_bundle_missing_a_part_is_a_one_line_error(tmp_path):

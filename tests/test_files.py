@@ -94,6 +94,76 @@ def test_a_staged_folder_replaces_the_old_one_whole_or_not_at_all(
   assert os.listdir(tmp_path / "a") == ["b"]
 
 
+def _old_and_new(tmp_path):
+  target = tmp_path / "bundle"
+  target.mkdir()
+  (target / "old.txt").write_text("old")
+  return target
+
+
+def test_a_swapped_folder_is_never_missing(tmp_path, monkeypatch):
+  """Where the OS can (renameat2 with RENAME_EXCHANGE), old and new are
+  swapped in one step: at no rename is the target's name empty for a
+  reader."""
+  target = _old_and_new(tmp_path)
+  missing_at = []
+  real = os.replace
+
+  def replace(src, dst):
+    if not os.path.exists(target):
+      missing_at.append((src, dst))
+    real(src, dst)
+    if not os.path.exists(target):
+      missing_at.append((src, dst))
+  monkeypatch.setattr(os, "replace", replace)
+  with files.staged_folder(str(target)) as staging:
+    (tmp_path / staging / "new.txt").write_text("new")
+  assert not missing_at
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["new.txt"]
+
+
+def test_without_exchange_the_old_folder_comes_back(tmp_path, monkeypatch):
+  """Where the OS cannot swap, a failure between putting the old folder
+  aside and renaming the new one in puts the old one back; after a crash
+  there, the next swap (or a reader of bundles) puts it back."""
+  monkeypatch.setattr(files, "_libc_renameat2", lambda: None)
+  target = _old_and_new(tmp_path)
+  real = os.replace
+
+  def replace(src, dst):
+    if str(dst) == str(target):  # the new folder in: the disk fails
+      raise OSError(5, "Input/output error")
+    real(src, dst)
+  monkeypatch.setattr(os, "replace", replace)
+  with pytest.raises(OSError, match="Input/output error"):
+    with files.staged_folder(str(target)) as staging:
+      (tmp_path / staging / "new.txt").write_text("new")
+  monkeypatch.setattr(os, "replace", real)
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["old.txt"]
+  # A crash left only the old folder aside: it comes back.
+  aside = tmp_path / ".bundle.old.x1y2"
+  aside.mkdir()
+  os.rename(target, aside / "bundle")
+  assert files.recover_folder(str(target))
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["old.txt"]
+  assert not files.recover_folder(str(target))  # nothing to do
+  aside.mkdir()
+  os.rename(target, aside / "bundle")
+  with files.staged_folder(str(target)) as staging:
+    (tmp_path / staging / "new.txt").write_text("new")
+  assert sorted(os.listdir(tmp_path)) == ["bundle"]
+  assert os.listdir(target) == ["new.txt"]
+
+
+def test_names_are_printed_with_their_control_characters_escaped():
+  assert files.printable("a\x1b[2Jb\x07\x9b\u202ec\udcff d.png") == (
+      "a\\x1b[2Jb\\x07\\x9b\\u202ec\\xff d.png")
+  assert files.printable("ordinary/ünïcode 7.png") == "ordinary/ünïcode 7.png"
+
+
 def test_write_new_never_replaces_a_file(tmp_path):
   (tmp_path / "a.png").write_bytes(b"input")
   (tmp_path / "a-2.png").write_bytes(b"input 2")

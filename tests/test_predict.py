@@ -379,6 +379,18 @@ def test_an_image_with_no_ink_is_refused_by_name(model, digits, tmp_path):
       ("digit.png", labels[0])]
 
 
+def test_a_file_name_reaches_the_terminal_escaped(model, tmp_path):
+  """A name holding control characters (clear the screen, a bell) is
+  printed with them escaped."""
+  (tmp_path / "x\x1b[2J\x07.png").write_text("not an image")
+  stderr = io.StringIO()
+  assert predict.run(model, [str(tmp_path)], stdout=io.StringIO(),
+                     stderr=stderr) == errors.EXIT_SOME_FAILED
+  assert stderr.getvalue().splitlines() == [
+      f"error: {tmp_path}/x\\x1b[2J\\x07.png: not an image file of an "
+      "accepted format (PNG, JPEG, BMP, GIF, TIFF, WEBP)"]
+
+
 def _write_digits(folder, images, labels, n):
   folder.mkdir(exist_ok=True)
   names = []

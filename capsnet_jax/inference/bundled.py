@@ -20,12 +20,14 @@ A bundle is a folder ``capsnet_jax/weights/NAME/`` holding
   ``weights.msgpack``, ``config_sha256`` of ``config.json``, ``decoder``
   (false: no reconstructions) and ``decoder_dtype``.
 
-Both checksums are verified on every load: a damaged or replaced
-``weights.msgpack`` or ``config.json`` is a WorkdirError, as is a
-``weights.json`` that is not a JSON object holding both.
+Both checksums are verified on every load, on the very bytes then
+parsed (each file is read once): a damaged or replaced ``weights.msgpack``
+or ``config.json`` is a WorkdirError, as is a ``weights.json`` that is not
+a JSON object holding both, and weights that msgpack cannot parse.
 capsnet_jax.inference.export makes a bundle from a trained workdir.
 """
 
+import json
 import os
 from typing import Any
 
@@ -74,33 +76,61 @@ def resolve(workdir: str) -> str:
 
 def read(folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """(metadata, variables as nested dicts of numpy arrays) of a bundle
-  folder; WorkdirError if a file is missing or the checksum differs."""
+  folder; WorkdirError if a file is missing, a checksum differs or the
+  weights cannot be parsed (see read_with_config)."""
+  meta, _, variables = read_with_config(folder)
+  return meta, variables
+
+
+def read_with_config(folder: str
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+  """(metadata, config record, variables) of a bundle folder. Each file is
+  read once and its checksum verified on those bytes, which are the ones
+  parsed: a file replaced meanwhile cannot slip in between the check and
+  the parse. A folder that a crash left aside mid-swap is put back first
+  (files.recover_folder).
+
+  Raises:
+    WorkdirError: a file is missing, a checksum differs, or a file cannot
+      be parsed (msgpack's errors included).
+  """
+  files.recover_folder(folder)
   meta_path = os.path.join(folder, META_FILE)
   weights_path = os.path.join(folder, WEIGHTS_FILE)
   for path in (meta_path, weights_path, os.path.join(folder, CONFIG_FILE)):
     if not os.path.exists(path):
       raise WorkdirError(f"bundle {folder!r} has no {os.path.basename(path)}")
   meta = files.read_json_object(meta_path, meta_path, "the bundle is damaged")
+  data = {}
   for key, name in (("sha256", WEIGHTS_FILE), ("config_sha256", CONFIG_FILE)):
-    path = os.path.join(folder, name)
     if not isinstance(meta.get(key), str):
       raise WorkdirError(f"{meta_path} records no {key} of {name}: export "
                          "the bundle again (capsnet_jax.inference.export)")
-    actual = files.sha256(path)
-    if actual != meta[key]:
-      raise WorkdirError(f"{path}: sha256 {actual} differs from the "
-                         f"{meta[key]} recorded in {META_FILE}; the file is "
-                         "damaged or was replaced")
+    data[name] = files.read_verified(os.path.join(folder, name), meta[key],
+                                     META_FILE)
   if isinstance(meta.get("step"), bool) or not isinstance(meta.get("step"), int):
     raise WorkdirError(f"{meta_path} records no step (a whole number): "
                        "export the bundle again (capsnet_jax.inference.export)")
-  with open(weights_path, "rb") as f:
-    variables = serialization.msgpack_restore(f.read())
+  config_path = os.path.join(folder, CONFIG_FILE)
+  try:
+    config = json.loads(data[CONFIG_FILE])
+  except (ValueError, RecursionError) as e:
+    raise WorkdirError(f"{config_path} cannot be read ({e}); export the "
+                       "bundle again (capsnet_jax.inference.export)") from None
+  if not isinstance(config, dict):
+    raise WorkdirError(f"{config_path} is not a JSON object; export the "
+                       "bundle again (capsnet_jax.inference.export)")
+  try:
+    variables = serialization.msgpack_restore(data[WEIGHTS_FILE])
+  except Exception as e:  # pylint: disable=broad-except  # msgpack's own
+    raise WorkdirError(f"{weights_path} cannot be read as msgpack "
+                       f"({type(e).__name__}: {e}); export the bundle again "
+                       "(capsnet_jax.inference.export)") from None
   if not isinstance(variables, dict) or not isinstance(
       variables.get("params"), dict):
     raise WorkdirError(f"{weights_path} holds no parameters: export the "
                        "bundle again (capsnet_jax.inference.export)")
-  return meta, variables
+  return meta, config, variables
 
 
 def fill(tree: Any, given: dict[str, Any], what: str,

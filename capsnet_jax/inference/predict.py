@@ -21,7 +21,8 @@ computed. From Python::
     print(r["image"], r["prediction"], r["class_name"])
 
 Hostile files. A file that cannot be predicted gives one line
-``error: <file>: <why>`` on stderr and the others are still predicted; the
+``error: <file>: <why>`` on stderr (the name's control characters escaped,
+files.printable) and the others are still predicted; the
 exit status is then errors.EXIT_SOME_FAILED (3). Such a file is one that
 
   - is not a regular file (a folder, a FIFO, a device: never opened in a
@@ -708,7 +709,7 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
                               on_listed=lambda n: shown.set(0, n)):
       if "error" in r:
         failed = True
-        say(f"error: {r['image']}: {r['error']}", stderr)
+        say(f"error: {files.printable(r['image'])}: {r['error']}", stderr)
         shown.update()
         continue
       record = {k: r[k] for k in ("image", "prediction", "predictions",
@@ -718,8 +719,9 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
           record["figure"] = _write_figure(out_dir, r)
         except OSError as e:
           failed = True
-          say(f"error: {r['image']}: its figure cannot be written to "
-              f"{out_dir} ({e.strerror or e})", stderr)
+          say(f"error: {files.printable(r['image'])}: its figure cannot be "
+              f"written to {files.printable(out_dir)} ({e.strerror or e})",
+              stderr)
       say(json.dumps(record), stdout)
       shown.update()
   if jax.process_count() > 1:  # process 0's outcome is every process's

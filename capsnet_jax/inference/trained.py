@@ -200,7 +200,7 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
   """load() for a bundle: its variables on the model's structure (what it
   leaves out, and the optimiser state, zero and unused). A bundle holds one
   state: ``which`` may be "latest", "best" or its step."""
-  meta, variables = bundled.read(folder)
+  meta, saved, variables = bundled.read_with_config(folder)
   if which not in WHICH and which != meta["step"]:
     raise WorkdirError(f"the bundled weights {folder!r} hold one state, of "
                        f"step {meta['step']}: no checkpoint {which!r}")
@@ -211,6 +211,8 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
   # A bundle exported without its decoder says so; nothing else may lack.
   optional = () if meta.get("decoder") else ("decoder",)
   state = zeros.replace(
+  if config is None:  # the config whose checksum was verified, not a reread
+    config = ml_collections.ConfigDict(record.with_legacy_fields(saved))
       step=np.asarray(meta["step"], zeros.step.dtype),
       params=bundled.fill(zeros.params, variables["params"], "parameter",
                           may_lack=optional),

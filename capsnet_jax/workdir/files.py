@@ -9,7 +9,10 @@ Synopsis::
   files.fsync_tree(folder)       # every file and folder under it on disk
   with files.staged_folder(path) as tmp:  # fill tmp; it replaces path whole
     ...
+  files.recover_folder(path)     # the old folder back after a crash mid-swap
   files.sha256(path)
+  data = files.read_verified(path, expected_sha256, what)  # one read
+  print(files.printable(name))   # control characters escaped
 
 An atomic write goes to a temporary file of a unique name in the same
 folder, is flushed and fsynced, then renamed over ``path`` and the folder
@@ -19,13 +22,73 @@ of the file it replaces (a new one gets the umask's).
 """
 
 import contextlib
+import ctypes
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
+import unicodedata
 from typing import Any, Iterator
+
+# renameat2(2)'s flag that swaps two paths in one step (Linux 3.15+, glibc
+# 2.28+; ext4, xfs, btrfs, tmpfs...), and the "current folder" descriptor.
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+# Bidirectional-text controls: they reorder what a terminal shows.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(name: str) -> str:
+  """``name`` (a file name) safe to print on a terminal: control characters
+  (C0, DEL, C1), bidirectional controls and undecodable bytes (surrogate
+  escapes) written as ``\\xNN`` / ``\\uNNNN``, so that a name cannot move
+  the cursor, clear the screen or disguise itself."""
+  out = []
+  for ch in name:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for a raw byte
+      out.append(f"\\x{code - 0xDC00:02x}")
+    elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs"):
+      out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    else:
+      out.append(ch)
+  return "".join(out)
+
+
+def _libc_renameat2():
+  """libc's renameat2, or None where the platform has none."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    fn = ctypes.CDLL(None, use_errno=True).renameat2
+  except (OSError, AttributeError):
+    return None
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                 ctypes.c_char_p, ctypes.c_uint]
+  fn.restype = ctypes.c_int
+  return fn
+
+
+def exchange(a: str, b: str) -> bool:
+  """Swaps the paths ``a`` and ``b`` (both existing) in one atomic step with
+  renameat2(RENAME_EXCHANGE): a reader finds one or the other at each
+  name, never nothing. False, with nothing changed, where the OS, libc or
+  file system cannot; OSError for any other failure."""
+  fn = _libc_renameat2()
+  if fn is None:
+    return False
+  if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
+        _RENAME_EXCHANGE) == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), a, None, b)
 
 
 def fsync_dir(folder: str) -> None:
@@ -64,30 +127,68 @@ def staged_folder(path: str) -> Iterator[str]:
   """A new empty folder beside ``path`` that replaces it when the block ends
   without an exception (and is removed otherwise).
 
-  The folder's tree is fsynced before the swap; the swap puts the old
-  ``path`` (if any) aside, renames the new folder in, fsyncs the parent and
-  only then deletes the old one, so a crash leaves the old folder or the
-  new one whole at ``path`` (at worst with the old one also left in a
-  hidden ``.NAME.old.*`` folder beside it). The new folder gets the umask's
-  permissions, not mkdtemp's 0700."""
+  The folder's tree is fsynced before the swap. Where ``path`` is a folder
+  and the OS can (``exchange``: renameat2 with RENAME_EXCHANGE), the two
+  are swapped in one step, so ``path`` always holds the old folder or the
+  new one, even for a reader at that instant; the old one is then deleted.
+  Elsewhere the old ``path`` is put aside in a hidden ``.NAME.old.*``
+  folder, the new one renamed in, the parent fsynced and only then the old
+  one deleted; if renaming the new one in fails the old one is put back,
+  and after a crash between the two renames ``recover_folder`` (called
+  here first, and by the readers of bundles) puts it back. The new folder
+  gets the umask's permissions, not mkdtemp's 0700."""
   path = os.path.abspath(path)
   parent, name = os.path.split(path)
   os.makedirs(parent, exist_ok=True)
+  recover_folder(path)
   staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
   try:
     yield staging
     os.chmod(staging, 0o777 & ~_umask())
     fsync_tree(staging)
+    if (os.path.isdir(path) and not os.path.islink(path)
+        and exchange(staging, path)):
+      fsync_dir(parent)  # staging now holds the old folder: removed below
+      return
     aside = None
     if os.path.lexists(path):
       aside = tempfile.mkdtemp(prefix=f".{name}.old.", dir=parent)
       os.replace(path, os.path.join(aside, name))
-    os.replace(staging, path)
+    try:
+      os.replace(staging, path)
+    except BaseException:
+      if aside:  # the old folder back where it was
+        os.rename(os.path.join(aside, name), path)
+        os.rmdir(aside)
+      raise
     fsync_dir(parent)
     if aside:
       shutil.rmtree(aside, ignore_errors=True)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_folder(path: str) -> bool:
+  """Puts back the old folder that a swap without ``exchange`` left aside
+  in ``.NAME.old.*/NAME`` when a crash kept the new one from ``path``;
+  True if it did. Nothing happens while ``path`` exists."""
+  path = os.path.abspath(path)
+  parent, name = os.path.split(path)
+  if os.path.lexists(path):
+    return False
+  pattern = os.path.join(glob.escape(parent), glob.escape(f".{name}.old.")
+                         + "*", glob.escape(name))
+  found = sorted(glob.glob(pattern), key=os.path.getmtime)
+  if not found:
+    return False
+  try:
+    os.rename(found[-1], path)
+  except OSError:  # another process put it back first
+    return False
+  with contextlib.suppress(OSError):
+    os.rmdir(os.path.dirname(found[-1]))
+  fsync_dir(parent)
+  return True
 
 
 def _umask() -> int:
@@ -201,6 +302,35 @@ def read_json_object(path: str, name: str, remedy: str) -> dict[str, Any]:
   if not isinstance(value, dict):
     raise WorkdirError(f"{name} is not a JSON object; {remedy}")
   return value
+
+
+def read_verified(path: str, expected_sha256: str, recorded_in: str,
+                  max_bytes: int | None = None) -> bytes:
+  """The bytes of ``path``, read once, whose SHA-256 is ``expected_sha256``:
+  the caller parses the very bytes that were checked (a file replaced
+  between a check and a second read cannot slip through).
+
+  Raises:
+    errors.WorkdirError: the file cannot be read, is larger than
+      ``max_bytes``, or its checksum differs from the one recorded in
+      ``recorded_in``.
+  """
+  from capsnet_jax.errors import WorkdirError  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      if max_bytes is not None and size > max_bytes:
+        raise WorkdirError(f"{path}: {size} bytes, more than the {max_bytes} "
+                           "expected; the file is damaged or was replaced")
+      data = f.read()
+  except OSError as e:
+    raise WorkdirError(f"{path} cannot be read ({e.strerror or e})") from None
+  actual = hashlib.sha256(data).hexdigest()
+  if actual != expected_sha256:
+    raise WorkdirError(f"{path}: sha256 {actual} differs from the "
+                       f"{expected_sha256} recorded in {recorded_in}; the "
+                       "file is damaged or was replaced")
+  return data
 
 
 def sha256(path: str) -> str:
