@@ -8,6 +8,8 @@
       --images=digit.png,scans/,"photos/*.jpg" [--out=DIR] [--invert=auto]
   capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=explore \\
       [--port=8765] [--host=127.0.0.1]
+  capsnet-jax --config=configs/mnist.py --workdir=runs/mnist --mode=robustness \\
+      [--out=DIR]
 
 (``python main.py`` and ``python -m capsnet_jax`` take the same flags.) Any
 config field can be overridden with --config.NAME=VALUE (configs/default.py
@@ -60,7 +62,10 @@ flags.DEFINE_list("images", None, "--mode=predict: image files, folders or "
 flags.DEFINE_string("out", None, "--mode=predict: folder for one PNG per image "
                     "(the model's input beside its reconstruction); "
                     "--mode=visualize: folder for the figures (default "
-                    "WORKDIR/figures; needed for bundled weights).")
+                    "WORKDIR/figures; needed for bundled weights); "
+                    "--mode=robustness: folder for robustness.json and "
+                    "robustness.png (default WORKDIR/figures; bundled "
+                    "weights: printed only, unless given).")
 flags.DEFINE_enum("invert", "auto", ("auto", "always", "never"),
                   "--mode=predict, MNIST: invert light backgrounds (auto: "
                   "judged by the border pixels), always or never.")
@@ -262,6 +267,17 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
   if mode == "explore":
     from capsnet_jax.analysis import explorer  # pylint: disable=g-import-not-at-top
     return explorer.run(config, workdir, host, port, invert)
+  if mode == "robustness":
+    from capsnet_jax.analysis import robustness  # pylint: disable=g-import-not-at-top
+    from capsnet_jax.inference import predict  # pylint: disable=g-import-not-at-top
+    from capsnet_jax.inference import trained  # pylint: disable=g-import-not-at-top
+    # The workdir's record defines the model (any family); the command
+    # line the data, the checkpoint and the sweep's options.
+    exp = experiment.resolve(trained.with_workdir_model(config, workdir),
+                             mode)
+    with predict.json_only_stdout() as stdout:
+      robustness.run(exp, workdir, out, stdout=stdout)
+    return None
   exp = experiment.resolve(config, mode)
   if mode in ("train", "eval"):
     from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top

@@ -21,7 +21,7 @@ SETUPS = datasets.SETUPS
 LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = precision.COMPUTE_DTYPES
 MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict",
-         "explore")
+         "explore", "robustness")
 LEAKY_VARIANTS = ("authors", "reference")
 # The losses' options (capsnet_jax.training.losses and .schedules use them).
 RECONSTRUCTION_LOSSES = ("l2", "l1")
@@ -135,6 +135,11 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
                         f"{config.dataset!r}")
     if not os.path.isdir(config.idx_dir):
       raise ConfigError(f"idx_dir {config.idx_dir!r} is not a directory")
+  if mode == "robustness":
+    _positive(config, "robustness_examples", allow_zero=True, default=0)
+    folder = config.get("affnist_dir", "")
+    if folder and not os.path.isdir(folder):
+      raise ConfigError(f"affnist_dir {folder!r} is not a directory")
   which = config.get("checkpoint", "latest")
   if not (which in ("latest", "best") or
           (isinstance(which, str) and which.isdigit())):

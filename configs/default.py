@@ -128,6 +128,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.visualize_primary_examples = 4096  # train images for the primary decoder
   config.visualize_primary_steps = 300  # its Adam steps
 
+  # --mode=robustness (capsnet_jax/analysis/robustness.py): the first N
+  # test images (0: all); the affNIST-style set's seed; a folder of the real
+  # affNIST test files to read instead of the generated set.
+  config.robustness_examples = 0
+  config.affnist_seed = 0
+  config.affnist_dir = ""
+
   # Ensemble evaluation (--mode=ensemble): comma-separated workdirs.
   config.ensemble_workdirs = ""
 

@@ -335,3 +335,62 @@ def plot_rotation_accuracy(runs: dict, path: str) -> None:
   fig.tight_layout()
   _save(fig, path)
 
+
+
+# The robustness figure's panels: (transform, x-axis label).
+ROBUSTNESS_PANELS = (("rotation", "rotation (degrees, counter-clockwise)"),
+                     ("shear", "shear factor (x' = x - s y)"),
+                     ("scale", "scale factor"),
+                     ("translation", "translation (px right and px down)"))
+
+
+def plot_robustness(runs: dict, path: str, identity: dict | None = None
+                    ) -> None:
+  """Accuracy against each transform's size (one panel per sweep), and on
+  the affNIST-style set (bars), one colour per run ({label: the records of
+  capsnet_jax.analysis.robustness, dicts with transform, value, accuracy,
+  n}). ``identity``: {transform: value} where a sweep is the identity; its
+  point is the run's rotation-0 accuracy (the clean test set)."""
+  identity = identity or {}
+  fig, axes = plt.subplots(1, len(ROBUSTNESS_PANELS) + 1,
+                           figsize=(3.2 * (len(ROBUSTNESS_PANELS) + 1), 3.0))
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  affnist = []
+  for i, (label, records) in enumerate(runs.items()):
+    colour = colours[i % len(colours)]
+    clean = next((r["accuracy"] for r in records
+                  if r["transform"] == "rotation" and r["value"] == 0), None)
+    n = max((r["n"] for r in records if r["transform"] != "affnist"),
+            default=0)
+    for ax, (transform, _) in zip(axes, ROBUSTNESS_PANELS):
+      points = {r["value"]: r["accuracy"] for r in records
+                if r["transform"] == transform}
+      if transform in identity and clean is not None:
+        points.setdefault(identity[transform], clean)
+      if points:
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", ms=3, lw=1.2,
+                color=colour, label=f"{label} ({n:,} images)")
+    aff = next((r for r in records if r["transform"] == "affnist"), None)
+    affnist.append((label, None if aff is None else aff["accuracy"], colour))
+  for ax, (_, xlabel) in zip(axes, ROBUSTNESS_PANELS):
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylim(0, 1.0)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("test accuracy", fontsize=8)
+  axes[0].legend(fontsize=6, loc="lower center")
+  ax = axes[-1]
+  for k, (label, acc, colour) in enumerate(affnist):
+    if acc is not None:
+      ax.bar(k, acc, color=colour)
+      ax.text(k, acc + 0.02, f"{100 * acc:.1f}%", ha="center", fontsize=7)
+  ax.set_xticks(range(len(affnist)))
+  ax.set_xticklabels([a[0] for a in affnist], rotation=30, ha="right",
+                     fontsize=7)
+  ax.set_xlabel("affNIST-style set", fontsize=8)
+  ax.set_ylim(0, 1.0)
+  ax.tick_params(labelsize=7)
+  ax.grid(alpha=0.3, axis="y")
+  fig.tight_layout()
+  _save(fig, path)

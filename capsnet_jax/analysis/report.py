@@ -9,12 +9,16 @@
   python -m capsnet_jax.analysis.report runs/a runs/b --curves=curves.png          # PNG
   python -m capsnet_jax.analysis.report --table=rotation caps=runs/a/figures/summary.json \
       --curves=rotation.png                                               # rotation
+  python -m capsnet_jax.analysis.report --table=robustness caps=runs/a cnn=runs/cnn \
+      --curves=robustness.png                                             # affine
   python -m capsnet_jax.analysis.report --update=docs/results.md                   # regenerate
   python -m capsnet_jax.analysis.report --check=docs/results.md                    # up to date?
 
 Every number comes from WORKDIR/eval_history.jsonl (capsnet_jax.workdir.history), or
 for ``--table=rotation`` from the summary.json that ``--mode=visualize``
-writes (a file, or a workdir or figures folder holding it), so the result
+writes (a file, or a workdir or figures folder holding it), for
+``--table=robustness`` from the robustness.json that ``--mode=robustness``
+writes (likewise), so the result
 tables of docs/results.md are never typed by hand. ``--update=FILE``
 rewrites each block of FILE between a line ``<!-- report: ARGS -->`` and the
 next ``<!-- /report -->`` with the output of ``report ARGS`` (paths relative
@@ -314,6 +318,73 @@ def rotation_figure(runs: dict[str, str], path: str) -> None:
   plots.plot_rotation_accuracy(data, path)
 
 
+def load_robustness(path: str) -> list[dict]:
+  """The records of a --mode=robustness robustness.json: the file, or a
+  folder (a workdir, its figures folder, a result folder) that holds one."""
+  from capsnet_jax.analysis import robustness  # pylint: disable=g-import-not-at-top
+  for candidate in (path, os.path.join(path, robustness.RESULTS_FILE),
+                    os.path.join(path, "figures", robustness.RESULTS_FILE)):
+    if os.path.isfile(candidate):
+      records = robustness.read(candidate)
+      if not records:
+        raise WorkdirError(f"{candidate} holds no settings")
+      return records
+  raise WorkdirError(f"no robustness.json at {path} (run --mode=robustness)")
+
+
+def _setting(transform: str, value) -> str:
+  if transform == "affnist":
+    return "affNIST-style set"
+  if transform == "rotation" and value == 0:
+    return "clean test set (rotation 0°)"
+  if transform == "rotation":
+    return f"rotation {value:+g}°"
+  if transform == "translation":
+    return f"translation {value:g} px right, {value:g} px down"
+  return f"{transform} {value:g}"
+
+
+def robustness_table(runs: dict[str, str]) -> str:
+  """Accuracy per setting of --mode=robustness, one column per run: the
+  clean test set (rotation 0) first, then each sweep in its order, the
+  affNIST-style set last, and the number of images of each."""
+  data = {label: load_robustness(path) for label, path in runs.items()}
+  order = []
+  for records in data.values():
+    for r in records:
+      key = (r["transform"], r["value"])
+      if key not in order:
+        order.append(key)
+  clean = ("rotation", 0)
+  order.sort(key=lambda k: (k != clean, k[0] == "affnist"))
+  labels = list(data)
+  lines = ["| setting | " + " | ".join(labels) + " |",
+           "|---|" + "---|" * len(labels)]
+  for key in order:
+    cells = []
+    for label in labels:
+      acc = next((r["accuracy"] for r in data[label]
+                  if (r["transform"], r["value"]) == key), None)
+      cells.append("-" if acc is None else
+                   _pct(acc) if key == clean else f"{100 * acc:.1f}%")
+    lines.append(f"| {_setting(*key)} | " + " | ".join(cells) + " |")
+  for name, affnist in (("test images per setting", False),
+                        ("affNIST-style images", True)):
+    counts = [next((f"{r['n']:,}" for r in data[label]
+                    if (r["transform"] == "affnist") == affnist), "-")
+              for label in labels]
+    lines.append(f"| {name} | " + " | ".join(counts) + " |")
+  return "\n".join(lines)
+
+
+def robustness_figure(runs: dict[str, str], path: str) -> None:
+  """Accuracy against each transform's size, one colour per run."""
+  from capsnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.analysis import robustness  # pylint: disable=g-import-not-at-top
+  plots.plot_robustness({label: load_robustness(p) for label, p in runs.items()},
+                        path, robustness.IDENTITY)
+
+
 def multimnist_table(workdir: str, batch_size: int | None = None) -> str:
   """A MultiMNIST run per evaluation: its classification error by the
   paper's rule beside the paper's, the share with at least one label right,
@@ -362,9 +433,13 @@ def render(argv: Sequence[str], base: str = "", plots: bool = True) -> str:
   runs = _runs(args.workdirs, base)
   if args.curves and plots:
     curves = os.path.join(base, args.curves) if base else args.curves
-    (rotation_figure if args.table == "rotation" else curves_figure)(runs, curves)
+    figure = {"rotation": rotation_figure,
+              "robustness": robustness_figure}.get(args.table, curves_figure)
+    figure(runs, curves)
   if args.table == "rotation":
     return rotation_table(runs)
+  if args.table == "robustness":
+    return robustness_table(runs)
   if args.table == "summary":
     return summary_table(runs)
   if args.table == "decoders":
@@ -431,10 +506,11 @@ def _parser() -> argparse.ArgumentParser:
       description="Tables and curves from eval_history.jsonl of workdirs.")
   p.add_argument("workdirs", nargs="*",
                  help="WORKDIR or LABEL=WORKDIR (rotation: a visualize "
-                 "summary.json, or the workdir that holds figures/summary.json)")
+                 "summary.json, or the workdir that holds figures/summary.json; "
+                 "robustness: a robustness.json or a folder holding one)")
   p.add_argument("--table", choices=("summary", "epochs", "decoders",
                                      "multimnist", "rotation", "agreement",
-                                     "plateau"),
+                                     "plateau", "robustness"),
                  default="summary")
   p.add_argument("--every", type=_at_least_one, default=1,
                  help="epochs table: every N-th epoch (plus first, best, last)")
@@ -442,7 +518,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="plateau table: evaluations from this epoch on "
                  "(default: those at the last learning rate)")
   p.add_argument("--curves", default="",
-                 help="also plot to this PNG (rotation: accuracy per angle)")
+                 help="also plot to this PNG (rotation: accuracy per angle; "
+                 "robustness: accuracy per transform's size)")
   p.add_argument("--update", default="",
                  help="regenerate the report blocks of this Markdown file")
   p.add_argument("--check", default="",
