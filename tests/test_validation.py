@@ -57,7 +57,17 @@ def test_unknown_names_list_the_valid_ones(field, value, valid):
 def test_unknown_mode():
   assert _message(mode="trian") == (
       "Unknown mode 'trian'; valid: train, eval, summary, visualize, "
-      "ensemble, predict, explore")
+      "ensemble, predict, explore, robustness")
+
+
+def test_robustness_options(tmp_path):
+  validation.validate_config(_config(affnist_dir=str(tmp_path),
+                                     robustness_examples=5), "robustness")
+  assert _message("robustness", robustness_examples=-1) == (
+      "robustness_examples must be >= 0, got -1")
+  missing = str(tmp_path / "nope")
+  assert _message("robustness", affnist_dir=missing) == (
+      f"affnist_dir {missing!r} is not a directory")
 
 
 # Float fields hold floats: ConfigDict turns 0 into 0.0.
