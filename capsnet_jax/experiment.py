@@ -80,6 +80,12 @@ class Experiment:
     return self.spec.info
 
   @property
+  def capsules(self) -> bool:
+    """Whether the model is a capsule model (margin loss, decoder); False
+    for the baseline CNNs (softmax cross-entropy; models.has_capsules)."""
+    return models.has_capsules(self.model)
+
+  @property
   def eval_batch_size(self) -> int:
     """The global evaluation batch (eval_batch_size, or batch_size)."""
     return int(self.config.eval_batch_size or self.config.batch_size)

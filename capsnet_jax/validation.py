@@ -22,6 +22,9 @@ LR_SCHEDULES = ("auto", "constant", "exponential", "staircase")
 COMPUTE_DTYPES = precision.COMPUTE_DTYPES
 MODES = ("train", "eval", "summary", "visualize", "ensemble", "predict",
          "explore", "robustness")
+# Modes that need class capsules and a decoder: the baseline CNNs
+# (models.has_capsules False) are refused there with one line.
+CAPSULE_MODES = ("visualize", "explore")
 LEAKY_VARIANTS = ("authors", "reference")
 # The losses' options (capsnet_jax.training.losses and .schedules use them).
 RECONSTRUCTION_LOSSES = ("l2", "l1")
@@ -71,6 +74,11 @@ def validate_config(config, mode: str = "train", device_count: int = 1) -> None:
   if config.dataset == "multimnist":
     _positive(config, "multimnist_test_pairs")
   _choice(config, "model", tuple(models.MODELS))
+  if mode in CAPSULE_MODES and not models.has_capsules(config.model):
+    raise ConfigError(
+        f"--mode={mode} shows capsules and reconstructions, and model "
+        f"{config.model!r} is a baseline CNN without either (the other "
+        "modes take it)")
   _choice(config, "decoder", decoders.DECODERS)
   _choice(config, "init", ("auto",) + models.INITS, "auto")
   _choice(config, "primary_grouping", ("auto",) + layers.GROUPINGS, "auto")

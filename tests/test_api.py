@@ -148,7 +148,8 @@ def test_predict_preprocessed_refuses_other_scales(model, mnist, as_uint8):
 def test_prediction_fields_and_shapes(model, mnist, as_uint8):
   assert tuple(f.name for f in dataclasses.fields(trained.Prediction)) == (
       trained.OUTPUT_KEYS) == ("lengths", "predictions", "class_caps",
-                               "reconstructions", "primary_caps", "coupling")
+                               "reconstructions", "primary_caps", "coupling",
+                               "scores")
   out = as_uint8
   assert out.lengths.shape == (10000, 10) and out.lengths.dtype == np.float32
   assert np.all((out.lengths >= 0) & (out.lengths < 1))

@@ -83,9 +83,16 @@ def _first_reaching(records: list[dict], accuracy: float) -> str:
   return "-" if hit is None else _epoch(hit)
 
 
-def _sse(r: dict) -> float:
-  """The test SSE (runs with an L1 reconstruction loss record it apart)."""
-  return r.get("test_reconstruction_sse", r["test_reconstruction_loss"])
+def _sse(r: dict) -> float | None:
+  """The test SSE (runs with an L1 reconstruction loss record it apart);
+  None for a model without a decoder (the baseline CNNs)."""
+  return r.get("test_reconstruction_sse", r.get("test_reconstruction_loss"))
+
+
+def _loss(value: float | None, digits: int) -> str:
+  """A loss to ``digits`` decimals; "n/a" where the run has none (a
+  baseline CNN has no margin or reconstruction loss)."""
+  return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _best(records: list[dict]) -> tuple[float, dict]:
@@ -107,8 +114,8 @@ def summary_table(runs: dict[str, str]) -> str:
     lines.append(
         f"| {label} | {_epoch(last)} | {_pct(acc)} ({_epoch(best)}) | "
         f"{_pct(last['test_accuracy'])} | {_first_reaching(records, 0.995)} | "
-        f"{_sse(last):.2f} | "
-        f"{last['test_margin_loss']:.4f} | "
+        f"{_loss(_sse(last), 2)} | "
+        f"{_loss(last.get('test_margin_loss'), 4)} | "
         f"{_pct(last.get('validation_accuracy'))} | "
         f"{_duration(last.get('wall_seconds'))} |")
   return "\n".join(lines)
@@ -130,8 +137,8 @@ def epochs_table(workdir: str, every: int = 1) -> str:
     if int(r["step"]) == best_step:
       acc = f"**{acc}**"
     lines.append(f"| {_epoch(r)} ({r['step']}) | {acc} | "
-                 f"{r['test_margin_loss']:.4f} | "
-                 f"{_sse(r):.2f} | "
+                 f"{_loss(r.get('test_margin_loss'), 4)} | "
+                 f"{_loss(_sse(r), 2)} | "
                  f"{r.get('learning_rate', float('nan')):.3g} | "
                  f"{_duration(r.get('wall_seconds'))} |")
   return "\n".join(lines)

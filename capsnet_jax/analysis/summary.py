@@ -34,8 +34,9 @@ def parameter_shapes(config) -> tuple[Any, Any]:
 def summarize(params) -> dict[str, int]:
   """Parameter counts: total, encoder (all but the decoder, the figure papers
   quote: 6.8M for CapsNet, 161,824 for Efficient-CapsNet) and one per
-  top-level part (stem, primary, class_caps, decoder for both model
-  families)."""
+  top-level part (stem, primary, class_caps, decoder for both capsule
+  families; conv0.., dense0.., out for the baseline CNNs, whose encoder is
+  the whole model)."""
   counts = {"total_params": _count(params),
             "encoder_params": _count(params) - _count(params.get("decoder", {}))}
   for part in params:
@@ -53,9 +54,13 @@ def print_summary(config) -> dict[str, int]:
   counts = summarize(variables["params"])
   # Batch-norm running statistics: state, not trained (Keras' non-trainable).
   counts["non_trainable_params"] = _count(variables.get("batch_stats", {}))
+  # A baseline CNN has no decoder, batch norm or orphan capsule: null.
+  capsules = exp.capsules
   counts.update(model=config.model, dataset=config.dataset,
-                data_setup=config.data_setup, decoder=config.decoder,
-                batch_norm=bool(config.batch_norm),
-                orphan_capsule=bool(getattr(model, "orphan_capsule", False)))
+                data_setup=config.data_setup,
+                decoder=config.decoder if capsules else None,
+                batch_norm=bool(config.batch_norm) if capsules else None,
+                orphan_capsule=(bool(getattr(model, "orphan_capsule", False))
+                                if capsules else None))
   print(json.dumps(counts))
   return counts

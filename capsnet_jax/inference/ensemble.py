@@ -63,12 +63,13 @@ def member_config(workdir: str, base) -> ml_collections.ConfigDict:
 
 def test_lengths(config, workdir: str, images: np.ndarray) -> np.ndarray:
   """Class-capsule lengths [N, K] of ``workdir``'s latest checkpoint on
-  ``images`` (uint8 as stored)."""
+  ``images`` (uint8 as stored): its per-class scores, which for a baseline
+  CNN are its softmax probabilities (an ensemble of CNNs averages those)."""
   try:
     member = trained.load(workdir, config=config)
   except WorkdirError as e:
     raise WorkdirError(f"ensemble member {workdir!r}: {e}") from None
-  return member.predict(images, ("lengths",)).lengths
+  return member.predict(images, ("scores",)).scores
 
 
 def evaluate_ensemble(config, workdir: str) -> dict[str, Any]:

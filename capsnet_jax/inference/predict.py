@@ -9,6 +9,9 @@ prints one JSON line per image on stdout, as each batch of images is done::
 
   {"image": "digit.png", "prediction": 7, "class_name": "7", "capsule_lengths": [...]}
 
+(a baseline CNN, which has no capsules: "class_probabilities", its softmax,
+instead of "capsule_lengths"; its --out figures show the input alone)
+
 and, with --out=DIR, writes a figure per image into DIR: the input as the
 model saw it beside its reconstruction, as ``<name>.png``, or
 ``<name>-2.png``, ``<name>-3.png``... where that name is taken: an existing
@@ -503,10 +506,20 @@ def _broadcast(model, tree, what: str = "the next batch of images"):
   return processes.broadcast_one_to_all(tree, what, BATCH_TIMEOUT_S)
 
 
+# The JSON field of the per-class scores: a capsule model's lengths, a
+# baseline CNN's softmax probabilities.
+SCORE_FIELDS = ("capsule_lengths", "class_probabilities")
+
+
+def score_field(model) -> str:
+  """SCORE_FIELDS' entry for a trained.TrainedModel."""
+  return SCORE_FIELDS[0] if model.experiment.capsules else SCORE_FIELDS[1]
+
+
 def _predict_batch(model, stored: np.ndarray, figures: bool):
   """(outputs, model inputs as displayed or None) of a stored batch: the
   same calls on every process."""
-  keys = ("lengths", "predictions") + (
+  keys = ("scores", "predictions") + (
       ("reconstructions",) if figures and model.has_decoder else ())
   out = model.predict(stored, keys)
   shown = model.display(model.preprocess(stored)) if figures else None
@@ -521,7 +534,8 @@ def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
 
   Yields:
     One dict per file (and per spec naming nothing), in order: either
-    {"image", "prediction", "class_name", "capsule_lengths"} (MultiMNIST:
+    {"image", "prediction", "class_name", "capsule_lengths"} (a baseline
+    CNN: "class_probabilities" instead of "capsule_lengths"; MultiMNIST:
     also "predictions") plus, with ``figures``, "input" (the model input as
     displayed) and "reconstruction" (the decoder's output, None without a
     decoder), both [H, W, C] in [0, 1]; or {"image", "error"}.
@@ -571,12 +585,13 @@ def iter_predictions(model, specs: Sequence[str], invert: str = "auto",
         continue
       i = index[id(entry)]
       pred = int(out["predictions"][i])
-      result = dict(image=path, prediction=pred, class_name=names[pred],
-                    capsule_lengths=[round(float(v), 6)
-                                     for v in out["lengths"][i]])
+      result = dict(image=path, prediction=pred, class_name=names[pred])
+      # The per-class scores: capsule lengths, or a baseline CNN's softmax.
+      result[score_field(model)] = [round(float(v), 6)
+                                    for v in out["scores"][i]]
       if model.info.name == "multimnist":  # two digits: the two longest
         result["predictions"] = [
-            int(k) for k in np.argsort(-out["lengths"][i], kind="stable")[:2]]
+            int(k) for k in np.argsort(-out["scores"][i], kind="stable")[:2]]
       if figures:
         result["input"] = shown[i]
         result["reconstruction"] = (out["reconstructions"][i]
@@ -713,7 +728,7 @@ def run(model, specs: Sequence[str], out_dir: str | None = None,
         shown.update()
         continue
       record = {k: r[k] for k in ("image", "prediction", "predictions",
-                                  "class_name", "capsule_lengths") if k in r}
+                                  "class_name") + SCORE_FIELDS if k in r}
       if out_dir:
         try:
           record["figure"] = _write_figure(out_dir, r)

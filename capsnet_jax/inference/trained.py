@@ -21,7 +21,9 @@ checkpoint (or a bundle). ``m.predict`` takes images as a person has them
 dataset's test-time preprocessing; ``m.predict_preprocessed`` takes model
 inputs after it and refuses anything at another scale;
 ``m.predict_files`` reads image files of any size (capsnet_jax.inference.
-predict); ``m.decode`` reconstructs from class capsules.
+predict); ``m.decode`` reconstructs from class capsules. ``m.classify``
+gives (predictions, per-class scores) for every model family, the baseline
+CNNs included (their predict has scores and predictions only).
 
 ``m.experiment`` is the run's resolved config (``m.config`` its values,
 ``m.model`` the flax module, ``m.info`` the dataset's shapes and classes),
@@ -58,9 +60,13 @@ from capsnet_jax.workdir import record
 
 WHICH = ("latest", "best")
 # What predict returns by default; OUTPUT_KEYS adds the routing internals
-# (the order of the fields of Prediction).
+# and the per-class scores of every family (the order of the fields of
+# Prediction).
 PREDICT_KEYS = ("lengths", "predictions", "class_caps", "reconstructions")
-OUTPUT_KEYS = PREDICT_KEYS + ("primary_caps", "coupling")
+OUTPUT_KEYS = PREDICT_KEYS + ("primary_caps", "coupling", "scores")
+# What a baseline CNN (no capsules, no decoder) has of them, and returns by
+# default.
+CLASSIFIER_KEYS = ("scores", "predictions")
 # Fields of a config that only say where the training data was.
 _DATA_LOCATION_FIELDS = ("idx_dir", "tfds_data_dir")
 
@@ -185,7 +191,8 @@ def load(workdir: str, which="latest", config=None,
   logging.info("Loaded the checkpoint of step %d (%s) of %s", int(state.step),
                which, workdir)
   return TrainedModel(workdir=workdir, experiment=exp, state=state, mesh=mesh,
-                      batch_size=_inference_batch(exp, batch_size))
+                      batch_size=_inference_batch(exp, batch_size),
+                      has_decoder=exp.capsules)
 
 
 def _inference_batch(exp: experiment.Experiment, batch_size: int | None) -> int:
@@ -204,6 +211,8 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
   if which not in WHICH and which != meta["step"]:
     raise WorkdirError(f"the bundled weights {folder!r} hold one state, of "
                        f"step {meta['step']}: no checkpoint {which!r}")
+  if config is None:  # the config whose checksum was verified, not a reread
+    config = ml_collections.ConfigDict(record.with_legacy_fields(saved))
   exp = _experiment(folder, config)
   mesh = mesh_lib.make_mesh()
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
@@ -211,8 +220,6 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
   # A bundle exported without its decoder says so; nothing else may lack.
   optional = () if meta.get("decoder") else ("decoder",)
   state = zeros.replace(
-  if config is None:  # the config whose checksum was verified, not a reread
-    config = ml_collections.ConfigDict(record.with_legacy_fields(saved))
       step=np.asarray(meta["step"], zeros.step.dtype),
       params=bundled.fill(zeros.params, variables["params"], "parameter",
                           may_lack=optional),
@@ -225,7 +232,8 @@ def _load_bundle(folder: str, which, config, batch_size: int | None
                folder, meta["step"], meta.get("test_accuracy"))
   return TrainedModel(workdir=folder, experiment=exp, state=state, mesh=mesh,
                       batch_size=_inference_batch(exp, batch_size),
-                      has_decoder=bool(meta.get("decoder", False)))
+                      has_decoder=bool(meta.get("decoder", False)) and
+                      exp.capsules)
 
 
 # --------------------------------------------------------------------------
@@ -278,6 +286,9 @@ class Prediction:
     class's capsule; None without a decoder.
   primary_caps: [N, P, d], coupling: [N, P, K] the routing's internals,
     when asked for.
+  scores: [N, K] the per-class scores of every model family, when asked
+    for: the capsule lengths, or a baseline CNN's softmax probabilities (a
+    CNN's predict gives scores and predictions only).
 
   Outputs that were not computed are None. ``out["lengths"]`` works too.
   """
@@ -287,6 +298,7 @@ class Prediction:
   reconstructions: np.ndarray | None = None
   primary_caps: np.ndarray | None = None
   coupling: np.ndarray | None = None
+  scores: np.ndarray | None = None
 
   def __getitem__(self, key: str) -> np.ndarray:
     value = getattr(self, key, None) if key in OUTPUT_KEYS else None
@@ -406,6 +418,10 @@ class TrainedModel:
     if unknown:
       raise ValueError(f"Unknown outputs {sorted(unknown)}; valid: "
                        f"{', '.join(OUTPUT_KEYS)}")
+    if not self.experiment.capsules and set(keys) - set(CLASSIFIER_KEYS):
+      raise ValueError(
+          f"{self.workdir} is a baseline CNN ({self.config.model}): it has "
+          f"{' and '.join(CLASSIFIER_KEYS)}, no capsules or reconstructions")
     if not self.has_decoder and "reconstructions" in keys:
       raise ValueError(f"{self.workdir} has no decoder: no reconstructions")
     fns, variables = self._fns, self.variables
@@ -418,7 +434,10 @@ class TrainedModel:
 
   @property
   def predict_keys(self) -> tuple[str, ...]:
-    """predict's default outputs (without reconstructions if no decoder)."""
+    """predict's default outputs (without reconstructions if no decoder;
+    CLASSIFIER_KEYS for a baseline CNN)."""
+    if not self.experiment.capsules:
+      return CLASSIFIER_KEYS
     return PREDICT_KEYS if self.has_decoder else tuple(
         k for k in PREDICT_KEYS if k != "reconstructions")
 
@@ -456,6 +475,23 @@ class TrainedModel:
     True
     """
     return self._run(as_stored(images, self.info.stored_shape), keys, True)
+
+  def classify(self, images, preprocessed: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions [N] int, scores [N, K] float32) for a batch, for every
+    model family: the class and per-class scores (capsule lengths, or a
+    baseline CNN's softmax probabilities).
+
+    Args:
+      images: as ``predict`` takes them (uint8 0..255 or floats in [0, 1]
+        of the stored size; the test-time preprocessing is applied), or,
+        with ``preprocessed``, model inputs as ``predict_preprocessed``
+        takes them (float32 [N, *info.image_shape], already preprocessed).
+    """
+    keys = ("predictions", "scores")
+    out = (self.predict_preprocessed(images, keys) if preprocessed
+           else self.predict(images, keys))
+    return out.predictions, out.scores
 
   def predict_preprocessed(self, inputs, keys: Sequence[str] | None = None
                            ) -> Prediction:

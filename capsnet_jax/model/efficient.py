@@ -290,14 +290,15 @@ class EfficientCapsNet(nn.Module):
     Returns:
       dict with primary_caps [B, N, 8], class_caps [B, K, D],
       coupling [B, N, K] (the attention coupling coefficients, before the
-      routing bias), lengths [B, K], predictions [B] (longest capsule).
+      routing bias), lengths [B, K], scores [B, K] (the lengths, every
+      family's per-class scores), predictions [B] (longest capsule).
     """
     u = self.primary(self.stem(images, train))
     v, c = self.class_caps(u)
     # Their Length layer: Keras' epsilon (1e-7) inside the square root.
     lengths = jnp.sqrt(jnp.sum(jnp.square(v), axis=-1) + 1e-7)
     return dict(primary_caps=u, class_caps=v, coupling=c, lengths=lengths,
-                predictions=jnp.argmax(lengths, axis=-1))
+                scores=lengths, predictions=jnp.argmax(lengths, axis=-1))
 
   def decode(self, class_caps: jax.Array, labels: jax.Array,
              train: bool = False) -> jax.Array:

@@ -1,4 +1,5 @@
-"""The CapsNet model and its named variants.
+"""The CapsNet model and its named variants; the registry of every model
+family (MODELS: CapsNet, Efficient-CapsNet, the baseline CNNs).
 
 Synopsis::
 
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from capsnet_jax.model import cnn
 from capsnet_jax.model import decoders
 from capsnet_jax.model import efficient
 from capsnet_jax.model import initializers
@@ -122,6 +124,7 @@ class CapsNet(nn.Module):
     Returns:
       dict with primary_caps [B, N, 8], class_caps [B, K, D],
       coupling [B, N, K] (final routing coefficients), lengths [B, K],
+      scores [B, K] (the lengths: every family's per-class scores),
       predictions [B] (longest class capsule); with orphan_capsule also
       orphan_lengths [B] (the K real classes are all the others show).
     """
@@ -133,7 +136,7 @@ class CapsNet(nn.Module):
       out["orphan_lengths"] = lengths[:, -1]
       v, c, lengths = v[:, :-1], c[..., :-1], lengths[:, :-1]
     out.update(primary_caps=u, class_caps=v, coupling=c, lengths=lengths,
-               predictions=jnp.argmax(lengths, axis=-1))
+               scores=lengths, predictions=jnp.argmax(lengths, axis=-1))
     return out
 
   def decode(self, class_caps: jax.Array, labels: jax.Array,
@@ -213,7 +216,24 @@ MODELS = {
     # Efficient-CapsNet (self-attention routing), capsnet_jax/model/efficient.py.
     "efficient_capsnet": efficient.EfficientCapsNetMNIST,
     "efficient_tiny": efficient._EfficientCapsNetTiny,  # pylint: disable=protected-access
+    # Baseline CNNs without capsules (softmax cross-entropy),
+    # capsnet_jax/model/cnn.py: the paper's MNIST baseline, the authors'
+    # max-pooling baseline (the 40x40 protocol), a tiny test variant.
+    "cnn": cnn.BaselineCNNMNIST,
+    "cnn_maxpool": cnn.MaxPoolCNN,
+    "cnn_tiny": cnn._CNNTiny,  # pylint: disable=protected-access
 }
+
+
+def has_capsules(model: nn.Module | str) -> bool:
+  """Whether ``model`` (a module, or a name in MODELS) is a capsule model
+  (class capsules, margin loss, decoder) rather than a baseline CNN (softmax
+  cross-entropy, no decoder): what the training steps, evaluation and the
+  capsule-only modes ask."""
+  if isinstance(model, str):
+    cls = MODELS[model]
+    return not issubclass(getattr(cls, "func", cls), cnn.CNN)
+  return not isinstance(model, cnn.CNN)
 
 
 def default_primary_types(name: str) -> int | None:

@@ -82,7 +82,9 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
     label per image, reconstruction_sse_true_label (the SSE when the
     decoder sees the true label's capsule, the authors' test-time measure),
     each a mean over the test set; with several objects per image, partial_accuracy (at least
-    one label among the longest capsules) too.
+    one label among the longest capsules) too. For a baseline CNN
+    (steps.capsules False): accuracy and loss (the softmax cross-entropy)
+    only.
   """
   if num_batches is None:
     num_batches = num_eval_batches(len(test), local_batch_size)
@@ -98,14 +100,11 @@ def evaluate(steps: Steps, state: TrainState, test: input_pipeline.Split,
   if done is not None:
     done(num_batches)
   count = float(totals["count"])
-  metrics = dict(
-      accuracy=float(totals["correct"]) / count,
-      margin_loss=float(totals["margin_loss"]) / count,
-      reconstruction_loss=float(totals["reconstruction_loss"]) / count,
-      loss=float(totals["loss"]) / count,
-      reconstruction_std=float(totals["reconstruction_std"]) / count,
-      count=count)
-  for key in ("reconstruction_sse", "reconstruction_sse_true_label"):
+  metrics = dict(accuracy=float(totals["correct"]) / count,
+                 loss=float(totals["loss"]) / count, count=count)
+  # What a capsule model's evaluation sums too (a baseline CNN has none).
+  for key in ("margin_loss", "reconstruction_loss", "reconstruction_std",
+              "reconstruction_sse", "reconstruction_sse_true_label"):
     if key in totals:
       metrics[key] = float(totals[key]) / count
   if "partly_correct" in totals:
@@ -200,7 +199,8 @@ class _Evaluator:
       record.update(_prefixed("validation", self._evaluate(
           state, step, "validation", self.splits.validation,
           info.num_validation)))
-    record["alpha"] = float(self.steps.eval_alpha(step))
+    if self.steps.capsules:  # a baseline CNN has no reconstruction weight
+      record["alpha"] = float(self.steps.eval_alpha(step))
     seconds = time.monotonic() - t
     if self.display is not None:
       self.display.evaluation_done(seconds)
@@ -219,8 +219,6 @@ class _Evaluator:
     results = dict(
         step=step, epoch=self.epoch(step),
         test_accuracy=metrics["accuracy"],
-        test_margin_loss=metrics["margin_loss"],
-        test_reconstruction_loss=metrics["reconstruction_loss"],
         test_loss=metrics["loss"],
         num_params=self.num_params,
         dataset=info.name,
@@ -229,6 +227,9 @@ class _Evaluator:
         compute_dtype=self.exp.compute_dtype,
         devices=jax.device_count(),
         processes=jax.process_count())
+    for key in ("margin_loss", "reconstruction_loss"):  # capsule models
+      if key in metrics:
+        results[f"test_{key}"] = metrics[key]
     if "partial_accuracy" in metrics:  # several objects per image
       results["test_partial_accuracy"] = metrics["partial_accuracy"]
     results.update(_best_of(records))
@@ -254,8 +255,11 @@ def evaluation_line(record: dict[str, Any], best: float, best_step: int,
     line += " (the best so far)"
   else:
     line += f" (best so far {100 * best:.2f}% at step {best_step})"
-  line += (f", margin loss {record['test_margin_loss']:.5f}, "
-           f"reconstruction loss {record['test_reconstruction_loss']:.3f}")
+  if "test_margin_loss" in record:
+    line += (f", margin loss {record['test_margin_loss']:.5f}, "
+             f"reconstruction loss {record['test_reconstruction_loss']:.3f}")
+  else:  # a baseline CNN
+    line += f", cross-entropy {record['test_loss']:.5f}"
   if "validation_accuracy" in record:
     line += f", validation accuracy {100 * record['validation_accuracy']:.2f}%"
   return line + f"; evaluated in {progress.duration(seconds)}"
@@ -482,7 +486,7 @@ def _train_and_evaluate(exp: experiment.Experiment, workdir: str
           _check_finite(pending, step)  # Never record a bad step.
           with report.timed("eval"):
             last_eval = evaluate_all(state, step)
-          if config.num_summary_images:
+          if config.num_summary_images and steps.capsules:
             writer.write_images(step, {
                 "test/reconstructions": reconstruction_grid(
                     steps, state, test_split, config.num_summary_images)})
@@ -546,9 +550,10 @@ def _log_train(writer, step: int, pending: list[dict], schedule,
     return
   keys = ("loss", "margin_loss", "reconstruction_loss", "accuracy")
   scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched]))
-             for k in keys}
+             for k in keys if k in fetched[0]}  # a CNN: loss, accuracy
   scalars["train/learning_rate"] = float(schedule(step))
-  scalars["train/alpha"] = float(fetched[-1]["alpha"])  # of the last step
+  if "alpha" in fetched[0]:
+    scalars["train/alpha"] = float(fetched[-1]["alpha"])  # of the last step
   scalars["train/data_wait_seconds_per_step"] = data_wait / len(fetched)
   writer.write_scalars(step, scalars)
 

@@ -1,4 +1,5 @@
-"""CapsNet losses: margin loss and reconstruction loss.
+"""CapsNet losses: margin loss and reconstruction loss (and the baseline
+CNN's softmax cross-entropy).
 
 Synopsis::
 
@@ -138,6 +139,20 @@ def reconstruction_loss(reconstructions: jax.Array, images: jax.Array,
     return jnp.sum(jnp.abs(diff), axis=(1, 2, 3))
   raise ValueError(f"Unknown reconstruction loss {kind!r}; valid: "
                    f"{RECONSTRUCTION_LOSSES}")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy: the baseline CNN's loss.
+
+  Args:
+    logits: [B, K]; labels: [B] integer classes.
+
+  Returns:
+    [B] float32: -log softmax(logits)[label].
+  """
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_p, labels[:, None].astype(jnp.int32),
+                              axis=-1)[:, 0]
 
 
 # --------------------------------------------------------------------------

@@ -198,6 +198,61 @@ def _correct(out: dict, labels: jax.Array) -> jax.Array:
   return out["predictions"] == labels
 
 
+# The baseline CNNs (models.has_capsules is False): softmax cross-entropy,
+# no margin, no decoder, no reconstruction weight. The same batches, the same
+# augmentation (preprocess at the step's rng) and the same non-finite guard.
+
+# Folded into a step's rng for the CNN's dropout mask: a stream apart from
+# the augmentation's draws (which fold in small integers).
+_DROPOUT_STREAM = 0x64726f70
+
+
+def classifier_train_step(state: TrainState, batch: dict[str, jax.Array], *,
+                          model, preprocess: Callable, seed: int,
+                          nan_step: int = -1) -> tuple[TrainState, dict]:
+  """train_step for a baseline CNN: one Adam step on the mean softmax
+  cross-entropy of a global batch (image [B, h, w, c] uint8, label [B]).
+
+  Returns:
+    The new state (the old one if the loss or a gradient is not finite) and
+    scalar metrics: loss (the cross-entropy), accuracy, finite, step.
+  """
+  rng = jax.random.fold_in(jax.random.key(seed), state.step)
+  images = preprocess(batch["image"], rng)
+  labels = batch["label"]
+  dropout = jax.random.fold_in(rng, _DROPOUT_STREAM)
+
+  def loss_fn(params):
+    out = model.apply(model_variables(state, params), images, train=True,
+                      rngs={"dropout": dropout})
+    loss = jnp.mean(losses.cross_entropy(out["logits"], labels))
+    if nan_step >= 0:
+      loss = loss * jnp.where(state.step == nan_step, jnp.nan, 1.0)
+    return loss, out
+
+  (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
+                           state)
+  metrics = dict(loss=loss, accuracy=jnp.mean(out["predictions"] == labels),
+                 finite=finite, step=state.step)
+  return new_state, metrics
+
+
+def classifier_eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+                         model, preprocess: Callable) -> dict[str, jax.Array]:
+  """eval_step for a baseline CNN: sums of count, correct and loss (the
+  cross-entropy) over the real (mask = 1) examples of a batch."""
+  images = preprocess(batch["image"], jax.random.key(0))
+  labels, mask = batch["label"], batch["mask"]
+  out = model.apply(model_variables(state), images, train=False)
+  return dict(count=jnp.sum(mask),
+              correct=jnp.sum(mask * (out["predictions"] == labels)),
+              loss=jnp.sum(mask * losses.cross_entropy(out["logits"], labels)))
+
+
 def predict_step(state: TrainState, images: jax.Array, *,
                  model: models.CapsNet) -> dict[str, jax.Array]:
   """Model outputs (decoder masked by the prediction) for float images."""
@@ -228,6 +283,13 @@ class Steps:
     # the state's step: exact on resume, no recompilation when it changes.
     self.alpha = schedules.alpha(exp, steps_per_epoch)
     recon_kind = config.get("reconstruction_loss", "l2")
+    # Whether the model has capsules and a decoder; a baseline CNN has
+    # neither (no margin or reconstruction metrics, no reconstructions).
+    self.capsules = exp.capsules
+    inference_model = model.clone(conv_impl=conv.inference_impl(model.conv_impl))
+    if not self.capsules:
+      self._compile_classifier(exp, model, inference_model)
+      return
     self.train = jax.jit(
         functools.partial(train_step, model=model,
                           preprocess=self.preprocess_train, target=target,
@@ -241,12 +303,30 @@ class Steps:
         out_shardings=(self.replicated, self.replicated),
         donate_argnums=0)
     # Forward-only passes may use a faster convolution formulation.
-    inference_model = model.clone(conv_impl=conv.inference_impl(model.conv_impl))
     self.eval = jax.jit(
         functools.partial(eval_step, model=inference_model,
                           preprocess=self.preprocess_eval, target=target,
                           alpha=self.eval_alpha,
                           reconstruction_loss=recon_kind),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=self.replicated)
+    self.predict = jax.jit(functools.partial(predict_step, model=inference_model),
+                           out_shardings=self.replicated)
+
+  def _compile_classifier(self, exp: experiment.Experiment, model,
+                          inference_model) -> None:
+    """The steps of a baseline CNN (classifier_train_step, ...)."""
+    config = exp.config
+    self.train = jax.jit(
+        functools.partial(classifier_train_step, model=model,
+                          preprocess=self.preprocess_train, seed=config.seed,
+                          nan_step=config.get("inject_nan_at_step", -1)),
+        in_shardings=(self.replicated, self.sharded),
+        out_shardings=(self.replicated, self.replicated),
+        donate_argnums=0)
+    self.eval = jax.jit(
+        functools.partial(classifier_eval_step, model=inference_model,
+                          preprocess=self.preprocess_eval),
         in_shardings=(self.replicated, self.sharded),
         out_shardings=self.replicated)
     self.predict = jax.jit(functools.partial(predict_step, model=inference_model),
