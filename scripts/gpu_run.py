@@ -29,6 +29,10 @@ resumes from its workdir under --runs):
   ref_fc_long       a copy of dec_fc once finished, continued to
                     --ref_long_epochs (default 113, the reference's length;
                     its learning rate is constant; 0 skips it)
+  mnist_cnn         configs/mnist_cnn.py (the paper's baseline CNN, 35.4M
+                    parameters, softmax cross-entropy, the paper's data
+                    setup), to --cnn_epochs (default 10, the config's; 468
+                    steps each; 0 skips it)
   multimnist        configs/multimnist.py, to --multimnist_epochs (default
                     1,000, the config's: the paper's 60M pairs; an epoch is
                     60,000 pairs, 468 steps; 0 skips it). The lowest
@@ -126,6 +130,9 @@ def experiments(args) -> list[Experiment]:
     out.append(Experiment("ref_fc_long", "configs/mnist.py:reference",
                           ("--config.decoder=fc", "--config.batch_norm=False"),
                           args.ref_long_epochs, ref_spe, after="dec_fc"))
+  if args.cnn_epochs > 0:
+    out.append(Experiment("mnist_cnn", "configs/mnist_cnn.py", (),
+                          args.cnn_epochs, paper_spe))
   if args.multimnist_epochs > 0:
     out.append(Experiment("multimnist", "configs/multimnist.py", (),
                           args.multimnist_epochs, pairs_spe))
@@ -326,6 +333,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="old name of --paper_epochs (it overrides it)")
   p.add_argument("--decoder_epochs", type=int, default=25)
   p.add_argument("--ref_long_epochs", type=int, default=113)
+  p.add_argument("--cnn_epochs", type=int, default=10,
+                 help="epochs of the baseline CNN, mnist_cnn (0: none)")
   p.add_argument("--multimnist_epochs", type=int, default=1000,
                  help="epochs of 60,000 pairs (0: no MultiMNIST run)")
   p.add_argument("--num_train", type=int, default=60000,

@@ -51,7 +51,8 @@ def test_the_experiment_list():
   assert [e.name for e in exps] == [
       "authors_full_s0", "authors_full_s1", "authors_full_s2",
       "mnist_paper_s0", "mnist_paper_s1", "mnist_paper_s2", "dec_fc",
-      "dec_fc_bn", "dec_deconv", "dec_deconv_bn", "ref_fc_long", "multimnist"]
+      "dec_fc_bn", "dec_deconv", "dec_deconv_bn", "ref_fc_long", "mnist_cnn",
+      "multimnist"]
   by_name = {e.name: e for e in exps}
   for seed in (0, 1, 2):
     e = by_name[f"authors_full_s{seed}"]
@@ -76,11 +77,15 @@ def test_the_experiment_list():
   assert by_name["dec_deconv_bn"].total_steps == 25 * 421  # 54,000 // 128
   assert (by_name["ref_fc_long"].after, by_name["ref_fc_long"].total_steps) == (
       "dec_fc", 113 * 421)
+  assert (by_name["mnist_cnn"].config, by_name["mnist_cnn"].total_steps) == (
+      "configs/mnist_cnn.py", 10 * 468)
+  assert importlib.import_module("configs.mnist_cnn").get_config(
+      ).num_epochs == 10  # gpu_run's default
   assert by_name["multimnist"].config == "configs/multimnist.py"
   assert by_name["multimnist"].total_steps == 1000 * 468
   assert importlib.import_module("configs.multimnist").get_config(
       ).num_epochs == 1000  # the paper's 60M pairs: gpu_run's default
-  assert args.max_parallel == 7  # not all 12 at once
+  assert args.max_parallel == 7  # not all 13 at once
   # main.py's command line, whose overrides name fields of the config.
   for e in exps:
     path, _, variant = e.config.partition(":")
@@ -97,7 +102,8 @@ def test_the_experiment_list():
   args = gpu_run.parse_args(["--idx_dir=mnist", "--out=out", "--long_epochs=90",
                              "--seeds=3,4", "--ref_long_epochs=0",
                              "--authors_full_steps=0",
-                             "--multimnist_epochs=0", "--only=mnist_paper_s4,dec_fc"])
+                             "--multimnist_epochs=0", "--cnn_epochs=0",
+                             "--only=mnist_paper_s4,dec_fc"])
   assert [(e.name, e.overrides, e.epochs) for e in gpu_run.experiments(args)
           ] == [("mnist_paper_s4", ("--config.seed=4",), 90),
                 ("dec_fc", ("--config.decoder=fc", "--config.batch_norm=False"),
