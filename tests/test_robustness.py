@@ -203,3 +203,29 @@ def test_report_robustness_table(tmp_path):
   assert png.read_bytes()[:4] == b"\x89PNG"
   with pytest.raises(WorkdirError, match="no robustness.json"):
     report.render(["--table=robustness", str(tmp_path / "nothing")])
+
+
+def test_the_mode_on_a_baseline_cnn(idx_dir, tmp_path, capsys):
+  """Another model family (the tiny baseline CNN, trained 8 steps here):
+  the same lines; rotation 0 equals the training loop's own evaluation of
+  the same checkpoint on the same 100 test images."""
+  from configs import mnist_cnn  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.training import loop  # pylint: disable=g-import-not-at-top
+  config = mnist_cnn.get_config()
+  config.update(model="cnn_tiny", idx_dir=str(idx_dir), batch_size=32,
+                eval_batch_size=100, num_train_steps=8, log_every_steps=4,
+                learning_rate=3e-3)
+  workdir = str(tmp_path / "cnn")
+  results = loop.train_and_evaluate(config, workdir)
+  capsys.readouterr()
+  cli.run("robustness", config, workdir, out=str(tmp_path / "out"))
+  lines = capsys.readouterr().out.splitlines()
+  records = [json.loads(l) for l in lines]
+  assert [(r["transform"], r["value"]) for r in records] == [
+      tuple(s) for s in robustness.settings()]
+  clean = records[ROTATIONS.index(0)]
+  assert clean["n"] == 100
+  assert clean["accuracy"] == results["test_accuracy"]
+  assert (tmp_path / "out" / "robustness.json").read_text().splitlines() == (
+      lines)
