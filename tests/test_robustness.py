@@ -229,3 +229,12 @@ def test_the_mode_on_a_baseline_cnn(idx_dir, tmp_path, capsys):
   assert clean["accuracy"] == results["test_accuracy"]
   assert (tmp_path / "out" / "robustness.json").read_text().splitlines() == (
       lines)
+
+
+def test_other_datasets_are_refused_before_any_model_is_loaded(tmp_path):
+  from configs import multimnist  # pylint: disable=g-import-not-at-top
+  from capsnet_jax import cli  # pylint: disable=g-import-not-at-top
+  from capsnet_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=(
+      "^--mode=robustness measures MNIST digits .*'multimnist' is not MNIST$")):
+    cli.run("robustness", multimnist.get_config(), str(tmp_path / "none"))

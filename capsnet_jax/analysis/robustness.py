@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from absl import logging
 import jax
@@ -172,12 +173,15 @@ def read(path: str) -> list[dict[str, Any]]:
   return records
 
 
-def _test_set(exp, config) -> tuple[np.ndarray, np.ndarray]:
-  """The (first robustness_examples of the) MNIST test images and labels."""
+def _check_dataset(exp) -> None:
   if exp.spec.num_targets > 1 or exp.info.name != "mnist":
     raise errors.ConfigError(
         f"--mode=robustness measures MNIST digits (and affNIST); dataset "
         f"{exp.info.name!r} is not MNIST")
+
+
+def _test_set(exp, config) -> tuple[np.ndarray, np.ndarray]:
+  """The (first robustness_examples of the) MNIST test images and labels."""
   test = exp.load_splits(0, 1).test
   limit = int(config.get("robustness_examples", 0) or 0) or len(test.labels)
   return test.images[:limit], np.asarray(test.labels[:limit]).reshape(-1)
@@ -218,10 +222,10 @@ def run(exp, workdir: str, out: str | None = None,
 
 
 def _run(exp, workdir, out_dir, stdout) -> list[dict[str, Any]]:
-  import sys  # pylint: disable=g-import-not-at-top
   stdout = stdout or sys.stdout
   config = exp.config
   lead = jax.process_index() == 0
+  _check_dataset(exp)  # before the model is loaded
   model = trained.load(workdir, which=trained.which_checkpoint(config),
                        config=exp)
   images, labels = _test_set(exp, config)
@@ -253,11 +257,3 @@ def _run(exp, workdir, out_dir, stdout) -> list[dict[str, Any]]:
 def _label(workdir: str) -> str:
   return os.path.basename(os.path.normpath(bundled.resolve(workdir)))
 
-
-def by_transform(records: Iterable[dict[str, Any]]
-                 ) -> dict[str, list[tuple[Any, float]]]:
-  """{transform: [(value, accuracy), ...]} in the records' order."""
-  out: dict[str, list[tuple[Any, float]]] = {}
-  for r in records:
-    out.setdefault(r["transform"], []).append((r["value"], r["accuracy"]))
-  return out
