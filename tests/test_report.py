@@ -225,3 +225,27 @@ def test_plateau_table_spreads_over_the_floor(tmp_path, capsys):
   assert report.main(["--table=plateau", bare]) == 2
   assert capsys.readouterr().err == (
       "error: the history records no learning rate: give --from_epoch\n")
+
+
+def test_the_decoder_table_says_whether_the_references_order_holds(tmp_path):
+  """With all four decoders, a line under the table orders them by RLoss
+  (lowest first) beside the reference's deconv_bn 9.52 < deconv 10.87 <
+  fc_bn 13.12 < fc 21.62."""
+  def run(name, sse):
+    return _workdir(tmp_path / name, [dict(_record(1, 0.99, 1.0),
+                                           test_reconstruction_loss=sse)])
+  same = {"fc": run("a1", 20.0), "fc_bn": run("a2", 12.0),
+          "deconv": run("a3", 10.0), "deconv_bn": run("a4", 9.0)}
+  lines = report.decoders_table(same).splitlines()
+  assert len(lines) == 8 and lines[6] == ""
+  assert lines[7] == (
+      "RLoss, lowest first: ours deconv_bn 9.00 < deconv 10.00 < fc_bn 12.00 "
+      "< fc 20.00; the reference's deconv_bn 9.52 < deconv 10.87 < fc_bn "
+      "13.12 < fc 21.62: the same order.")
+  swapped = dict(same, deconv=run("b3", 89.34))
+  assert report.decoders_table(swapped).splitlines()[7] == (
+      "RLoss, lowest first: ours deconv_bn 9.00 < fc_bn 12.00 < fc 20.00 < "
+      "deconv 89.34; the reference's deconv_bn 9.52 < deconv 10.87 < fc_bn "
+      "13.12 < fc 21.62: a different order.")
+  # Fewer than the four: no order line.
+  assert len(report.decoders_table({"fc": same["fc"]}).splitlines()) == 3

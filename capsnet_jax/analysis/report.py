@@ -269,7 +269,22 @@ def decoders_table(runs: dict[str, str]) -> str:
         f"{last['test_margin_loss']:.4f} | {_pct(last['test_accuracy'])} | "
         f"{_pct(acc)} ({_epoch(best)}) | {_duration(last.get('wall_seconds'))} "
         f"| {ref_text} |")
+  if set(runs) == set(REFERENCE_DECODER_STUDY):
+    lines += ["", _decoder_order({label: _sse(load(workdir)[-1])
+                                  for label, workdir in runs.items()})]
   return "\n".join(lines)
+
+
+def _decoder_order(sse: dict[str, float]) -> str:
+  """One line: the four decoders by last-evaluation RLoss, lowest first,
+  ours and the reference's, and whether the orders agree."""
+  ours = sorted(sse, key=sse.get)
+  theirs = sorted(REFERENCE_DECODER_STUDY,
+                  key=lambda k: REFERENCE_DECODER_STUDY[k][0])
+  fmt = lambda order, value: " < ".join(f"{k} {value(k):.2f}" for k in order)
+  same = "the same order" if ours == theirs else "a different order"
+  return (f"RLoss, lowest first: ours {fmt(ours, sse.get)}; the reference's "
+          f"{fmt(theirs, lambda k: REFERENCE_DECODER_STUDY[k][0])}: {same}.")
 
 
 # Sabour et al. 2017, section 6: MultiMNIST classification error (the two
