@@ -255,3 +255,60 @@ def test_bundle_only_if_better(tiny_run, tmp_path, capsys):
   assert capsys.readouterr().err == (
       f"error: no checkpoint in '{missing}': train first with --mode=train "
       f"--workdir={missing}\n")
+
+
+def test_an_int8_bundle_is_within_half_a_scale_step(tiny_run, test_split,
+                                                    tmp_path):
+  """quantize="int8" stores the parameters of at least quantize_min_size
+  values as int8 with one scale per output channel; loaded back, each value
+  is within half a step of the checkpoint's. The tiny model's primary kernel
+  [9, 9, 8, 32] (20,736 values), W [144, 10, 16, 8] (184,320) and the FC
+  decoder's output kernel [32, 784] (25,088) pass a threshold of 20,000;
+  conv1's 648 values and the rest do not. Scales by hand: max |x| / 127 per
+  output channel (the last axis; W's K and D)."""
+  workdir = str(tiny_run.workdir)
+  meta = export.export(workdir, "q", "best", str(tmp_path),
+                       decoder_dtype="float32", quantize="int8",
+                       quantize_min_size=20_000)
+  assert meta["quantized"] == ["params/class_caps/W",
+                               "params/decoder/out/kernel",
+                               "params/primary/conv/kernel"]
+  assert meta["params"] == 234_896
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  stored = serialization.msgpack_restore(
+      (tmp_path / "q" / "weights.msgpack").read_bytes())["params"]
+  best = trained.load(workdir, which="best")
+  params = jax.tree.map(np.asarray, best.variables["params"])
+  bundle = trained.load(str(tmp_path / "q"))
+  loaded = jax.tree.map(np.asarray, bundle.variables["params"])
+  for part, leaf, reduce in (("primary", ("conv", "kernel"), (0, 1, 2)),
+                             ("class_caps", ("W",), (0, 3)),
+                             ("decoder", ("out", "kernel"), (0,))):
+    want = params[part]
+    got, raw = loaded[part], stored[part]
+    for key in leaf:
+      want, got, raw = want[key], got[key], raw[key]
+    assert raw["int8"].dtype == np.int8 and raw["int8"].shape == want.shape
+    scale = np.max(np.abs(want), axis=reduce, keepdims=True) / 127
+    np.testing.assert_allclose(raw["scale"], scale, rtol=1e-6)
+    assert np.all(np.abs(got - want) <= scale / 2 * (1 + 1e-5))
+    assert got.dtype == np.float32 and not np.array_equal(got, want)
+  np.testing.assert_array_equal(loaded["stem"]["conv"]["kernel"],
+                                params["stem"]["conv"]["kernel"])
+  images = test_split.images[:100]
+  assert np.mean(bundle.predict(images, ("predictions",)).predictions ==
+                 best.predict(images, ("predictions",)).predictions) >= 0.99
+  with pytest.raises(errors.WorkdirError, match="Unknown quantize 'int4'"):
+    export.export(workdir, "q4", "best", str(tmp_path), quantize="int4")
+  # A decoder added later keeps the encoder's int8 values as they were.
+  export.export(workdir, "q2", "best", str(tmp_path), decoder_dtype="none",
+                quantize="int8", quantize_min_size=20_000)
+  meta = export.add_decoder("q2", workdir, "best", str(tmp_path), "float32")
+  assert meta["quantized"] == ["params/class_caps/W",
+                               "params/primary/conv/kernel"]
+  again = serialization.msgpack_restore(
+      (tmp_path / "q2" / "weights.msgpack").read_bytes())["params"]
+  np.testing.assert_array_equal(again["class_caps"]["W"]["int8"],
+                                stored["class_caps"]["W"]["int8"])
+  np.testing.assert_array_equal(again["class_caps"]["W"]["scale"],
+                                stored["class_caps"]["W"]["scale"])

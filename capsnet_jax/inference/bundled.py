@@ -13,12 +13,21 @@ A bundle is a folder ``capsnet_jax/weights/NAME/`` holding
 - ``weights.msgpack``: the inference variables (``params`` and the batch-norm
   statistics, no optimiser state) in flax's msgpack format; the
   reconstruction decoder, which holds most of the parameters, stored as
-  float16 (or left out: then no reconstructions), so that a bundle stays
-  under 4 MB;
+  float16 (or left out: then no reconstructions), and optionally the large
+  kernels as int8 (below), so that a bundle stays small;
 - ``weights.json``: where the weights come from (workdir, step, the test
   accuracy at that step, the date), ``sha256`` and ``bytes`` of
   ``weights.msgpack``, ``config_sha256`` of ``config.json``, ``decoder``
-  (false: no reconstructions) and ``decoder_dtype``.
+  (false: no reconstructions), ``decoder_dtype`` and ``quantized`` (the
+  parameters stored as int8, see below).
+
+A large kernel may be stored as int8 with one float32 scale per output
+channel (export's ``--quantize=int8``): in weights.msgpack it is the pair
+``{"int8": q, "scale": s}`` (QUANTIZED_KEYS), read back as q * s in
+float32 (``dequantize``). The scales are max |x| / 127 over everything but
+the output channels (the last axis of a conv or dense kernel; the class
+and pose axes K and D of the class capsules' W [N, K, D, d]), so each
+value is within half a scale step of the trained one.
 
 Both checksums are verified on every load, on the very bytes then
 parsed (each file is read once): a damaged or replaced ``weights.msgpack``
@@ -47,6 +56,46 @@ META_FILE = "weights.json"
 CONFIG_FILE = "config.json"
 # Top-level parameter groups left out of a bundle without its decoder.
 LEFT_OUT = ("decoder",)
+# The pair an int8-quantised parameter is stored as.
+QUANTIZED_KEYS = ("int8", "scale")
+
+
+def quantization_axes(path: tuple[str, ...], ndim: int) -> tuple[int, ...]:
+  """The output-channel axes of the parameter at ``path`` (kept by its
+  scales): K and D of the class capsules' W [N, K, D, d], else the last."""
+  if path[-1] == "W" and ndim == 4:
+    return (1, 2)
+  return (ndim - 1,)
+
+
+def quantize(path: tuple[str, ...], x: np.ndarray) -> dict[str, np.ndarray]:
+  """``x`` as {"int8": q, "scale": s}: s = max |x| / 127 over every axis
+  but the output channels (quantization_axes; 1 where that is 0), q =
+  round(x / s) in [-127, 127]."""
+  x = np.asarray(x, np.float32)
+  keep = quantization_axes(path, x.ndim)
+  reduce = tuple(a for a in range(x.ndim) if a not in keep)
+  scale = np.max(np.abs(x), axis=reduce, keepdims=True) / 127.0
+  scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+  q = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
+  return {"int8": q, "scale": scale}
+
+
+def dequantize(tree: Any, where: str = "weights") -> Any:
+  """``tree`` with every {"int8": q, "scale": s} pair replaced by q * s in
+  float32; WorkdirError where the two do not broadcast or q is not int8."""
+  if not isinstance(tree, dict):
+    return tree
+  if set(tree) == set(QUANTIZED_KEYS):
+    q, scale = np.asarray(tree["int8"]), np.asarray(tree["scale"])
+    if (q.dtype != np.int8 or scale.ndim != q.ndim or any(
+        d not in (1, n) for d, n in zip(scale.shape, q.shape))):
+      raise WorkdirError(f"{where}: a quantised parameter of shape "
+                         f"{list(q.shape)} ({q.dtype}) has scales of shape "
+                         f"{list(scale.shape)}: export the bundle again "
+                         "(capsnet_jax.inference.export)")
+    return q.astype(np.float32) * scale.astype(np.float32)
+  return {k: dequantize(v, where) for k, v in tree.items()}
 
 
 def names() -> list[str]:
@@ -130,7 +179,7 @@ def read_with_config(folder: str
       variables.get("params"), dict):
     raise WorkdirError(f"{weights_path} holds no parameters: export the "
                        "bundle again (capsnet_jax.inference.export)")
-  return meta, config, variables
+  return meta, config, dequantize(variables, weights_path)
 
 
 def fill(tree: Any, given: dict[str, Any], what: str,

@@ -9,7 +9,9 @@ or the latest)::
 ``--only_if_better`` keeps an existing bundle whose recorded test accuracy is
 at least the checkpoint's (a run that goes on after its best was bundled).
 The reconstruction decoder is stored as float16 (``--decoder_dtype``:
-float16, float32 or none).
+float16, float32 or none); ``--quantize=int8`` stores the parameters of at
+least 1M values (CapsNet's primary-capsule kernel and W) as int8 with
+per-output-channel scales (capsnet_jax.inference.bundled).
 
 Add a decoder to a bundle that has none, from a checkpoint that continues
 the same run (how the shipped mnist_efficient bundle got its decoder)::
@@ -31,6 +33,7 @@ import sys
 from typing import Any
 
 from flax import serialization
+from flax import traverse_util
 import jax
 import numpy as np
 
@@ -54,12 +57,17 @@ def _existing_meta(folder: str) -> dict[str, Any] | None:
 
 
 DECODER_DTYPES = ("float16", "float32", "none")
+QUANTIZE = ("none", "int8")
+# Parameters of at least this many values are quantised by quantize="int8":
+# CapsNet's primary-capsule kernel (5.3M) and class capsules' W (1.47M).
+QUANTIZE_MIN_SIZE = 1_000_000
 
 
 def export(workdir: str, name: str, which="best",
            out_root: str = WEIGHTS_DIR,
            only_if_better: bool = False,
-           decoder_dtype: str = "float16") -> dict[str, Any]:
+           decoder_dtype: str = "float16", quantize: str = "none",
+           quantize_min_size: int = QUANTIZE_MIN_SIZE) -> dict[str, Any]:
   """Writes the bundle ``out_root/name`` from a checkpoint of ``workdir``
   (``which``: "best", "latest" or a step); returns its metadata.
 
@@ -72,12 +80,21 @@ def export(workdir: str, name: str, which="best",
   With ``only_if_better``, an existing bundle of that name whose recorded
   test accuracy is at least the checkpoint's stays as it is, and its
   metadata is returned: a run restored on a new machine from its latest
-  checkpoint cannot replace the better weights bundled before."""
+  checkpoint cannot replace the better weights bundled before.
+
+  ``quantize`` "int8" stores every parameter of at least
+  ``quantize_min_size`` values as int8 with per-output-channel float32
+  scales (bundled.quantize; CapsNet: the primary-capsule kernel and W, 6.8M
+  of its 7.05M parameters with the deconv decoder), dequantised on load;
+  weights.json's ``quantized`` lists them."""
   if jax.process_count() > 1:
     raise WorkdirError("make a bundle in one process")
   if decoder_dtype not in DECODER_DTYPES:
     raise WorkdirError(f"Unknown decoder_dtype {decoder_dtype!r}; valid: "
                        f"{', '.join(DECODER_DTYPES)}")
+  if quantize not in QUANTIZE:
+    raise WorkdirError(f"Unknown quantize {quantize!r}; valid: "
+                       f"{', '.join(QUANTIZE)}")
   model = trained.load(workdir, which=which)
   with_decoder = decoder_dtype != "none" and model.has_decoder
   record = next((r for r in history.read(workdir) if r["step"] == model.step),
@@ -97,6 +114,14 @@ def export(workdir: str, name: str, which="best",
   if with_decoder and "decoder" in variables["params"]:
     variables["params"]["decoder"] = jax.tree.map(
         lambda x: np.asarray(x, decoder_dtype), variables["params"]["decoder"])
+  quantized = []
+  if quantize == "int8":
+    flat = traverse_util.flatten_dict(variables["params"])
+    for path, value in flat.items():
+      if np.size(value) >= quantize_min_size:
+        flat[path] = bundled.quantize(path, value)
+        quantized.append("/".join(("params",) + path))
+    variables["params"] = traverse_util.unflatten_dict(flat)
   config = model.config.to_dict()
   for key in ("idx_dir", "tfds_data_dir", "ensemble_workdirs"):
     config[key] = ""
@@ -108,7 +133,8 @@ def export(workdir: str, name: str, which="best",
       data_setup=model.config.data_setup,
       left_out=[] if with_decoder else list(bundled.LEFT_OUT),
       decoder=with_decoder,
-      decoder_dtype=decoder_dtype if with_decoder else None)
+      decoder_dtype=decoder_dtype if with_decoder else None,
+      quantized=sorted(quantized))
   return _write_bundle(out_root, name, variables, config, meta)
 
 
@@ -146,6 +172,13 @@ def add_decoder(name: str, workdir: str, which="latest",
   decoder = jax.tree.map(lambda x: np.asarray(x, decoder_dtype),
                          model.variables["params"]["decoder"])
   variables["params"]["decoder"] = decoder
+  # The encoder's int8 parameters, read back as q * scale, stored as int8
+  # again (the same q and scales).
+  flat = traverse_util.flatten_dict(variables["params"])
+  for name_ in meta.get("quantized") or []:
+    path = tuple(name_.split("/")[1:])
+    flat[path] = bundled.quantize(path, flat[path])
+  variables["params"] = traverse_util.unflatten_dict(flat)
   record = next((r for r in history.read(workdir) if r["step"] == model.step),
                 {})
   meta = {k: v for k, v in meta.items()
@@ -174,7 +207,8 @@ def _write_bundle(out_root: str, name: str, variables: dict[str, Any],
                             json.dumps(config, indent=2, sort_keys=True))
     meta = dict(
         meta,
-        params=sum(int(np.size(x)) for x in jax.tree.leaves(variables["params"])),
+        params=sum(int(np.size(x)) for x in jax.tree.leaves(
+            bundled.dequantize(variables["params"]))),
         bytes=os.path.getsize(weights_path),
         sha256=files.sha256(weights_path),
         config_sha256=files.sha256(config_path),
@@ -205,6 +239,10 @@ def main(argv: list[str]) -> int:
       "--decoder_dtype", default="float16", choices=DECODER_DTYPES,
       help="how the reconstruction decoder is stored: float16 (default, "
       "half size), float32, or none (left out: no reconstructions)")
+  parser.add_argument(
+      "--quantize", default="none", choices=QUANTIZE,
+      help="int8: parameters of at least 1M values (CapsNet's primary "
+      "capsules and W) as int8 with per-output-channel scales")
   args = parser.parse_args(argv)
   which = int(args.which) if args.which.isdigit() else args.which
   before = _existing_meta(os.path.join(args.out_root, args.name))
@@ -214,7 +252,7 @@ def main(argv: list[str]) -> int:
                          args.decoder_dtype)
     else:
       meta = export(args.workdir, args.name, which, args.out_root,
-                    args.only_if_better, args.decoder_dtype)
+                    args.only_if_better, args.decoder_dtype, args.quantize)
   except WorkdirError as e:
     print(f"error: {e}", file=sys.stderr)
     return errors.EXIT_USER_ERROR
