@@ -144,7 +144,10 @@ def warn_if_collapsed(metrics: dict[str, float], step: int) -> bool:
   logging.warning(
       "step %d: the reconstructions have collapsed to a constant image "
       "(pixel std %.2g < %.2g): the decoder is not learning, and the "
-      "reconstruction loss (%.3f) is that of a constant output.", step,
+      "reconstruction loss (%.3f) is that of a constant output. A deconv "
+      "decoder started at 0.5 collapses this way; "
+      "--config.decoder_output_bias=data_mean starts it at the data's mean "
+      "(docs/results.md, \"Deconvolution decoder\").", step,
       spread, COLLAPSED_STD, metrics["reconstruction_loss"])
   return True
 
