@@ -123,7 +123,7 @@ def test_result_tables_match_the_committed_histories(page):
   # docs/results.md holds every block; a page that loses one (a marker
   # reworded or deleted) fails here.
   assert len(report.blocks(str(ROOT / page))) == (
-      16 if page == "docs/results.md" else 0)
+      18 if page == "docs/results.md" else 0)
   assert report.stale_blocks(str(ROOT / page)) == []
 
 
@@ -249,3 +249,20 @@ def test_the_decoder_table_says_whether_the_references_order_holds(tmp_path):
       "13.12 < fc 21.62: a different order.")
   # Fewer than the four: no order line.
   assert len(report.decoders_table({"fc": same["fc"]}).splitlines()) == 3
+
+
+def test_the_epochs_table_shows_the_authors_true_label_sse_when_recorded(
+    tmp_path):
+  """A history with test_reconstruction_sse_true_label gets that column
+  after RLoss; an evaluation without it shows n/a."""
+  first = _record(1, 0.98, 1.0)  # recorded before the field existed
+  second = dict(_record(2, 0.99, 2.0), test_reconstruction_sse_true_label=14.5)
+  rows = report.epochs_table(_workdir(tmp_path / "t", [first, second])
+                             ).splitlines()
+  assert rows[0] == ("| epoch (step) | test accuracy | test MLoss | test RLoss "
+                     "(SSE) | test SSE, true label (the authors') | learning "
+                     "rate | wall time since start |")
+  assert rows[1] == "|---|---|---|---|---|---|---|"
+  assert rows[2] == "| 1 (1) | 98.00% | 0.0100 | 30.00 | n/a | 0.001 | 60 s |"
+  assert rows[3] == ("| 2 (2) | **99.00%** | 0.0200 | 15.00 | 14.50 | 0.001 | "
+                     "2.0 min |")
