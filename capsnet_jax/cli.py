@@ -72,7 +72,11 @@ flags.DEFINE_enum("invert", "auto", ("auto", "always", "never"),
 flags.DEFINE_integer("port", 8765, "--mode=explore: the web page's port "
                      "(0: a free one).", lower_bound=0, upper_bound=65535)
 flags.DEFINE_string("host", "127.0.0.1", "--mode=explore: the address to "
-                    "listen on (loopback only by default).")
+                    "listen on (loopback only by default; any other needs "
+                    "--expose).")
+flags.DEFINE_bool("expose", False, "--mode=explore: allow a --host that is "
+                  "not loopback: every machine that reaches it may use the "
+                  "explorer (no authentication).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -221,7 +225,8 @@ def check_processes_agree(mode: str, config, workdir: str | None,
 
 
 def run(mode: str, config, workdir: str | None, images=None, out=None,
-        invert: str = "auto", host: str = "127.0.0.1", port: int = 8765):
+        invert: str = "auto", host: str = "127.0.0.1", port: int = 8765,
+        expose: bool = False):
   """Dispatches one --mode; returns its result (predict: the exit status).
 
   The config is validated and resolved here, once (capsnet_jax.experiment);
@@ -266,7 +271,7 @@ def run(mode: str, config, workdir: str | None, images=None, out=None,
       return predict.run(model, images, out, invert, stdout=stdout)
   if mode == "explore":
     from capsnet_jax.analysis import explorer  # pylint: disable=g-import-not-at-top
-    return explorer.run(config, workdir, host, port, invert)
+    return explorer.run(config, workdir, host, port, invert, expose=expose)
   if mode == "robustness":
     from capsnet_jax.analysis import robustness  # pylint: disable=g-import-not-at-top
     from capsnet_jax.inference import predict  # pylint: disable=g-import-not-at-top
@@ -360,7 +365,8 @@ def main(argv):
                    jax.local_device_count(), jax.device_count(),
                    jax.devices()[0].platform)
     result = run(FLAGS.mode, FLAGS.config, FLAGS.workdir, FLAGS.images,
-                 FLAGS.out, FLAGS.invert, FLAGS.host, FLAGS.port)
+                 FLAGS.out, FLAGS.invert, FLAGS.host, FLAGS.port,
+                 FLAGS.expose)
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(errors.EXIT_USER_ERROR)

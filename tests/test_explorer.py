@@ -48,6 +48,21 @@ def _png(pixels: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+def _client(app):
+  """Starlette's TestClient on a loopback Host, giving API requests the
+  Content-Type the page gives them where a test sets none."""
+  testclient = conftest.require("starlette.testclient")
+
+  def typed(request):
+    if request.method == "POST" and "content-type" not in request.headers:
+      request.headers["Content-Type"] = (
+          "application/json" if request.url.path == "/api/decode"
+          else "application/octet-stream")
+  client = testclient.TestClient(app, base_url="http://127.0.0.1:8765")
+  client.event_hooks = {"request": [typed], "response": []}
+  return client
+
+
 @pytest.fixture(name="tiny", scope="module")
 def fixture_tiny(tiny_run):
   """An Explorer of the tiny trained model (its synthetic test digits for
@@ -61,8 +76,7 @@ def fixture_tiny(tiny_run):
 
 @pytest.fixture(name="client", scope="module")
 def fixture_client(tiny):
-  testclient = conftest.require("starlette.testclient")
-  with testclient.TestClient(explorer.create_app(tiny)) as client:
+  with _client(explorer.create_app(tiny)) as client:
     yield client
 
 
@@ -215,8 +229,7 @@ def test_too_large_and_unknown(client, monkeypatch):
 def test_no_test_digits_without_data(tiny):
   lonely = explorer.Explorer(tiny.model, ["/nonexistent"])
   try:
-    testclient = conftest.require("starlette.testclient")
-    with testclient.TestClient(explorer.create_app(lonely)) as client:
+    with _client(explorer.create_app(lonely)) as client:
       assert client.get("/api/info").json()["random_available"] is False
       response = client.get("/api/random")
       assert response.status_code == 404
@@ -254,6 +267,175 @@ def test_page_and_static_files(client):
     text = path.read_text()
     assert "http://" not in text and "https://" not in text, path
     assert 'src="//' not in text and 'href="//' not in text, path
+
+
+# --------------------------------------------------------------------------
+# Against other web pages and hostile requests.
+
+
+def test_a_foreign_host_or_another_sites_request_is_refused(tiny):
+  """DNS rebinding (a page whose name resolves to 127.0.0.1 sends its own
+  Host) and cross-site requests get a JSON error; every answer carries the
+  CSP and nosniff headers."""
+  testclient = conftest.require("starlette.testclient")
+  app = explorer.create_app(tiny)
+  csp = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
+  for base, status in (("http://evil.example", 421),
+                       ("http://evil.example:8765", 421),
+                       ("http://127.0.0.1.evil.example", 421),
+                       ("http://127.0.0.1:8765", 200),
+                       ("http://localhost:8765", 200),
+                       ("http://[::1]:8765", 200)):
+    with testclient.TestClient(app, base_url=base) as client:
+      for path in ("/", "/api/info", "/static/explorer.js"):
+        response = client.get(path)
+        assert response.status_code == status, (base, path, response.text)
+        assert response.headers["content-security-policy"] == csp
+        assert response.headers["x-content-type-options"] == "nosniff"
+      if status != 200:
+        assert "not to the Host" in client.get("/api/info").json()["error"]
+  with _client(app) as client:
+    for site, status in (("cross-site", 403), ("same-site", 403),
+                         ("same-origin", 200), ("none", 200)):
+      response = client.get("/api/info", headers={"Sec-Fetch-Site": site})
+      assert response.status_code == status, (site, response.text)
+    assert client.post("/api/encode?test_index=1", headers={
+        "Sec-Fetch-Site": "cross-site"}).json()["error"] == (
+            "refused: a cross-site request (from another web page)")
+
+
+@pytest.mark.parametrize("path,kind", [
+    ("/api/decode", "text/plain"),  # what a cross-site form or fetch sends
+    ("/api/decode", "application/x-www-form-urlencoded"),
+    ("/api/decode", ""),
+    ("/api/encode", "text/plain"),
+    ("/api/encode", "multipart/form-data; boundary=x"),
+    ("/api/encode", ""),
+])
+def test_an_api_post_of_another_content_type_is_refused(tiny, path, kind):
+  testclient = conftest.require("starlette.testclient")
+  headers = {"Content-Type": kind} if kind else {}
+  body = (json.dumps({"class": 1, "capsule": [0.0] * 16}).encode()
+          if path == "/api/decode"
+          else (EXAMPLES / "mnist_test1_label2.png").read_bytes())
+  with testclient.TestClient(explorer.create_app(tiny),
+                             base_url="http://127.0.0.1") as client:
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json()["error"].startswith("send the ")
+    good = {"Content-Type": ("application/json" if path == "/api/decode"
+                             else "image/png")}
+    assert client.post(path, content=body, headers=good).status_code == 200
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("/api/decode", b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+    ("/api/decode", b'{"class": ' + b"7" * 5000 + b', "capsule": []}',
+     "not JSON"),
+    ("/api/decode", b'{"class": 1, "capsule": [' + b"9" * 400 + b", 0" * 15
+     + b"]}", r"^capsule\[0\] must lie in \[-1000, 1000\], got a number of "
+     "about 400 digits$"),
+    ("/api/encode?test_index=" + "9" * 5000, b"", "test_index must be in "
+     r"0\.\.99, got '99999"),
+    ("/api/encode?test_index=1&class=" + "9" * 5000, b"",
+     r"class must be in 0\.\.9, got '99999"),
+])
+def test_what_gave_500_gets_400(client, path, body, message):
+  """A JSON body nested 100,000 deep (RecursionError), an integer of 5,000
+  digits (int's limit), a 400-digit capsule value (OverflowError), and
+  5,000-digit query numbers: each a 400 with {"error": ...}."""
+  response = client.post(path, content=body)
+  assert response.status_code == 400, response.text
+  assert re.search(message, response.json()["error"]), response.json()
+  assert len(response.json()["error"]) < 400  # not echoed back whole
+  assert client.post("/api/encode?test_index=1").status_code == 200
+
+
+def _bilevel_png(width: int, height: int) -> bytes:
+  buffer = io.BytesIO()
+  Image.new("1", (width, height)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def test_a_large_upload_is_refused_from_its_header(client, monkeypatch):
+  """1 x 50,000,000 and 7,000 x 7,000 (49 MP) PNGs of a few kB: refused
+  from the header, never decoded; 4 MP still read."""
+  decoded = []
+  real = predict.read_image
+  monkeypatch.setattr(predict, "read_image",
+                      lambda path: decoded.append(path) or real(path))
+  for (w, h), shown in (((50_000_000, 1), "50.0"), ((7000, 7000), "49.0")):
+    response = client.post("/api/encode", content=_bilevel_png(w, h),
+                           headers={"Content-Type": "image/png"})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == (
+        f"too large: {shown} megapixels, more than the 4 megapixels the "
+        "explorer reads (draw or crop the digit; --mode=predict reads "
+        "larger images)")
+  assert not decoded
+  white = np.zeros((2000, 2000), np.uint8)
+  white[500:1500, 900:1100] = 255
+  assert client.post("/api/encode", content=_png(white)).status_code == 200
+  assert len(decoded) == 1
+
+
+def test_uploads_are_read_a_bounded_number_at_a_time(tiny, monkeypatch):
+  """While MAX_UPLOADS_AT_ONCE uploads are being read, another is refused
+  at once (503) and a decode is still answered."""
+  entered, release = threading.Semaphore(0), threading.Event()
+  real = predict.read_image
+
+  def slow(path):
+    entered.release()
+    release.wait(120)
+    return real(path)
+  monkeypatch.setattr(predict, "read_image", slow)
+  data = (EXAMPLES / "mnist_test1_label2.png").read_bytes()
+  outcomes = []
+  threads = [threading.Thread(target=lambda: outcomes.append(
+      tiny.encode(data)["prediction"]), daemon=True)
+             for _ in range(explorer.MAX_UPLOADS_AT_ONCE)]
+  try:
+    for thread in threads:
+      thread.start()
+    for _ in threads:
+      assert entered.acquire(timeout=120)
+    with pytest.raises(explorer.RequestError, match="^busy: 2 uploads") as e:
+      tiny.encode(data)
+    assert e.value.status == 503
+    out = tiny.decode({"class": 3, "capsule": [0.1] * 16})
+    assert out["class"] == 3
+  finally:
+    release.set()
+    for thread in threads:
+      thread.join(120)
+  assert len(outcomes) == explorer.MAX_UPLOADS_AT_ONCE
+  assert tiny.encode(data)["prediction"] == outcomes[0]
+
+
+def test_a_body_that_does_not_arrive_is_refused(monkeypatch):
+  """A client that sends the headers and a few bytes: 408, not a
+  connection held for ever (the stream below never ends)."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+
+  class Stalled:
+    headers = {"content-length": "1000"}
+
+    async def stream(self):
+      yield b"\x89PNG"
+      await asyncio.Event().wait()
+  monkeypatch.setattr(explorer, "BODY_TIMEOUT_S", 0.05)
+  with pytest.raises(explorer.RequestError, match="did not arrive") as e:
+    asyncio.run(explorer._read_body(Stalled()))  # pylint: disable=protected-access
+  assert e.value.status == 408
+
+
+def test_a_host_that_is_not_loopback_needs_expose(tiny_run):
+  for host in ("0.0.0.0", "::", "192.0.2.1"):
+    with pytest.raises(errors.ConfigError,
+                       match=f"^--host={re.escape(host)} is not a loopback "
+                             "address: every machine .* pass --expose"):
+      explorer.run(tiny_run.config, str(tiny_run.workdir), host=host, port=0)
 
 
 def test_bind_refuses_a_busy_port():
@@ -298,7 +480,7 @@ def test_main_serves_on_loopback(tiny_run, tmp_path):
     assert info["random_available"] is True  # the run's recorded idx_dir
     request = urllib.request.Request(
         url + "api/encode", data=(EXAMPLES / "mnist_test0_label7.png").read_bytes(),
-        method="POST")
+        method="POST", headers={"Content-Type": "image/png"})
     with urllib.request.urlopen(request, timeout=30) as response:
       assert len(json.load(response)["capsule_lengths"]) == 10
     proc.send_signal(signal.SIGINT)
@@ -386,6 +568,15 @@ def _by_id(driver, name):
   return driver.find_element(By.ID, name)
 
 
+def test_the_page_opens_without_a_broken_image(page):
+  """Before there is an image, no image element shows (no broken-image
+  box with its alt text); the first drawing shows both."""
+  for name in ("input-image", "reconstruction"):
+    image = _by_id(page, name)
+    assert not image.is_displayed(), name
+    assert page.execute_script("return arguments[0].hidden", image), name
+
+
 def test_page_has_a_slider_per_dimension(page):
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   assert len(page.find_elements(By.CSS_SELECTOR, "input[type=range].dim")) == 16
@@ -414,6 +605,10 @@ def test_drawing_predicts_and_sliders_redraw(page):
   assert _by_id(page, "source").text == "Your drawing."
   before = _by_id(page, "reconstruction").get_attribute("src")
   assert before.startswith("data:image/png;base64,")
+  for name in ("input-image", "reconstruction"):  # shown, and not broken
+    assert _by_id(page, name).is_displayed(), name
+    assert page.execute_script("return arguments[0].naturalWidth",
+                               _by_id(page, name)) == 28, name
   slider = page.find_element(By.CSS_SELECTOR, "input.dim[data-dim='3']")
   assert slider.is_enabled()
   for _ in range(25):  # +0.25, the paper's largest offset
@@ -454,12 +649,11 @@ def test_broken_upload_shows_the_error(page, tmp_path):
 
 @pytest.fixture(name="bundle", scope="module")
 def fixture_bundle():
-  testclient = conftest.require("starlette.testclient")
   from configs import mnist_efficient  # pylint: disable=g-import-not-at-top
   model = explorer.load(mnist_efficient.get_config(), BUNDLE)
   bundled = explorer.Explorer(model, [])
   bundled.warm_up()
-  with testclient.TestClient(explorer.create_app(bundled)) as client:
+  with _client(explorer.create_app(bundled)) as client:
     yield bundled, client
   bundled.close()
 

@@ -33,7 +33,21 @@ rotation and the routing's coupling. It uses this JSON API (docs/explorer.md):
                      where the MNIST test set is on this machine
 
 A request that is not a readable image or a valid body gets HTTP 400 with
-{"error": str}; the server keeps serving.
+{"error": str} (any parse error, over-long number, overflow, recursion or
+memory error included); the server keeps serving.
+
+Against other web pages and other machines (docs/explorer.md, "Security"):
+a Host header other than the loopback names (DNS rebinding) gets 421 and a
+browser's cross-site or same-site request (``Sec-Fetch-Site``) 403;
+/api/encode takes only an image or application/octet-stream body and
+/api/decode only application/json (415 otherwise), so that a plain HTML
+form cannot post to them; every answer carries a Content-Security-Policy
+(CSP) and ``X-Content-Type-Options: nosniff``. Uploads are refused past
+MAX_BODY_BYTES, past MAX_UPLOAD_MEGAPIXELS read from the image's header
+before decoding, and when their body does not arrive within
+BODY_TIMEOUT_S; at most MAX_UPLOADS_AT_ONCE are decoded at a time (503 for
+more) and the model runs one request at a time; the server takes at most
+MAX_CONNECTIONS connections. A --host that is not loopback needs --expose.
 
 Only the model's compiled functions do the work: the model is loaded with a
 batch of one image per device (trained.load's batch_size), every request
@@ -55,6 +69,7 @@ import socket
 import sys
 import tempfile
 import threading
+import warnings
 from typing import Any, Sequence
 
 from absl import logging
@@ -73,7 +88,30 @@ DEFAULT_PORT = 8765
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           "explorer_static")
 # Uploads larger than this are refused (a drawn digit is a few kB).
-MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
+# The page is a drawing canvas: an upload of more pixels than this is
+# refused from its header, before it is decoded (predict's 50 MP would let
+# a 160 kB PNG take seconds and gigabytes).
+MAX_UPLOAD_MEGAPIXELS = 4
+MAX_UPLOAD_PIXELS = MAX_UPLOAD_MEGAPIXELS * 1_000_000
+# Uploads decoded at a time; more are refused with 503 (the model itself
+# runs one request at a time).
+MAX_UPLOADS_AT_ONCE = 2
+# A request body that has not arrived in this time is refused (408).
+BODY_TIMEOUT_S = 20.0
+# Connections the server holds at once (uvicorn answers 503 past it).
+MAX_CONNECTIONS = 32
+# The Host names a loopback explorer answers to (any port): others are a
+# DNS-rebinding page's requests.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# On every answer: only the page's own scripts, styles and images (and the
+# data: URLs of the images it is sent), and no content sniffing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 MAX_ANGLE = 360.0
 # Where a random test digit comes from when the run's idx_dir is gone: the
 # real MNIST beside the checkout, relative to the current directory.
@@ -145,26 +183,58 @@ def data_dirs(config, workdir: str) -> list[str]:
 # The model side of every request, without HTTP.
 
 
+def _shown(value, limit: int = 40) -> str:
+  """repr(value) for an error message, cut to ``limit`` characters (a
+  number of thousands of digits is not echoed back whole)."""
+  if isinstance(value, int) and not isinstance(value, bool) and (
+      value.bit_length() > 128):
+    return f"a number of about {int(value.bit_length() * 0.30103)} digits"
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _number(value, name: str, lo: float, hi: float) -> float:
   if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-    raise RequestError(f"{name} must be a number, got {value!r}")
+    raise RequestError(f"{name} must be a number, got {_shown(value)}")
   try:
     number = float(value)
   except ValueError:
-    raise RequestError(f"{name} must be a number, got {value!r}") from None
+    raise RequestError(f"{name} must be a number, got {_shown(value)}"
+                       ) from None
+  except OverflowError:  # an integer beyond float's range
+    number = math.inf
   if not math.isfinite(number) or not lo <= number <= hi:
-    raise RequestError(f"{name} must lie in [{lo:g}, {hi:g}], got {value!r}")
+    raise RequestError(f"{name} must lie in [{lo:g}, {hi:g}], got "
+                       f"{_shown(value)}")
   return number
 
 
 def _integer(value, name: str, size: int) -> int:
   if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+    if len(value.strip().lstrip("-")) > 18:  # int() refuses past 4,300 digits
+      raise RequestError(f"{name} must be in 0..{size - 1}, got "
+                         f"{_shown(value)}")
     value = int(value)
   if isinstance(value, bool) or not isinstance(value, int):
-    raise RequestError(f"{name} must be an integer, got {value!r}")
+    raise RequestError(f"{name} must be an integer, got {_shown(value)}")
   if not 0 <= value < size:
-    raise RequestError(f"{name} must be in 0..{size - 1}, got {value}")
+    raise RequestError(f"{name} must be in 0..{size - 1}, got {_shown(value)}")
   return value
+
+
+def _pixels_in_header(data: bytes) -> int | None:
+  """Width x height from an image file's header (nothing is decoded), or
+  None where Pillow cannot tell (predict's reading then says why)."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data), formats=predict.ALLOWED_FORMATS) as im:
+        width, height = im.size
+  except Image.DecompressionBombError:  # past Pillow's own 179 MP
+    return Image.MAX_IMAGE_PIXELS * 2 + 1
+  except Exception:  # pylint: disable=broad-except  # any decoder's error
+    return None
+  return int(width) * int(height)
 
 
 class Explorer:
@@ -203,6 +273,7 @@ class Explorer:
     self._test: tuple[np.ndarray, np.ndarray] | None = None
     self._rng = np.random.default_rng(seed)
     self._lock = threading.Lock()
+    self._uploads = threading.BoundedSemaphore(MAX_UPLOADS_AT_ONCE)
     self._grid: tuple[int, int, int] | None = None
     self.compilations = 0  # JAX traces/compilations since warm_up ended
     self._counting = False
@@ -252,17 +323,35 @@ class Explorer:
     if not data:
       raise RequestError("empty body: send the bytes of an image file "
                          "(PNG, JPEG, ...)")
+    if len(data) > MAX_BODY_BYTES:
+      raise RequestError(f"the body is larger than {MAX_BODY_BYTES} bytes",
+                         status=413)
+    pixels = _pixels_in_header(data)
+    if pixels is not None and pixels > MAX_UPLOAD_PIXELS:
+      raise RequestError(
+          f"too large: {pixels / 1e6:.1f} megapixels, more than the "
+          f"{MAX_UPLOAD_MEGAPIXELS} megapixels the explorer reads (draw or "
+          "crop the digit; --mode=predict reads larger images)", status=413)
+    if not self._uploads.acquire(blocking=False):
+      raise RequestError(f"busy: {MAX_UPLOADS_AT_ONCE} uploads are being "
+                         "read; try again in a moment", status=503)
     # The very reading --mode=predict does, on a file of these bytes.
-    with tempfile.NamedTemporaryFile(prefix="capsnet-explore-",
-                                     suffix=".img") as f:
-      f.write(data)
-      f.flush()
-      try:
-        image = predict.read_image(f.name)
-        # ValueError (ImageReadError's base): an image predict refuses.
-        return predict.to_stored(image, self.model.info, self.invert)
-      except ValueError as e:
-        raise RequestError(f"not a readable image: {e}") from None
+    try:
+      with tempfile.NamedTemporaryFile(prefix="capsnet-explore-",
+                                       suffix=".img") as f:
+        f.write(data)
+        f.flush()
+        try:
+          image = predict.read_image(f.name)
+          # ValueError (ImageReadError's base): an image predict refuses.
+          return predict.to_stored(image, self.model.info, self.invert)
+        except ValueError as e:
+          raise RequestError(f"not a readable image: {e}") from None
+        except MemoryError:
+          raise RequestError("not a readable image: not enough memory to "
+                             "read it", status=413) from None
+    finally:
+      self._uploads.release()
 
   def encode(self, data: bytes, angle=0.0, show=None) -> dict[str, Any]:
     """POST /api/encode: an image file's bytes -> capsules and views."""
@@ -394,24 +483,91 @@ class Explorer:
 
 
 async def _read_body(request) -> bytes:
-  """The request's body, refused past MAX_BODY_BYTES."""
+  """The request's body, refused past MAX_BODY_BYTES or when it has not
+  arrived within BODY_TIMEOUT_S (a client that sends the headers and a few
+  bytes does not hold its connection for ever)."""
   declared = request.headers.get("content-length")
-  if (declared and re.fullmatch(r"[0-9]+", declared)
+  if (declared and re.fullmatch(r"[0-9]{1,30}", declared)
       and int(declared) > MAX_BODY_BYTES):
     raise RequestError(f"the body is larger than {MAX_BODY_BYTES} bytes",
                        status=413)
   chunks, size = [], 0
-  async for chunk in request.stream():
-    size += len(chunk)
-    if size > MAX_BODY_BYTES:
-      raise RequestError(f"the body is larger than {MAX_BODY_BYTES} bytes",
-                         status=413)
-    chunks.append(chunk)
+  try:
+    async with asyncio.timeout(BODY_TIMEOUT_S):
+      async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+          raise RequestError(f"the body is larger than {MAX_BODY_BYTES} "
+                             "bytes", status=413)
+        chunks.append(chunk)
+  except TimeoutError:
+    raise RequestError(f"the body did not arrive within {BODY_TIMEOUT_S:g} s",
+                       status=408) from None
   return b"".join(chunks)
 
 
-def create_app(explorer: Explorer):
-  """The Starlette app: the page (explorer_static/) and the JSON API."""
+def _media_type(request) -> str:
+  return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _host_name(host: str) -> str:
+  """The name of a Host header without its port: "[::1]:80" -> "::1"."""
+  host = host.strip().lower()
+  if host.startswith("["):
+    return host[1:].split("]", 1)[0]
+  return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Guard:
+  """ASGI middleware before every route: refuses a Host other than
+  ``allowed_hosts`` (None: any; 421) and browsers' cross-site and
+  same-site requests (403), with {"error": ...}, and adds SECURITY_HEADERS
+  to every answer."""
+
+  def __init__(self, app, allowed_hosts: Sequence[str] | None):
+    self.app = app
+    self.allowed = (None if allowed_hosts is None
+                    else {h.lower() for h in allowed_hosts})
+    self.extra = [(k.lower().encode(), v.encode())
+                  for k, v in SECURITY_HEADERS.items()]
+
+  def _refusal(self, headers: dict[str, str]) -> tuple[int, str] | None:
+    host = headers.get("host", "")
+    if self.allowed is not None and _host_name(host) not in self.allowed:
+      return 421, (f"this explorer answers to {', '.join(sorted(self.allowed))}"
+                   f", not to the Host {_shown(host)}")
+    site = headers.get("sec-fetch-site", "").strip().lower()
+    if site in ("cross-site", "same-site"):
+      return 403, f"refused: a {site} request (from another web page)"
+    return None
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      await self.app(scope, receive, send)
+      return
+
+    async def send_secured(message):
+      if message["type"] == "http.response.start":
+        message = dict(message)
+        message["headers"] = list(message.get("headers", [])) + self.extra
+      await send(message)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+               for k, v in scope.get("headers", [])}
+    refusal = self._refusal(headers)
+    if refusal is None:
+      await self.app(scope, receive, send_secured)
+      return
+    from starlette.responses import JSONResponse  # pylint: disable=g-import-not-at-top
+    response = JSONResponse({"error": refusal[1]}, status_code=refusal[0],
+                            headers={"Cache-Control": "no-store"})
+    await response(scope, receive, send_secured)
+
+
+def create_app(explorer: Explorer,
+               allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS):
+  """The Starlette app: the page (explorer_static/) and the JSON API,
+  behind _Guard (``allowed_hosts``: the Host names it answers to; None:
+  any, for a server exposed with --expose)."""
   # Imported here: only the explorer needs the web server's packages.
   from starlette.applications import Starlette  # pylint: disable=g-import-not-at-top
   from starlette.concurrency import run_in_threadpool  # pylint: disable=g-import-not-at-top
@@ -435,6 +591,11 @@ def create_app(explorer: Explorer):
     return reply(explorer.info())
 
   async def encode(request):
+    kind = _media_type(request)
+    if not (kind == "application/octet-stream" or kind.startswith("image/")):
+      raise RequestError("send the image with Content-Type image/... or "
+                         f"application/octet-stream, not {_shown(kind)}",
+                         status=415)
     query = request.query_params
     angle, show = query.get("angle", 0.0), query.get("class")
     if query.get("test_index") not in (None, ""):
@@ -444,11 +605,16 @@ def create_app(explorer: Explorer):
     return reply(await run_in_threadpool(explorer.encode, data, angle, show))
 
   async def decode(request):
+    if _media_type(request) != "application/json":
+      raise RequestError("send the body with Content-Type application/json, "
+                         f"not {_shown(_media_type(request))}", status=415)
     data = await _read_body(request)
     try:
       body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise RequestError(f"the body is not JSON: {e}") from None
+    except RecursionError:
+      raise RequestError("the body is not JSON: nested too deep") from None
+    except ValueError as e:  # JSONDecodeError, an integer of > 4,300 digits
+      raise RequestError(f"the body is not JSON: {str(e)[:200]}") from None
     return reply(await run_in_threadpool(explorer.decode, body))
 
   async def random_digit(request):
@@ -466,6 +632,13 @@ def create_app(explorer: Explorer):
     return JSONResponse({"error": str(e.detail)}, status_code=e.status_code,
                         headers=no_store)
 
+  async def resource_error(request, e: Exception):
+    del request
+    status, why = ((413, "too large for the memory left")
+                   if isinstance(e, MemoryError) else (400, "nested too deep"))
+    return JSONResponse({"error": f"the request is {why}"},
+                        status_code=status, headers=no_store)
+
   async def internal_error(request, e: Exception):
     logging.exception("explorer: %s %s failed", request.method,
                       request.url.path)
@@ -480,9 +653,11 @@ def create_app(explorer: Explorer):
       Route("/api/random", random_digit, methods=["GET", "POST"]),
       Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
   ]
-  return Starlette(routes=routes, exception_handlers={
+  app = Starlette(routes=routes, exception_handlers={
       RequestError: request_error, HTTPException: http_error,
+      MemoryError: resource_error, RecursionError: resource_error,
       Exception: internal_error})
+  return _Guard(app, allowed_hosts)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -515,8 +690,10 @@ def make_server(app):
   """A uvicorn server for ``app`` (serve on a bound socket with
   ``server.run(sockets=[sock])``; stop with ``server.should_exit = True``)."""
   import uvicorn  # pylint: disable=g-import-not-at-top
-  return uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                       access_log=False, lifespan="off"))
+  return uvicorn.Server(uvicorn.Config(
+      app, log_level="warning", access_log=False, lifespan="off",
+      limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5,
+      h11_max_incomplete_event_size=16 * 1024))
 
 
 def _loopback(address: str) -> bool:
@@ -526,18 +703,24 @@ def _loopback(address: str) -> bool:
     return False
 
 
+def _loopback_host(host: str) -> bool:
+  """Whether --host names loopback: "localhost" or a loopback address."""
+  return host.strip().lower() == "localhost" or _loopback(host.strip("[]"))
+
+
 def url(sock: socket.socket) -> str:
   host, port = sock.getsockname()[:2]
   host = f"[{host}]" if ":" in host else host
   return f"http://{host}:{port}/"
 
 
-def serve(explorer: Explorer, sock: socket.socket, stdout=None) -> None:
+def serve(explorer: Explorer, sock: socket.socket, stdout=None,
+          allowed_hosts: Sequence[str] | None = LOOPBACK_HOSTS) -> None:
   """Serves ``explorer`` on the bound ``sock`` (see bind) until interrupted
   (Ctrl-C: KeyboardInterrupt once the server has shut down); prints its
   address first."""
   stdout = stdout or sys.stdout
-  server = make_server(create_app(explorer))
+  server = make_server(create_app(explorer, allowed_hosts))
   print(f"Capsule explorer: {url(sock)} (Ctrl-C stops it)", file=stdout,
         flush=True)
   try:
@@ -561,8 +744,13 @@ def load(config, workdir: str, batch_size: int | None = None
 
 
 def run(config, workdir: str, host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT, invert: str = "auto") -> int:
-  """--mode=explore: loads the model, compiles, serves until Ctrl-C."""
+        port: int = DEFAULT_PORT, invert: str = "auto",
+        expose: bool = False) -> int:
+  """--mode=explore: loads the model, compiles, serves until Ctrl-C.
+
+  A ``host`` that is not loopback is refused (errors.ConfigError) unless
+  ``expose`` (--expose): then any machine that reaches it may use the
+  explorer, and any Host header is answered."""
   try:
     import starlette  # pylint: disable=g-import-not-at-top,unused-import
     import uvicorn  # pylint: disable=g-import-not-at-top,unused-import
@@ -570,10 +758,24 @@ def run(config, workdir: str, host: str = DEFAULT_HOST,
     raise errors.ConfigError(
         f"--mode=explore needs {e.name} (a dependency of capsnet-jax): pip "
         "install -r requirements.txt") from None
+  if not _loopback_host(host) and not expose:
+    raise errors.ConfigError(
+        f"--host={host} is not a loopback address: every machine that can "
+        "reach it could use the explorer (no authentication: it runs the "
+        "model on anyone's uploads and serves the model's description); "
+        "pass --expose as well to do so, or leave --host out")
   sock = bind(host, port)  # before loading: a busy port refuses at once
-  if not _loopback(sock.getsockname()[0]):
-    logging.warning("explorer: listening on %s, which other machines may "
-                    "reach; the explorer has no authentication", host)
+  address = sock.getsockname()[0]
+  allowed = (*LOOPBACK_HOSTS, address)
+  if not _loopback(address):
+    if not expose:
+      sock.close()
+      raise errors.ConfigError(f"--host={host} binds {address}, not "
+                               "loopback: pass --expose as well to do so")
+    allowed = None
+    logging.warning("explorer: --expose: listening on %s (%s); every machine "
+                    "that reaches it may use the explorer, which has no "
+                    "authentication", host, address)
   try:
     model = load(config, workdir)
     explorer = Explorer(model, data_dirs(config, workdir), invert=invert,
@@ -585,7 +787,7 @@ def run(config, workdir: str, host: str = DEFAULT_HOST,
     explorer.warm_up()
     logging.info("explorer: %s (step %d); test digits from %s", workdir,
                  model.step, explorer.test_dir or "nowhere")
-    serve(explorer, sock)
+    serve(explorer, sock, allowed_hosts=allowed)
   except KeyboardInterrupt:
     pass
   finally:

@@ -154,11 +154,13 @@ function show(result) {
     bars.append(bar);
   });
   $("input-image").src = result.input;
+  $("input-image").hidden = false;  // no image element shows before this
   if (state.source && state.source.kind !== "canvas") {
     paintCanvas(result.input);  // a file or test digit: what the model sees
   }
   if (result.reconstruction) {
     $("reconstruction").src = result.reconstruction;
+    $("reconstruction").hidden = false;
   }
   $("reconstruction-caption").textContent =
       `the decoder's image of capsule ${names[result.class]}`;
@@ -189,6 +191,7 @@ const decode = coalesced("decoding", async () => {
   if (result !== state.result) return;  // a new encode took over
   clearError();
   $("reconstruction").src = answer.reconstruction;
+  $("reconstruction").hidden = false;
   setStatus(`decode: ${Math.round(performance.now() - start)} ms`);
 });
 
