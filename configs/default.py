@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Data. dataset: mnist | smallnorb | cifar10 | multimnist (paper setup
   # only; configs/multimnist.py). data_setup: reference (the PyTorch
   # reference's preprocessing) | paper (Sabour et al.'s) | efficient
-  # (Efficient-CapsNet's MNIST augmentation; mnist only).
+  # (Efficient-CapsNet's MNIST augmentation; mnist only) | expanded (the
+  # paper's 40x40 protocol, configs/mnist40.py; mnist only).
   config.dataset = "mnist"
   config.data_setup = "reference"
   config.idx_dir = ""  # Local MNIST-format IDX folder instead of tfds.

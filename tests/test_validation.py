@@ -37,7 +37,7 @@ def test_defaults_and_every_mode_are_valid(tmp_path):
 
 @pytest.mark.parametrize("field,value,valid", [
     ("dataset", "mnits", "mnist, smallnorb, cifar10, multimnist"),
-    ("data_setup", "papers", "reference, paper, efficient"),
+    ("data_setup", "papers", "reference, paper, efficient, expanded"),
     ("model", "caps", "capsnet, tiny, efficient_capsnet, efficient_tiny, "
      "cnn, cnn_maxpool, cnn_tiny"),
     ("decoder", "conv", "fc, deconv"),

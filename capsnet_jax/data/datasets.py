@@ -24,6 +24,12 @@ Two setups per dataset (../shared/REFERENCE.md, "Recipes side by side"):
   set, continuous exponential decay 0.96 every 2,000 steps; MNIST shifts
   uniform in -2..2 px (pad 2 and crop).
 
+MNIST has two more setups: ``efficient`` (Efficient-CapsNet's augmentation)
+and ``expanded``, the paper's 40x40 protocol (section 5.2): the paper setup's
+recipe on each digit padded by 6 px to 40x40 at load and shifted by up to
+6 px per axis at training time; the test split is the centred 40x40 digits,
+the paper's "expanded MNIST test set".
+
 A config field set to "auto" (lr_schedule, validation_fraction) takes
 the setup's value from here; any other value overrides it. Adding a dataset
 or setup is one entry in SPECS plus its test.
@@ -88,6 +94,9 @@ class Spec:
   input_range: (low, high) of the test-time model inputs, for the checks of
     raw model inputs (inference.trained.TrainedModel.predict_preprocessed);
     None where the inputs are standardised per image instead.
+  pad: zero pixels the loader adds on every side of each image it reads
+    (input_pipeline.load_splits), so that info.stored_shape is the image
+    as read plus 2 * pad: the expanded setup's 28x28 digits become 40x40.
   """
   info: DatasetInfo
   train_fn: PreprocessFn
@@ -101,6 +110,7 @@ class Spec:
   num_targets: int = 1
   target_mean: float | None = None
   input_range: tuple[float, float] | None = (0.0, 1.0)
+  pad: int = 0
 
   def preprocess(self, train: bool) -> PreprocessFn:
     """fn(uint8 images [B, H, W, C] as stored, rng) -> float32 model input;
@@ -150,6 +160,14 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # torchvision Normalize in the reference
 # MultiMNIST target is one digit on a 36 x 36 canvas: 0.13066 x 784 / 1296.
 MNIST_TARGET_MEAN = 0.1307
 MULTIMNIST_TARGET_MEAN = 0.0790
+# An expanded-MNIST target is one digit on a 40 x 40 canvas: 0.13066 x 784
+# / 1600.
+EXPANDED_TARGET_MEAN = 0.0640
+# The paper's 40x40 protocol: each digit padded by 6 px (28 -> 40) and
+# shifted by up to 6 px per axis (the authors' mnist_shift.py --pad=6
+# --shift=6).
+EXPANDED_PAD = 6
+EXPANDED_MAX_SHIFT = 6
 _F = augment.to_float
 
 
@@ -186,6 +204,37 @@ def _mnist_efficient() -> Spec:
               validation_fraction=0.0, lr_schedule="staircase",
               tfds_name="mnist", target_mean=MNIST_TARGET_MEAN,
               input_range=(0.0, 255.0 / 256.0))
+
+
+def _mnist_expanded() -> Spec:
+  """The paper's 40x40 protocol (Sabour et al. 2017, section 5.2: "trained
+  on randomly placed MNIST digits on a black background of 40x40 pixels",
+  tested on the expanded MNIST test set and on affNIST).
+
+  The loader pads every 28x28 digit by EXPANDED_PAD = 6 px of zeros on each
+  side (stored 40x40). Training images are shifted by a uniform integer in
+  [-6, 6] px per axis, drawn for every example at every step, zero fill
+  (augment.random_shift: the digit never leaves the canvas). The authors'
+  research/capsules/input_data/mnist/mnist_shift.py (--shift=6 --pad=6)
+  instead writes every one of the 13 x 13 = 169 integer shifts of each
+  padded digit to disk, once; drawing one of the same 169 shifts uniformly
+  per example is the on-the-fly equivalent (the same distribution over
+  shifts, without a 10.1M-image file). The test split is the centred 40x40
+  digit (rows and columns 6..33 hold the 28x28 digit), the paper's
+  "expanded MNIST test set". Everything else is the paper setup: pixels in
+  [0, 1], all 60,000 training digits, exponential decay; the model input
+  is the 40x40 image, and so is the reconstruction target (1,600 pixels).
+  """
+  size = 28 + 2 * EXPANDED_PAD
+  info = DatasetInfo("mnist", "expanded", (size, size, 1), 10, 60000, 10000,
+                     tuple(str(i) for i in range(10)), (size, size, 1))
+  return Spec(
+      info,
+      train_fn=lambda x, rng: augment.random_shift(_F(x), rng,
+                                                   EXPANDED_MAX_SHIFT),
+      eval_fn=_F, target_rule="input", standardized=False,
+      validation_fraction=0.0, lr_schedule="exponential",
+      tfds_name="mnist", target_mean=EXPANDED_TARGET_MEAN, pad=EXPANDED_PAD)
 
 
 _SMALLNORB_CLASSES = ("animal", "human", "airplane", "truck", "car")
@@ -285,8 +334,9 @@ DATASETS = tuple(_BUILDERS) + ("multimnist",)
 SPECS = {(d, s): _BUILDERS[d](s) for d in _BUILDERS
          for s in ("reference", "paper")}
 SPECS[("mnist", "efficient")] = _mnist_efficient()
+SPECS[("mnist", "expanded")] = _mnist_expanded()
 SPECS[("multimnist", "paper")] = _multimnist()
-SETUPS = ("reference", "paper", "efficient")
+SETUPS = ("reference", "paper", "efficient", "expanded")
 
 
 def get(dataset: str, setup: str = "reference") -> Spec:

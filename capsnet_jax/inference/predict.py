@@ -62,7 +62,9 @@ the dataset stores it:
               level and grain) subtracted and the contrast stretched; the
               bounding box of the ink scaled to fit 20x20 keeping its aspect
               ratio (anti-aliased) and placed in 28x28 with its centre of
-              mass at the centre, as MNIST was made (LeCun et al.); 8-bit.
+              mass at the centre, as MNIST was made (LeCun et al.); 8-bit;
+              for a model of the 40x40 protocol (data_setup expanded),
+              that 28x28 digit centred in 40x40 (6 px of zeros each side).
   MultiMNIST  grayscale, inverted as for MNIST, centre square crop,
               resized to 36x36 (two overlapping digits filling the frame);
               the JSON line adds "predictions", the two longest capsules.
@@ -436,7 +438,11 @@ def to_stored(image: np.ndarray, info, invert: str = "auto") -> np.ndarray:
   dataset stores its images (see the module docstring)."""
   h, w, c = info.stored_shape
   if info.name == "mnist":
-    x = mnist_digit(image, invert)[..., None]
+    x = mnist_digit(image, invert)
+    if x.shape != (h, w):  # the expanded setup: centred in 40x40
+      lo = (h - MNIST_SIZE) // 2
+      x = np.pad(x, ((lo, h - MNIST_SIZE - lo), (lo, w - MNIST_SIZE - lo)))
+    x = x[..., None]
   elif info.name == "multimnist":
     gray = _center_square(to_gray(np.asarray(image, np.float32)))
     if should_invert(gray, invert):
