@@ -33,6 +33,14 @@ resumes from its workdir under --runs):
                     parameters, softmax cross-entropy, the paper's data
                     setup), to --cnn_epochs (default 10, the config's; 468
                     steps each; 0 skips it)
+  mnist40           configs/mnist40.py (CapsNet, the authors' recipe on the
+                    paper's 40x40 protocol: expanded MNIST, shifts of up
+                    to 6 px), to --mnist40_epochs (default 50, the
+                    config's; 468 steps each; 0 skips it)
+  mnist40_cnn       configs/mnist40_cnn.py (the max-pooling CNN on the same
+                    pipeline), to --mnist40_cnn_epochs (default 10, the
+                    config's; 0 skips it). Measure both afterwards with
+                    --mode=robustness (the affNIST-style set at 40x40).
   multimnist        configs/multimnist.py, to --multimnist_epochs (default
                     1,000, the config's: the paper's 60M pairs; an epoch is
                     60,000 pairs, 468 steps; 0 skips it). The lowest
@@ -63,7 +71,8 @@ continued to 120) became mnist_paper_s0..s2, each to --paper_epochs, whose
 default went from 50 to 120; --long_epochs is kept as an alias of
 --paper_epochs; --only now refuses names that are not experiments (exit 2)
 instead of running nothing; --seeds, --multimnist_epochs and --max_parallel
-are new.
+are new. Issue 46 added mnist40 and mnist40_cnn (--mnist40_epochs,
+--mnist40_cnn_epochs).
 
 tests/test_gpu_run.py runs this logic on CPU with a tiny model and
 --decoder_epochs=1 etc.
@@ -133,6 +142,12 @@ def experiments(args) -> list[Experiment]:
   if args.cnn_epochs > 0:
     out.append(Experiment("mnist_cnn", "configs/mnist_cnn.py", (),
                           args.cnn_epochs, paper_spe))
+  if args.mnist40_epochs > 0:
+    out.append(Experiment("mnist40", "configs/mnist40.py", (),
+                          args.mnist40_epochs, paper_spe))
+  if args.mnist40_cnn_epochs > 0:
+    out.append(Experiment("mnist40_cnn", "configs/mnist40_cnn.py", (),
+                          args.mnist40_cnn_epochs, paper_spe))
   if args.multimnist_epochs > 0:
     out.append(Experiment("multimnist", "configs/multimnist.py", (),
                           args.multimnist_epochs, pairs_spe))
@@ -335,6 +350,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--ref_long_epochs", type=int, default=113)
   p.add_argument("--cnn_epochs", type=int, default=10,
                  help="epochs of the baseline CNN, mnist_cnn (0: none)")
+  p.add_argument("--mnist40_epochs", type=int, default=50,
+                 help="epochs of CapsNet on the 40x40 protocol (0: none)")
+  p.add_argument("--mnist40_cnn_epochs", type=int, default=10,
+                 help="epochs of the CNN on the 40x40 protocol (0: none)")
   p.add_argument("--multimnist_epochs", type=int, default=1000,
                  help="epochs of 60,000 pairs (0: no MultiMNIST run)")
   p.add_argument("--num_train", type=int, default=60000,

@@ -52,7 +52,7 @@ def test_the_experiment_list():
       "authors_full_s0", "authors_full_s1", "authors_full_s2",
       "mnist_paper_s0", "mnist_paper_s1", "mnist_paper_s2", "dec_fc",
       "dec_fc_bn", "dec_deconv", "dec_deconv_bn", "ref_fc_long", "mnist_cnn",
-      "multimnist"]
+      "mnist40", "mnist40_cnn", "multimnist"]
   by_name = {e.name: e for e in exps}
   for seed in (0, 1, 2):
     e = by_name[f"authors_full_s{seed}"]
@@ -81,11 +81,17 @@ def test_the_experiment_list():
       "configs/mnist_cnn.py", 10 * 468)
   assert importlib.import_module("configs.mnist_cnn").get_config(
       ).num_epochs == 10  # gpu_run's default
+  # The 40x40 protocol, at its configs' lengths (60,000 digits, batch 128).
+  for name, epochs in (("mnist40", 50), ("mnist40_cnn", 10)):
+    assert (by_name[name].config, by_name[name].total_steps) == (
+        f"configs/{name}.py", epochs * 468)
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert (config.num_epochs, config.data_setup) == (epochs, "expanded")
   assert by_name["multimnist"].config == "configs/multimnist.py"
   assert by_name["multimnist"].total_steps == 1000 * 468
   assert importlib.import_module("configs.multimnist").get_config(
       ).num_epochs == 1000  # the paper's 60M pairs: gpu_run's default
-  assert args.max_parallel == 7  # not all 13 at once
+  assert args.max_parallel == 7  # not all 15 at once
   # main.py's command line, whose overrides name fields of the config.
   for e in exps:
     path, _, variant = e.config.partition(":")
@@ -103,6 +109,7 @@ def test_the_experiment_list():
                              "--seeds=3,4", "--ref_long_epochs=0",
                              "--authors_full_steps=0",
                              "--multimnist_epochs=0", "--cnn_epochs=0",
+                             "--mnist40_epochs=0", "--mnist40_cnn_epochs=0",
                              "--only=mnist_paper_s4,dec_fc"])
   assert [(e.name, e.overrides, e.epochs) for e in gpu_run.experiments(args)
           ] == [("mnist_paper_s4", ("--config.seed=4",), 90),
