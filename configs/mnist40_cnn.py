@@ -29,7 +29,15 @@ cross-entropy, Adam 1e-3 decayed by 0.96 every 2,000 steps (floor 1e-6),
 batch 128, as configs/mnist_cnn.py, so that CapsNet and CNN differ in
 model and loss only. 10 epochs (468 steps each), as configs/mnist_cnn.py.
 
-Measured: STEPTIME
+Measured: not trained yet (scripts/gpu_run.py has the 10-epoch run as
+mnist40_cnn). A training step of batch 128 took 10.3 s (median of 2,
+`python benchmarks/throughput.py --config=configs/mnist40_cnn.py
+--mode=train --repeats=2`, float32, 275.7 GFLOP a step) on a 2-core Intel
+Xeon ("Intel(R) Xeon(R) Processor") shared with a nice-19 background
+training and another session's test run (load average 6-7; configs/mnist.py
+took 1.42 s a step beside them): about 80 min per 468-step epoch at that
+load, plus an evaluation of the 10,000 test images (5 min 49 s in a 5-step
+/tmp run beside the nice-19 training).
 """
 
 from configs import default
