@@ -158,8 +158,8 @@ def test_full_model_output_shapes():
       mutable=["batch_stats"]), variables)
   assert {k: x.shape for k, x in out.items()} == {
       "primary_caps": (3, 16, 8), "class_caps": (3, 10, 16),
-      "coupling": (3, 16, 10), "lengths": (3, 10), "predictions": (3,),
-      "reconstructions": (3, 28, 28, 1)}
+      "coupling": (3, 16, 10), "lengths": (3, 10), "scores": (3, 10),
+      "predictions": (3,), "reconstructions": (3, 28, 28, 1)}
   assert set(updates) == {"batch_stats"}
 
 

@@ -280,8 +280,11 @@ def test_the_new_park_is_on_disk_before_the_old_one_goes(tmp_path,
   monkeypatch.setattr(shutil, "rmtree", lambda p, *a, **k: (
       events.append(("rmtree", str(p))), rmtree(p, *a, **k)))
   meta = park.save(str(src), str(tmp_path / "parked"))
+  # The old park's removal: from the staging folder it was swapped into
+  # (renameat2 exchange) or from the .parked.old.* folder it was put aside
+  # in (files.staged_folder), whichever this OS does.
   gone = next(i for i, (what, p) in enumerate(events)
-              if what == "rmtree" and ".parked.old." in p)
+              if what == "rmtree" and os.path.basename(p).startswith(".parked."))
   staging = {p for what, p in events[:gone] if what == "fsync"}
   names = {os.path.basename(p) for p in staging}
   # Every file of the new park (and its folders) was synced first.

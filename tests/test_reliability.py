@@ -242,7 +242,8 @@ CLI_ERRORS = {
     "variant": (["--config=configs/mnist.py:bogus"],
                 "error: flag --config=configs/mnist.py:bogus: Error whilst "
                 "parsing config file: ValueError: Unknown configs/mnist.py "
-                "variant 'bogus'; valid: paper (the default), reference, "
+                "variant 'bogus'; valid: paper (the default), authors_full, "
+                "reference, "
                 "smoke"),
     "dataset": (["--config.dataset=mnits"],
                 "error: Unknown dataset 'mnits'; valid: mnist, smallnorb, "
