@@ -139,15 +139,12 @@ def experiments(args) -> list[Experiment]:
     out.append(Experiment("ref_fc_long", "configs/mnist.py:reference",
                           ("--config.decoder=fc", "--config.batch_norm=False"),
                           args.ref_long_epochs, ref_spe, after="dec_fc"))
-  if args.cnn_epochs > 0:
-    out.append(Experiment("mnist_cnn", "configs/mnist_cnn.py", (),
-                          args.cnn_epochs, paper_spe))
-  if args.mnist40_epochs > 0:
-    out.append(Experiment("mnist40", "configs/mnist40.py", (),
-                          args.mnist40_epochs, paper_spe))
-  if args.mnist40_cnn_epochs > 0:
-    out.append(Experiment("mnist40_cnn", "configs/mnist40_cnn.py", (),
-                          args.mnist40_cnn_epochs, paper_spe))
+  # The baseline CNN and the 40x40 protocol: all 60,000 images an epoch.
+  for name, epochs in (("mnist_cnn", args.cnn_epochs),
+                       ("mnist40", args.mnist40_epochs),
+                       ("mnist40_cnn", args.mnist40_cnn_epochs)):
+    if epochs > 0:
+      out.append(Experiment(name, f"configs/{name}.py", (), epochs, paper_spe))
   if args.multimnist_epochs > 0:
     out.append(Experiment("multimnist", "configs/multimnist.py", (),
                           args.multimnist_epochs, pairs_spe))
